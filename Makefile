@@ -1,0 +1,38 @@
+# The two commands: `make run` and `make test`. Both set up what they need first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+# Production hosts use KVM. Where nested KVM is broken (as on the test machines), use TCG:
+#   make run RUDDERVIRT_DOMAIN_TYPE=qemu
+RUDDERVIRT_DOMAIN_TYPE ?= kvm
+export RUDDERVIRT_DOMAIN_TYPE
+
+.PHONY: help setup run test test-fast lint bench
+
+help:
+	@echo "make run    set up everything and serve the portal on http://127.0.0.1:8000 (Ctrl-C stops it)"
+	@echo "make test   set up everything and run the whole test suite (real VMs under TCG)"
+	@echo "make lint   ruff"
+
+setup:
+	@scripts/setup.sh
+
+run: setup
+	@scripts/run.sh
+
+# Tests always use TCG and never give VMs internet, whatever the host.
+test: export RUDDERVIRT_DOMAIN_TYPE = qemu
+test: export RUDDERVIRT_ALLOW_INTERNET = false
+test: export REDIS_URL = redis://127.0.0.1:6379/15
+test: export RUDDERVIRT_NAME_PREFIX = rvt-
+test:
+	@scripts/setup.sh --for-tests
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: export RUDDERVIRT_DOMAIN_TYPE = qemu
+test-fast: export RUDDERVIRT_ALLOW_INTERNET = false
+test-fast:
+	.venv/bin/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .

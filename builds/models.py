@@ -1,0 +1,181 @@
+"""Builds, their per-VM progress, provisioner steps and log lines, and the module
+versions a successful build produces."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from modules.models import ManifestRevision, Module
+
+
+class BuildStatus(models.TextChoices):
+    PENDING = "Pending"
+    NETWORKING = "Networking"
+    BUILDING = "Building"
+    CAPTURING = "CapturingDisks"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+TERMINAL = frozenset({BuildStatus.SUCCEEDED, BuildStatus.FAILED, BuildStatus.CANCELLED})
+ACTIVE = frozenset(set(BuildStatus) - TERMINAL)
+
+
+class VMPhase(models.TextChoices):
+    PENDING = "Pending"
+    SOURCE_IMPORTING = "SourceImporting"
+    BOOTING = "Booting"
+    BOOT_COMMAND = "BootCommand"
+    WAITING_FOR_SSH = "WaitingForSSH"
+    PROVISIONING = "Provisioning"
+    SHUTTING_DOWN = "ShuttingDown"
+    DISK_CAPTURED = "DiskCaptured"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    WAITING_FOR_USER = "WaitingForUser"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Build(models.Model):
+    module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="builds")
+    revision = models.ForeignKey(
+        ManifestRevision, on_delete=models.PROTECT, related_name="builds", null=True
+    )
+    manifest_text = models.TextField()
+    manifest_sha256 = models.CharField(max_length=64)
+    status = models.CharField(
+        max_length=20, choices=BuildStatus.choices, default=BuildStatus.PENDING, db_index=True
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="builds"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    attempt = models.PositiveIntegerField(default=1)
+    cancel_requested = models.BooleanField(default=False)
+    job_id = models.CharField(max_length=64, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # A failed build's disks stay on the host until then, for inspection.
+    keep_disks_until = models.DateTimeField(null=True, blank=True)
+    disks_removed = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"build {self.pk} of {self.module.name}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("builds:detail", args=[self.pk])
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def duration_s(self) -> float | None:
+        if not self.started_at:
+            return None
+        from django.utils import timezone
+
+        end = self.finished_at or timezone.now()
+        return round((end - self.started_at).total_seconds(), 3)
+
+
+class BuildVM(models.Model):
+    build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="vms")
+    name = models.CharField(max_length=63)
+    index = models.PositiveIntegerField()
+    phase = models.CharField(max_length=20, choices=VMPhase.choices, default=VMPhase.PENDING)
+    message = models.TextField(blank=True)
+    domain_name = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["build", "index"]
+        constraints = [models.UniqueConstraint(fields=["build", "name"], name="unique_build_vm")]
+
+    def __str__(self) -> str:
+        return f"{self.build_id}/{self.name}"
+
+
+class BuildStep(models.Model):
+    vm = models.ForeignKey(BuildVM, on_delete=models.CASCADE, related_name="steps")
+    index = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    type = models.CharField(max_length=30)
+    status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.PENDING)
+    started_at = models.DateTimeField(null=True, blank=True)
+    duration_s = models.FloatField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    message = models.TextField(blank=True)
+    # handbuild: set by Continue / Fail from the page or the command.
+    user_decision = models.CharField(max_length=10, blank=True)
+    user_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["vm", "index"]
+        constraints = [models.UniqueConstraint(fields=["vm", "index"], name="unique_vm_step")]
+
+
+class BuildLogLine(models.Model):
+    build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="log_lines")
+    seq = models.PositiveIntegerField()
+    created_at = models.DateTimeField()
+    vm = models.CharField(max_length=63, blank=True)
+    stream = models.CharField(max_length=10, default="info")  # info, stdout, stderr, error
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["build", "seq"]
+        constraints = [models.UniqueConstraint(fields=["build", "seq"], name="unique_log_seq")]
+
+
+class ModuleVersion(models.Model):
+    """An immutable result of a successful build: halted template VMs and their disks."""
+
+    module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    build = models.OneToOneField(Build, on_delete=models.PROTECT, related_name="version")
+    manifest_text = models.TextField()
+    manifest_sha256 = models.CharField(max_length=64)
+    storage_path = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["module", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["module", "number"], name="unique_module_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.module.name}@{self.number}"
+
+
+class TemplateVM(models.Model):
+    version = models.ForeignKey(ModuleVersion, on_delete=models.CASCADE, related_name="vms")
+    name = models.CharField(max_length=63)
+    index = models.PositiveIntegerField()
+    domain_name = models.CharField(max_length=200)
+    # What clones copy: cpu, memory, disks (name, path, bus, size), nics (name, subnet,
+    # slot, mac, ip, model), efi, invisible. Written once at capture.
+    spec = models.JSONField()
+
+    class Meta:
+        ordering = ["version", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "name"], name="unique_template_vm")
+        ]

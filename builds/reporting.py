@@ -1,0 +1,168 @@
+"""DBReporter: the engine's Reporter, written to the database.
+
+Called from several engine threads at once. Log lines are buffered and written in
+batches (a chatty `apt-get` must not mean one INSERT per line), at most a fraction of a
+second late, so the build page still shows them as they happen.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+from django.db import close_old_connections, connection
+from django.db.models import Max
+from django.utils import timezone
+
+from builds.models import Build, BuildLogLine, BuildStep, BuildVM, StepStatus, VMPhase
+from builds.transitions import transition
+
+FLUSH_INTERVAL_S = 0.25
+MAX_LINE_CHARS = 8000
+
+
+class DBReporter:
+    def __init__(self, build: Build, *, echo=None) -> None:
+        self.build_id = build.pk
+        self.attempt = build.attempt
+        self._lock = threading.RLock()
+        self._pending: list[BuildLogLine] = []
+        last = BuildLogLine.objects.filter(build_id=build.pk).aggregate(m=Max("seq"))["m"]
+        self._seq = last or 0
+        self._vm_ids = dict(BuildVM.objects.filter(build_id=build.pk).values_list("name", "id"))
+        self._echo = echo  # optional callable(line) for `build --wait` in-process runs
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="log-flusher", daemon=True)
+        self._flusher.start()
+
+    # --- database helpers -------------------------------------------------------------
+    def _db(self, fn, *args, **kwargs):
+        """Run a small ORM call from any engine thread (each thread has its own connection)."""
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                connection.close()
+
+    def _step(self, vm: str, index: int):
+        return BuildStep.objects.filter(vm_id=self._vm_ids[vm], index=index)
+
+    # --- Reporter -------------------------------------------------------------------
+    def build_phase(self, phase: str) -> None:
+        def move():
+            build = Build.objects.get(pk=self.build_id)
+            if build.status != phase:
+                transition(build, phase)
+
+        self._db(move)
+        self.log(f"build phase: {phase}")
+
+    def vm_phase(self, vm: str, phase: str, message: str = "") -> None:
+        fields: dict = {"phase": phase, "message": message}
+        now = timezone.now()
+        if phase == VMPhase.SOURCE_IMPORTING:
+            fields["started_at"] = now
+        if phase in (VMPhase.SUCCEEDED, VMPhase.FAILED):
+            fields["finished_at"] = now
+        self._db(lambda: BuildVM.objects.filter(pk=self._vm_ids[vm]).update(**fields))
+        self.log(f"{phase}{': ' + message if message else ''}", vm=vm, stream="phase")
+
+    def vm_domain(self, vm: str, domain_name: str) -> None:
+        self._db(
+            lambda: BuildVM.objects.filter(pk=self._vm_ids[vm]).update(domain_name=domain_name)
+        )
+
+    def step_started(self, vm: str, index: int) -> None:
+        self._db(
+            lambda: self._step(vm, index).update(
+                status=StepStatus.RUNNING, started_at=timezone.now(), message=""
+            )
+        )
+
+    def step_waiting(self, vm: str, index: int) -> None:
+        self._db(lambda: self._step(vm, index).update(status=StepStatus.WAITING_FOR_USER))
+
+    def step_finished(self, vm, index, *, ok, exit_code=None, message="") -> None:
+        def finish():
+            step = self._step(vm, index).first()
+            if step is None:
+                return
+            duration = None
+            if step.started_at:
+                duration = round((timezone.now() - step.started_at).total_seconds(), 3)
+            self._step(vm, index).update(
+                status=StepStatus.SUCCEEDED if ok else StepStatus.FAILED,
+                duration_s=duration,
+                exit_code=exit_code,
+                message=message[:4000],
+            )
+
+        self._db(finish)
+
+    def log(self, text: str, *, vm: str = "", stream: str = "info") -> None:
+        now = timezone.now()
+        with self._lock:
+            for line in text.splitlines() or [""]:
+                self._seq += 1
+                self._pending.append(
+                    BuildLogLine(
+                        build_id=self.build_id,
+                        seq=self._seq,
+                        created_at=now,
+                        vm=vm,
+                        stream=stream,
+                        text=line[:MAX_LINE_CHARS],
+                    )
+                )
+                if self._echo:
+                    self._echo(format_line(now, vm, stream, line))
+
+    def poll(self) -> str | None:
+        def check():
+            Build.objects.filter(pk=self.build_id).update(heartbeat_at=timezone.now())
+            row = (
+                Build.objects.filter(pk=self.build_id).values("cancel_requested", "status").first()
+            )
+            return row
+
+        row = self._db(check)
+        if row is None:
+            return "the build was deleted"
+        if row["cancel_requested"]:
+            return "cancelled"
+        return None
+
+    def user_decision(self, vm: str, index: int) -> tuple[str, str] | None:
+        row = self._db(lambda: self._step(vm, index).values("user_decision", "user_reason").first())
+        if row and row["user_decision"]:
+            return row["user_decision"], row["user_reason"]
+        return None
+
+    # --- flushing ---------------------------------------------------------------------
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if batch:
+            self._db(lambda: BuildLogLine.objects.bulk_create(batch, batch_size=500))
+
+    def _flush_loop(self) -> None:
+        close_old_connections()
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            try:
+                self.flush()
+            except Exception:
+                import logging
+
+                logging.getLogger(__name__).exception("could not write build log lines")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._flusher.join(timeout=5)
+        self.flush()
+
+
+def format_line(when: datetime, vm: str, stream: str, text: str) -> str:
+    stamp = timezone.localtime(when).strftime("%H:%M:%S")
+    who = vm or "build"
+    marker = {"stderr": " !", "error": " ✗", "phase": " ▶"}.get(stream, "")
+    return f"{stamp} [{who}]{marker} {text}"

@@ -1,0 +1,150 @@
+"""Build pages: start, watch (live), cancel, continue a handbuild, download the log."""
+
+from __future__ import annotations
+
+import difflib
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from accounts.roles import instructor_required
+from builds import services
+from builds.models import Build, BuildLogLine, ModuleVersion
+from builds.reporting import format_line
+from modules.models import Module
+from modules.services import can_manage
+
+LOG_PAGE = 2000
+
+
+def _build_for(request: HttpRequest, pk: int) -> Build:
+    build = get_object_or_404(Build.objects.select_related("module", "requested_by"), pk=pk)
+    if not can_manage(request.user, build.module):
+        raise PermissionDenied("This build belongs to another instructor's module.")
+    return build
+
+
+@require_POST
+@instructor_required
+def start(request: HttpRequest, name: str) -> HttpResponse:
+    module = get_object_or_404(Module, name=name)
+    if not can_manage(request.user, module):
+        raise PermissionDenied("This module belongs to another instructor.")
+    try:
+        build = services.start_build(module=module, user=request.user)
+    except services.BuildNotAllowed as exc:
+        messages.error(request, str(exc))
+        return redirect(module)
+    return redirect(build)
+
+
+@instructor_required
+def detail(request: HttpRequest, pk: int) -> HttpResponse:
+    build = _build_for(request, pk)
+    vms = build.vms.prefetch_related("steps")
+    return render(request, "builds/detail.html", {"build": build, "vms": vms})
+
+
+@instructor_required
+def status(request: HttpRequest, pk: int) -> JsonResponse:
+    """The build's state and the log lines after `?after=<seq>` (for the live page)."""
+    build = _build_for(request, pk)
+    try:
+        after = int(request.GET.get("after", "0"))
+    except ValueError:
+        after = 0
+    lines = list(BuildLogLine.objects.filter(build=build, seq__gt=after).order_by("seq")[:LOG_PAGE])
+    data = services.build_summary(build, detail=True)
+    data["terminal"] = build.is_terminal
+    data["log"] = [
+        {
+            "seq": line.seq,
+            "vm": line.vm,
+            "stream": line.stream,
+            "text": line.text,
+            "time": line.created_at.isoformat(),
+        }
+        for line in lines
+    ]
+    return JsonResponse(data)
+
+
+@instructor_required
+def log_download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
+    build = _build_for(request, pk)
+
+    def lines():
+        for line in (
+            BuildLogLine.objects.filter(build=build).order_by("seq").iterator(chunk_size=2000)
+        ):
+            yield format_line(line.created_at, line.vm, line.stream, line.text) + "\n"
+
+    response = StreamingHttpResponse(lines(), content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="build-{build.pk}.log"'
+    return response
+
+
+@require_POST
+@instructor_required
+def cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    build = _build_for(request, pk)
+    try:
+        services.request_cancel(build, user=request.user)
+        messages.info(request, "Cancel requested: the build stops within a few seconds.")
+    except services.BuildNotAllowed as exc:
+        messages.error(request, str(exc))
+    return redirect(build)
+
+
+@require_POST
+@instructor_required
+def decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
+    build = _build_for(request, pk)
+    if decision not in {"continue", "fail"}:
+        raise PermissionDenied("unknown decision")
+    try:
+        services.decide_handbuild(
+            build,
+            vm_name=request.POST.get("vm") or None,
+            user=request.user,
+            decision=decision,
+            reason=request.POST.get("reason", ""),
+        )
+    except services.BuildNotAllowed as exc:
+        messages.error(request, str(exc))
+    return redirect(build)
+
+
+@instructor_required
+def version_diff(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    module = get_object_or_404(Module, name=name)
+    if not can_manage(request.user, module):
+        raise PermissionDenied("This module belongs to another instructor.")
+    version = get_object_or_404(ModuleVersion, module=module, number=number)
+    previous = (
+        ModuleVersion.objects.filter(module=module, number__lt=number).order_by("-number").first()
+    )
+    diff = manifest_diff(previous, version)
+    return render(
+        request,
+        "builds/version_diff.html",
+        {"module": module, "version": version, "previous": previous, "diff": diff},
+    )
+
+
+def manifest_diff(previous: ModuleVersion | None, version: ModuleVersion) -> list[tuple[str, str]]:
+    """(css class, line) pairs of a unified diff of the two versions' manifests."""
+    old = previous.manifest_text if previous else ""
+    label = f"v{previous.number}" if previous else "(nothing)"
+    lines = difflib.unified_diff(
+        old.splitlines(),
+        version.manifest_text.splitlines(),
+        fromfile=label,
+        tofile=f"v{version.number}",
+        lineterm="",
+    )
+    kinds = {"+": "add", "-": "del", "@": "hunk"}
+    return [(kinds.get(line[:1], "ctx"), line) for line in lines]

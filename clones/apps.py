@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ClonesConfig(AppConfig):
+    name = "clones"
+    verbose_name = "Clones"

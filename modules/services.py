@@ -1,0 +1,76 @@
+"""Where the ORM meets manifests: saving modules and their manifest history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+
+from modules.models import ManifestRevision, Module, sha256_text
+from ruddervirt.manifest import Problem, ValidationResult, validate
+
+
+class ManifestRejected(Exception):
+    """The manifest has errors; nothing was saved."""
+
+    def __init__(self, result: ValidationResult) -> None:
+        super().__init__(f"manifest has {len(result.errors)} error(s)")
+        self.result = result
+
+
+class ModuleNameTaken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SaveOutcome:
+    module: Module
+    revision: ManifestRevision
+    created_revision: bool
+    warnings: list[Problem]
+
+
+def save_manifest(*, module: Module, text: str, user) -> SaveOutcome:
+    """Validate `text` and record it as the module's newest revision.
+
+    Saving the same text as the newest revision again records nothing new, so the
+    history lists real changes only. Raises ManifestRejected when the text is invalid.
+    """
+    result = validate(text)
+    if not result.valid:
+        raise ManifestRejected(result)
+    digest = sha256_text(text)
+    with transaction.atomic():
+        latest = module.revisions.select_for_update().order_by("-number").first()
+        if latest is not None and latest.sha256 == digest:
+            return SaveOutcome(module, latest, False, result.warnings)
+        number = (module.revisions.aggregate(n=Max("number"))["n"] or 0) + 1
+        revision = ManifestRevision.objects.create(
+            module=module, number=number, text=text, sha256=digest, created_by=user
+        )
+        module.save(update_fields=["updated_at"])
+    return SaveOutcome(module, revision, True, result.warnings)
+
+
+def create_module(*, name: str, description: str, text: str, user) -> SaveOutcome:
+    """Create a module with its first manifest revision, atomically."""
+    result = validate(text)
+    if not result.valid:
+        raise ManifestRejected(result)
+    try:
+        with transaction.atomic():
+            module = Module.objects.create(name=name, description=description, owner=user)
+            return save_manifest(module=module, text=text, user=user)
+    except IntegrityError as exc:
+        raise ModuleNameTaken(name) from exc
+
+
+def modules_visible_to(user):
+    """Administrators see every module; instructors see the ones they own."""
+    qs = Module.objects.select_related("owner")
+    return qs if user.is_superuser else qs.filter(owner=user)
+
+
+def can_manage(user, module: Module) -> bool:
+    return bool(user.is_authenticated and (user.is_superuser or module.owner_id == user.pk))

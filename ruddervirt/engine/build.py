@@ -1,0 +1,297 @@
+"""The build orchestrator: networks, one thread per VM, capture, cleanup.
+
+`run_build` either returns the captured disks (in `plan.workdir / "capture"`) or raises
+BuildError / BuildCancelled. Whatever happens, it leaves no domain, network, seed or key
+behind; the VMs' working disks stay for inspection when the build failed (the caller
+removes them later).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ruddervirt.engine import cleanup
+from ruddervirt.engine.config import EngineConfig
+from ruddervirt.engine.errors import BuildCancelled
+from ruddervirt.engine.files import FileStore
+from ruddervirt.engine.reporter import Reporter, Stopper
+from ruddervirt.engine.topology import NicPlan, Topology, random_mac
+from ruddervirt.engine.topology import plan as plan_topology
+from ruddervirt.engine.vm import VMRunner
+from ruddervirt.guest.ssh import generate_keypair, load_private_key
+from ruddervirt.hypervisor import disks as qimg
+
+POLL_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    key: str  # unique per build, e.g. "b42"; part of every domain and network name
+    manifest: object  # the base Manifest; the build applies its buildOverrides
+    workdir: Path
+    parents: dict[str, list[Path]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CapturedDisk:
+    name: str
+    path: Path
+    bus: str
+    size: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "bus": self.bus, "size": self.size}
+
+
+@dataclass(frozen=True)
+class CapturedVM:
+    """What a template VM is made of. Values are the manifest's base values (not the
+    build overrides): clones get exactly these."""
+
+    name: str
+    cpu: int
+    memory: int
+    disks: tuple[CapturedDisk, ...]
+    nics: tuple[NicPlan, ...]
+    invisible: bool
+    efi: dict | None
+    communicator: dict
+
+    def to_spec(self) -> dict:
+        return {
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "disks": [d.to_dict() for d in self.disks],
+            "nics": [n.to_dict() for n in self.nics],
+            "invisible": self.invisible,
+            "efi": self.efi,
+            "communicator": self.communicator,
+        }
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    capture_dir: Path
+    vms: tuple[CapturedVM, ...]
+
+    def relocated(self, old: Path, new: Path) -> list[CapturedVM]:
+        """The VMs with disk paths moved from `old` to `new` (after the capture folder moved)."""
+        moved = []
+        for vm in self.vms:
+            disks = tuple(replace(d, path=new / d.path.relative_to(old)) for d in vm.disks)
+            moved.append(replace(vm, disks=disks))
+        return moved
+
+
+class _Monitor(threading.Thread):
+    """Polls the reporter for Cancel and enforces the build timeout."""
+
+    def __init__(
+        self, reporter: Reporter, stopper: Stopper, deadline: float, timeout: float
+    ) -> None:
+        super().__init__(name="build-monitor", daemon=True)
+        self.reporter, self.stopper, self.deadline, self.timeout = (
+            reporter,
+            stopper,
+            deadline,
+            timeout,
+        )
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(POLL_INTERVAL_S):
+            try:
+                reason = self.reporter.poll()
+            except Exception as exc:
+                reason = None
+                self.reporter.log(f"could not check for cancel: {exc}", stream="stderr")
+            if reason:
+                self.stopper.stop(reason)
+            elif time.monotonic() >= self.deadline:
+                self.stopper.stop(f"the build timeout ({self.timeout:.0f}s) was exceeded")
+
+
+def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) -> BuildResult:
+    base = plan.manifest
+    manifest = base.for_build()
+    stopper = Stopper()
+    deadline = time.monotonic() + manifest.timeout
+    monitor = _Monitor(reporter, stopper, deadline, manifest.timeout)
+    monitor.start()
+    metadata = {"kind": "build", "build": plan.key}
+    plan.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        reporter.build_phase("Networking")
+        topology = plan_topology(
+            manifest,
+            owner=plan.key,
+            prefix=config.name_prefix,
+            allow_internet=config.allow_internet,
+            metadata=metadata,
+        )
+        for warning in topology.warnings:
+            reporter.log(warning, stream="stderr")
+        cleanup.create_networks(hv, topology.networks)
+        reporter.log(
+            f"{len(topology.networks)} network(s) up: "
+            + ", ".join(n.name for n in topology.networks)
+        )
+        if stopper.stopped:
+            raise BuildCancelled(stopper.reason)
+        reporter.build_phase("Building")
+        outcomes = _run_vms(
+            plan, manifest, topology, hv, config, reporter, stopper, deadline, metadata
+        )
+        reporter.build_phase("CapturingDisks")
+        return _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper)
+    finally:
+        monitor.done.set()
+        monitor.join(timeout=5)
+        removed = cleanup.remove_owned(hv, config.name_prefix, metadata)
+        if removed:
+            reporter.log("removed " + ", ".join(removed))
+
+
+def build_key_comment(key: str) -> str:
+    """The comment of a build's throwaway key, by which the guest removes it at the end."""
+    return f"ruddervirt-build-{key}"
+
+
+def _keys(manifest, files: FileStore, manifest_key: str) -> dict[str, tuple[str, list[str]]]:
+    """Per VM: the private key the build logs in with, and the public keys the seed carries.
+
+    Without sshPrivateKeyFile every build makes a fresh ed25519 pair that lives in memory
+    only: it is never written to disk, so nothing of it can end up in a template."""
+    private, public = generate_keypair(comment=build_key_comment(manifest_key))
+    keys = {}
+    for vm in manifest.vms:
+        ref = vm.communicator.ssh_private_key_file
+        if ref:
+            text = files.text(ref)
+            key = load_private_key(text)
+            keys[vm.name] = (text, [f"{key.get_name()} {key.get_base64()} {vm.name}", public])
+        else:
+            keys[vm.name] = (private, [public])
+    return keys
+
+
+def _run_vms(plan, manifest, topology: Topology, hv, config, reporter, stopper, deadline, metadata):
+    files = FileStore(manifest.files, config.files_cache_dir, log=reporter.log)
+    keys = _keys(manifest, files, plan.key)
+    runners = [
+        VMRunner(
+            vm=vm,
+            build_key=plan.key,
+            workdir=plan.workdir,
+            parent_disks=plan.parents.get(vm.name),
+            nics=topology.nics[vm.name],
+            manifest=manifest,
+            config=config,
+            hv=hv,
+            reporter=reporter,
+            stopper=stopper,
+            files=files,
+            private_key=keys[vm.name][0],
+            public_keys=keys[vm.name][1],
+            deadline=deadline,
+            metadata=metadata,
+        )
+        for vm in manifest.vms
+    ]
+    failures: list[tuple[str, BaseException]] = []
+
+    def one(runner: VMRunner):
+        try:
+            return runner.run()
+        except BaseException as exc:
+            if not isinstance(exc, BuildCancelled) or not failures:
+                failures.append((runner.vm.name, exc))
+            reporter.vm_phase(runner.vm.name, "Failed", str(exc))
+            # The first failure fails the build: stop the other VMs now.
+            stopper.stop(stopper.reason or f"VM {runner.vm.name} failed")
+            raise
+
+    with ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="vm") as pool:
+        futures = [pool.submit(one, r) for r in runners]
+        for future in futures:
+            future.exception()
+    if failures:
+        real = [exc for _name, exc in failures if not isinstance(exc, BuildCancelled)]
+        if real:
+            raise real[0]
+        raise BuildCancelled(stopper.reason)
+    return [f.result() for f in futures]
+
+
+def _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper) -> BuildResult:
+    """Flatten and compact every disk into the capture folder."""
+    capture_dir = plan.workdir / "capture"
+    shutil.rmtree(capture_dir, ignore_errors=True)
+    base_vms = {vm.name: vm for vm in base.vms}
+    captured = []
+    for outcome, vm in zip(outcomes, manifest.vms, strict=True):
+        if stopper.stopped:
+            raise BuildCancelled(stopper.reason)
+        target = capture_dir / vm.name
+        target.mkdir(parents=True)
+        disks = []
+        for disk in outcome.disks:
+            dest = target / f"{disk.name}.qcow2"
+            started = time.monotonic()
+            qimg.convert(disk.path, dest, compress=config.compress_templates)
+            size = int(qimg.info(dest)["virtual-size"])
+            disks.append(CapturedDisk(disk.name, dest, disk.bus, size))
+            reporter.log(
+                f"captured disk {disk.name}: {dest.stat().st_size} bytes on disk "
+                f"in {time.monotonic() - started:.1f}s",
+                vm=vm.name,
+            )
+        reporter.vm_phase(vm.name, "DiskCaptured")
+        base_vm = base_vms[vm.name]
+        captured.append(
+            CapturedVM(
+                name=vm.name,
+                cpu=base_vm.resources.cpu,
+                memory=base_vm.resources.memory,
+                disks=tuple(disks),
+                nics=_base_nics(base_vm, topology.nics[vm.name]),
+                invisible=base_vm.invisible,
+                efi={"secure_boot": base_vm.efi_firmware.secure_boot}
+                if base_vm.efi_firmware
+                else None,
+                communicator={
+                    "ssh_username": base_vm.communicator.ssh_username,
+                    "ssh_port": base_vm.communicator.ssh_port,
+                    "shell": base_vm.communicator.shell,
+                },
+            )
+        )
+    return BuildResult(capture_dir=capture_dir, vms=tuple(captured))
+
+
+def _base_nics(base_vm, built: tuple[NicPlan, ...]) -> tuple[NicPlan, ...]:
+    """The template's NICs are the base manifest's; each keeps the MAC (and address) it
+    had in the build when the build had a NIC of that name."""
+    by_name = {n.name: n for n in built}
+    result = []
+    for nic in base_vm.nics:
+        used = by_name.get(nic.name)
+        result.append(
+            NicPlan(
+                vm=base_vm.name,
+                name=nic.name,
+                subnet=nic.subnet,
+                network="",
+                slot=nic.slot,
+                mac=(nic.mac or (used.mac if used else random_mac())).lower(),
+                ip=nic.ip or (used.ip if used and used.subnet == nic.subnet else None),
+                static=bool(nic.ip),
+                model=nic.model,
+            )
+        )
+    return tuple(result)

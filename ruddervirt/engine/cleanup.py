@@ -1,0 +1,54 @@
+"""Creating a build's or clone's networks, and removing everything an owner left behind.
+
+Ownership is read from the metadata every domain and network carries (kind + id), never
+guessed from names alone, so cleanup of one build cannot touch another's VMs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from ruddervirt.hypervisor.driver import DomainState, HypervisorError
+from ruddervirt.hypervisor.specs import NetworkSpec
+
+
+def create_networks(hv, networks: Iterable[NetworkSpec]) -> None:
+    for spec in networks:
+        hv.define_network(spec)
+        hv.start_network(spec.name)
+
+
+def _owned(metadata: Mapping[str, str], owner: Mapping[str, str]) -> bool:
+    return all(metadata.get(k) == v for k, v in owner.items())
+
+
+def remove_domain(hv, name: str) -> None:
+    if hv.state(name) not in (DomainState.SHUTOFF, DomainState.ABSENT):
+        hv.destroy(name)
+    hv.undefine(name)
+
+
+def remove_owned(hv, prefix: str, owner: Mapping[str, str]) -> list[str]:
+    """Destroy and undefine every domain and network under `prefix` whose metadata
+    matches all of `owner` (e.g. {"kind": "build", "build": "b42"}). Returns what went."""
+    removed = []
+    errors = []
+    for domain in hv.list_domains(prefix):
+        if _owned(domain.metadata, owner):
+            try:
+                remove_domain(hv, domain.name)
+                removed.append(f"domain {domain.name}")
+            except HypervisorError as exc:
+                errors.append(f"domain {domain.name}: {exc}")
+    for network in hv.list_networks(prefix):
+        if _owned(network.metadata, owner):
+            try:
+                if network.active:
+                    hv.destroy_network(network.name)
+                hv.undefine_network(network.name)
+                removed.append(f"network {network.name}")
+            except HypervisorError as exc:
+                errors.append(f"network {network.name}: {exc}")
+    if errors:
+        raise HypervisorError("cleanup left things behind: " + "; ".join(errors))
+    return removed

@@ -1,0 +1,27 @@
+"""Engine settings, passed in by the caller (Django settings in the portal)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    storage_root: Path
+    domain_type: str = "kvm"
+    name_prefix: str = "rv-"
+    allow_internet: bool = True
+    # Shutdown: the guest's own poweroff, then ACPI, then a forced stop.
+    guest_poweroff_timeout_s: float = 60.0
+    acpi_timeout_s: float = 30.0
+    # Convert captured disks with compression (smaller templates, slower capture).
+    compress_templates: bool = False
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.storage_root / "cache" / "images"
+
+    @property
+    def files_cache_dir(self) -> Path:
+        return self.storage_root / "cache" / "files"

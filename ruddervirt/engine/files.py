@@ -1,0 +1,46 @@
+"""The manifest's named `files`: inline text or a URL fetched once per build."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from ruddervirt.engine.sources import fetch
+
+# Files up to this size are handed out as bytes; larger ones as a path that is streamed.
+INLINE_LIMIT = 4 * 1024 * 1024
+
+
+class FileStore:
+    def __init__(
+        self, files, cache_dir: Path, log: Callable[[str], None] = lambda _m: None
+    ) -> None:
+        self._files = {f.name: f for f in files}
+        self._cache_dir = cache_dir
+        self._log = log
+        self._fetched: dict[str, Path] = {}
+        self._lock = threading.Lock()
+
+    def content(
+        self, name: str, *, should_stop: Callable[[], bool] = lambda: False
+    ) -> bytes | Path:
+        entry = self._files[name]
+        if entry.inline is not None:
+            return entry.inline.encode("utf-8")
+        with self._lock:
+            if name not in self._fetched:
+                self._fetched[name] = fetch(
+                    entry.url,
+                    entry.checksum,
+                    self._cache_dir,
+                    should_stop=should_stop,
+                    log=self._log,
+                )
+        path = self._fetched[name]
+        return path.read_bytes() if path.stat().st_size <= INLINE_LIMIT else path
+
+    def text(self, name: str, *, should_stop: Callable[[], bool] = lambda: False) -> str:
+        data = self.content(name, should_stop=should_stop)
+        raw = data.read_bytes() if isinstance(data, Path) else data
+        return raw.decode("utf-8")

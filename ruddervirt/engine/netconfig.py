@@ -1,0 +1,71 @@
+"""cloud-init network config (version 2) for a VM's NICs and its management NIC.
+
+Static `ip`s are configured as such (so they work even on subnets without DHCP); other
+NICs use DHCP. The management NIC (QEMU user-mode, restrict=on) only carries the host's
+SSH forward: it takes DHCP but never the default route or DNS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import yaml
+
+from ruddervirt.engine.topology import NicPlan
+
+MGMT_KEY = "rvmgmt"
+
+
+def _mgmt_entry(mac: str) -> dict:
+    return {
+        "match": {"macaddress": mac},
+        "dhcp4": True,
+        "dhcp4-overrides": {"use-routes": False, "use-dns": False},
+        "optional": True,
+    }
+
+
+def _nic_entry(nic: NicPlan, subnet, first_gateway: list) -> dict:
+    entry: dict = {"match": {"macaddress": nic.mac}}
+    if nic.static and nic.ip:
+        net = ipaddress.IPv4Network(subnet.cidr)
+        entry["addresses"] = [f"{nic.ip}/{net.prefixlen}"]
+        if not subnet.unmanaged:
+            gateway = str(next(net.hosts()))
+            entry["nameservers"] = {"addresses": [gateway, *subnet.dns]}
+            if not first_gateway:  # one default route: through the first managed NIC
+                first_gateway.append(gateway)
+                entry["routes"] = [{"to": "default", "via": gateway}]
+    else:
+        entry["dhcp4"] = True
+        if subnet.unmanaged:
+            entry["optional"] = True  # a guest router may or may not serve DHCP there
+    return entry
+
+
+def render(nics: tuple[NicPlan, ...], manifest, *, mgmt_mac: str, user_network: str | None) -> str:
+    """The seed's `network-config`. An instructor's own networkData is kept, with the
+    management NIC added so the build can still reach the VM."""
+    if user_network:
+        data = yaml.safe_load(user_network) or {}
+        if isinstance(data, dict) and "network" in data and isinstance(data["network"], dict):
+            data = data["network"]
+        if isinstance(data, dict) and data.get("version") == 2:
+            data.setdefault("ethernets", {})[MGMT_KEY] = _mgmt_entry(mgmt_mac)
+        elif isinstance(data, dict) and data.get("version") == 1:
+            data.setdefault("config", []).append(
+                {
+                    "type": "physical",
+                    "name": MGMT_KEY,
+                    "mac_address": mgmt_mac,
+                    "subnets": [{"type": "dhcp"}],
+                }
+            )
+        return yaml.safe_dump(data, sort_keys=False)
+    subnets = {s.name: s for s in manifest.network.subnets}
+    ethernets: dict = {}
+    first_gateway: list = []
+    for index, nic in enumerate(nics):
+        ethernets[f"nic{index}"] = _nic_entry(nic, subnets[nic.subnet], first_gateway)
+    ethernets[MGMT_KEY] = _mgmt_entry(mgmt_mac)
+    return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False)

@@ -1,0 +1,262 @@
+"""An in-memory :class:`~ruddervirt.hypervisor.driver.Hypervisor` for unit tests.
+
+Domains and networks live in dicts. It raises the same errors as the libvirt driver in the
+same situations (unknown names, redefining a running domain, starting a domain whose network
+is not active, console of a stopped domain, ...). State changes happen at once: ``start`` makes
+a domain RUNNING, ``shutdown`` makes it SHUTOFF unless its name is in ``acpi_ignored`` (a guest
+that ignores the power button, like busybox init). Tests can force a state with
+:meth:`FakeHypervisor.set_state` and inspect ``sent_keys`` and ``calls``. Thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from ruddervirt.hypervisor.driver import (
+    CancelCheck,
+    ConsoleAddress,
+    DomainInfo,
+    DomainNotFound,
+    DomainState,
+    HypervisorError,
+    InvalidState,
+    NetworkInfo,
+    NetworkNotFound,
+    check_keycodes,
+    check_prefix,
+    poll_for_state,
+)
+from ruddervirt.hypervisor.specs import DEFAULT_NAME_PREFIX, DomainSpec, NetworkSpec
+
+_ACTIVE = frozenset({DomainState.RUNNING, DomainState.PAUSED})
+FIRST_VNC_PORT = 5900
+# A 1x1 black PPM: what QEMU's screendump would give for a blank screen, only smaller.
+FAKE_SCREENSHOT = b"P6\n1 1\n255\n\x00\x00\x00"
+
+
+@dataclass
+class FakeDomain:
+    """A defined domain: its spec, state and (while running) VNC port."""
+
+    spec: DomainSpec
+    state: DomainState = DomainState.SHUTOFF
+    vnc_port: int | None = None
+    boots: int = 0
+
+
+@dataclass
+class FakeNetwork:
+    """A defined network and whether it is active."""
+
+    spec: NetworkSpec
+    active: bool = False
+
+
+class FakeHypervisor:
+    """Dict-backed hypervisor; see the module docstring for what it simulates."""
+
+    def __init__(self, *, name_prefix: str = DEFAULT_NAME_PREFIX) -> None:
+        self.name_prefix = name_prefix
+        self.domains: dict[str, FakeDomain] = {}
+        self.networks: dict[str, FakeNetwork] = {}
+        self.sent_keys: dict[str, list[tuple[tuple[int, ...], int]]] = {}
+        self.acpi_ignored: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+        self._lock = threading.RLock()
+        self._next_port = FIRST_VNC_PORT
+
+    # -- helpers for tests -------------------------------------------------------------------
+
+    def set_state(self, name: str, state: DomainState) -> None:
+        """Force a domain's state (a crash, a guest powering itself off, ...)."""
+        with self._lock:
+            self._dom(name).state = state
+
+    def _dom(self, name: str) -> FakeDomain:
+        check_prefix(name, self.name_prefix)
+        try:
+            return self.domains[name]
+        except KeyError:
+            raise DomainNotFound(f"domain {name!r}: no such domain") from None
+
+    def _net(self, name: str) -> FakeNetwork:
+        check_prefix(name, self.name_prefix, "network")
+        try:
+            return self.networks[name]
+        except KeyError:
+            raise NetworkNotFound(f"network {name!r}: no such network") from None
+
+    def _record(self, method: str, name: str) -> None:
+        self.calls.append((method, name))
+
+    # -- domains -----------------------------------------------------------------------------
+
+    def define(self, spec: DomainSpec) -> None:
+        """See :meth:`Hypervisor.define`."""
+        check_prefix(spec.name, self.name_prefix)
+        with self._lock:
+            self._record("define", spec.name)
+            existing = self.domains.get(spec.name)
+            if existing is None:
+                self.domains[spec.name] = FakeDomain(spec)
+                return
+            if existing.state in _ACTIVE:
+                raise InvalidState(f"cannot redefine {spec.name!r} while it is running")
+            existing.spec = spec
+
+    def start(self, name: str) -> None:
+        """See :meth:`Hypervisor.start`; fails like libvirt when a NIC's network is not active."""
+        with self._lock:
+            self._record("start", name)
+            dom = self._dom(name)
+            if dom.state in _ACTIVE:
+                return
+            for nic in dom.spec.nics:
+                network = self.networks.get(nic.network)
+                if network is None or not network.active:
+                    raise HypervisorError(f"start {name!r}: network {nic.network!r} is not active")
+            dom.state, dom.boots = DomainState.RUNNING, dom.boots + 1
+            dom.vnc_port, self._next_port = self._next_port, self._next_port + 1
+
+    def shutdown(self, name: str) -> None:
+        """See :meth:`Hypervisor.shutdown`."""
+        with self._lock:
+            self._record("shutdown", name)
+            dom = self._dom(name)
+            if dom.state is DomainState.RUNNING and name not in self.acpi_ignored:
+                dom.state, dom.vnc_port = DomainState.SHUTOFF, None
+
+    def destroy(self, name: str) -> None:
+        """See :meth:`Hypervisor.destroy`."""
+        with self._lock:
+            self._record("destroy", name)
+            dom = self._dom(name)
+            if dom.state in _ACTIVE:
+                dom.state, dom.vnc_port = DomainState.SHUTOFF, None
+
+    def undefine(self, name: str, *, remove_nvram: bool = True) -> None:
+        """See :meth:`Hypervisor.undefine`."""
+        with self._lock:
+            self._record("undefine", name)
+            try:
+                dom = self._dom(name)
+            except DomainNotFound:
+                return
+            if dom.state in _ACTIVE:
+                raise InvalidState(f"cannot undefine {name!r} while it is running")
+            del self.domains[name]
+
+    def state(self, name: str) -> DomainState:
+        """See :meth:`Hypervisor.state`."""
+        with self._lock:
+            try:
+                return self._dom(name).state
+            except DomainNotFound:
+                return DomainState.ABSENT
+
+    def wait_for_state(
+        self,
+        name: str,
+        states: Collection[DomainState],
+        timeout: float,
+        cancel: CancelCheck | None = None,
+    ) -> DomainState:
+        """See :meth:`Hypervisor.wait_for_state` (polls every 10 ms)."""
+        return poll_for_state(lambda: self.state(name), name, states, timeout, cancel, 0.01)
+
+    def list_domains(self, prefix: str) -> list[DomainInfo]:
+        """See :meth:`Hypervisor.list_domains`."""
+        with self._lock:
+            return [
+                DomainInfo(name, dom.state, dict(dom.spec.metadata))
+                for name, dom in sorted(self.domains.items())
+                if name.startswith(prefix)
+            ]
+
+    def _running(self, name: str, what: str) -> FakeDomain:
+        dom = self._dom(name)
+        if dom.state not in _ACTIVE:
+            raise InvalidState(f"{what} {name!r}: domain is not running")
+        return dom
+
+    def console_address(self, name: str) -> ConsoleAddress:
+        """See :meth:`Hypervisor.console_address`."""
+        with self._lock:
+            dom = self._running(name, "console of")
+            if dom.spec.vnc is not True:
+                return ConsoleAddress(socket=dom.spec.vnc)
+            return ConsoleAddress(host="127.0.0.1", port=dom.vnc_port)
+
+    def send_keys(self, name: str, keycodes: Sequence[int], hold_ms: int = 0) -> None:
+        """See :meth:`Hypervisor.send_keys`; records ``(keycodes, hold_ms)`` in ``sent_keys``."""
+        keys = check_keycodes(keycodes)
+        if hold_ms < 0:
+            raise ValueError(f"hold_ms must be >= 0, got {hold_ms}")
+        with self._lock:
+            self._running(name, "send keys to")
+            self.sent_keys.setdefault(name, []).append((tuple(keys), hold_ms))
+
+    def screenshot(self, name: str) -> bytes:
+        """See :meth:`Hypervisor.screenshot`; always a 1x1 black PPM."""
+        with self._lock:
+            self._running(name, "screenshot of")
+            return FAKE_SCREENSHOT
+
+    # -- networks ----------------------------------------------------------------------------
+
+    def define_network(self, spec: NetworkSpec) -> None:
+        """See :meth:`Hypervisor.define_network`."""
+        check_prefix(spec.name, self.name_prefix, "network")
+        with self._lock:
+            self._record("define_network", spec.name)
+            existing = self.networks.get(spec.name)
+            if existing is None:
+                self.networks[spec.name] = FakeNetwork(spec)
+            elif existing.active:
+                raise InvalidState(f"cannot redefine network {spec.name!r} while active")
+            else:
+                existing.spec = spec
+
+    def start_network(self, name: str) -> None:
+        """See :meth:`Hypervisor.start_network`."""
+        with self._lock:
+            self._record("start_network", name)
+            self._net(name).active = True
+
+    def destroy_network(self, name: str) -> None:
+        """See :meth:`Hypervisor.destroy_network`."""
+        with self._lock:
+            self._record("destroy_network", name)
+            self._net(name).active = False
+
+    def undefine_network(self, name: str) -> None:
+        """See :meth:`Hypervisor.undefine_network`."""
+        with self._lock:
+            self._record("undefine_network", name)
+            try:
+                net = self._net(name)
+            except NetworkNotFound:
+                return
+            if net.active:
+                raise InvalidState(f"cannot undefine network {name!r} while active")
+            del self.networks[name]
+
+    def list_networks(self, prefix: str) -> list[NetworkInfo]:
+        """See :meth:`Hypervisor.list_networks`."""
+        with self._lock:
+            return [
+                NetworkInfo(name, net.active, net.spec.bridge, dict(net.spec.metadata))
+                for name, net in sorted(self.networks.items())
+                if name.startswith(prefix)
+            ]
+
+    def network_exists(self, name: str) -> bool:
+        """See :meth:`Hypervisor.network_exists`."""
+        with self._lock:
+            try:
+                self._net(name)
+            except NetworkNotFound:
+                return False
+            return True

@@ -1,0 +1,366 @@
+"""The libvirt implementation of :class:`~ruddervirt.hypervisor.driver.Hypervisor`.
+
+The only module that imports ``libvirt``. Every libvirt error is translated into the errors of
+``driver.py``; libvirt's habit of printing every error to stderr is switched off (the errors
+reach callers as exceptions instead).
+
+Threads: each thread (and each process, after a fork) lazily opens its own connection to the
+URI, kept in a ``threading.local``. libvirt connections are thread-safe, but a private one per
+worker thread means a connection broken by a libvirtd restart, or inherited across a fork by
+an rq work horse, only affects its owner, and is reopened on next use (``isAlive`` check).
+``close()`` closes every connection this object opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Collection, Iterator, Sequence
+from pathlib import Path
+
+import libvirt
+
+from ruddervirt.hypervisor.domain_xml import OWNER_NS, build_domain_xml, parse_owner_metadata
+from ruddervirt.hypervisor.driver import (
+    CancelCheck,
+    ConsoleAddress,
+    DomainInfo,
+    DomainNotFound,
+    DomainState,
+    HypervisorError,
+    InvalidState,
+    NetworkInfo,
+    NetworkNotFound,
+    check_keycodes,
+    check_prefix,
+    poll_for_state,
+)
+from ruddervirt.hypervisor.network_xml import build_network_xml
+from ruddervirt.hypervisor.specs import DEFAULT_NAME_PREFIX, DomainSpec, NetworkSpec
+
+DEFAULT_URI = "qemu:///system"
+
+
+def _ignore_libvirt_error(_ctx: object, _error: object) -> None:
+    """libvirt's default handler prints every error to stderr; ours become exceptions instead."""
+
+
+libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,  # running, vCPUs idle
+    libvirt.VIR_DOMAIN_SHUTDOWN: DomainState.RUNNING,  # still running, shutting down
+    libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
+}
+
+_UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+)
+
+
+def map_state(state: int, reason: int) -> DomainState:
+    """Our state for libvirt's (state, reason); a crash is CRASHED even if libvirt paused or
+    stopped the guest because of it (e.g. QEMU's "emulation failure")."""
+    if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_CRASHED:
+        return DomainState.CRASHED
+    if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
+        return DomainState.CRASHED
+    return _STATES.get(state, DomainState.OTHER)
+
+
+def _translate(exc: libvirt.libvirtError, what: str) -> HypervisorError:
+    code = exc.get_error_code()
+    message = f"{what}: {exc.get_error_message() or exc}"
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return DomainNotFound(message)
+    if code == libvirt.VIR_ERR_NO_NETWORK:
+        return NetworkNotFound(message)
+    if code == libvirt.VIR_ERR_OPERATION_INVALID:
+        return InvalidState(message)
+    return HypervisorError(message)
+
+
+@contextlib.contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """Turn libvirt errors raised inside the block into our typed errors."""
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        raise _translate(exc, what) from exc
+
+
+def _is(exc: libvirt.libvirtError, *codes: int) -> bool:
+    return exc.get_error_code() in codes
+
+
+class LibvirtHypervisor:
+    """Drives libvirt at ``uri``; manages only objects whose names start with ``name_prefix``."""
+
+    def __init__(self, uri: str = DEFAULT_URI, *, name_prefix: str = DEFAULT_NAME_PREFIX) -> None:
+        if not name_prefix:
+            raise ValueError("name_prefix must not be empty")
+        self.uri = uri
+        self.name_prefix = name_prefix
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[tuple[int, libvirt.virConnect]] = []
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _conn(self) -> libvirt.virConnect:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid() and conn.isAlive():
+            return conn
+        with _errors(f"cannot connect to {self.uri}"):
+            conn = libvirt.open(self.uri)
+        self._local.conn, self._local.pid = conn, os.getpid()
+        with self._lock:
+            self._opened.append((os.getpid(), conn))
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this process opened through this object (threads reopen on
+        next use). Connections inherited across a fork are left alone: they are the parent's."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for pid, conn in opened:
+            if pid == os.getpid():
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.close()
+        self._local = threading.local()
+
+    def _domain(self, name: str) -> libvirt.virDomain:
+        check_prefix(name, self.name_prefix)
+        with _errors(f"domain {name!r}"):
+            return self._conn().lookupByName(name)
+
+    def _network(self, name: str) -> libvirt.virNetwork:
+        check_prefix(name, self.name_prefix, "network")
+        with _errors(f"network {name!r}"):
+            return self._conn().networkLookupByName(name)
+
+    # -- domains -----------------------------------------------------------------------------
+
+    def define(self, spec: DomainSpec) -> None:
+        """See :meth:`Hypervisor.define`; an existing domain keeps its UUID."""
+        check_prefix(spec.name, self.name_prefix)
+        uuid = None
+        with contextlib.suppress(DomainNotFound):
+            existing = self._domain(spec.name)
+            with _errors(f"define {spec.name!r}"):
+                if existing.isActive():
+                    raise InvalidState(f"cannot redefine {spec.name!r} while it is running")
+                uuid = existing.UUIDString()
+        xml = build_domain_xml(spec, uuid=uuid)
+        with _errors(f"define {spec.name!r}"):
+            self._conn().defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+
+    def start(self, name: str) -> None:
+        """See :meth:`Hypervisor.start` (also a no-op when paused)."""
+        dom = self._domain(name)
+        with _errors(f"start {name!r}"):
+            if not dom.isActive():
+                dom.create()
+
+    def shutdown(self, name: str) -> None:
+        """See :meth:`Hypervisor.shutdown`."""
+        dom = self._domain(name)
+        with _errors(f"shutdown {name!r}"):
+            if dom.isActive():
+                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+
+    def destroy(self, name: str) -> None:
+        """See :meth:`Hypervisor.destroy`."""
+        dom = self._domain(name)
+        with _errors(f"destroy {name!r}"):
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as exc:
+                if not _is(exc, libvirt.VIR_ERR_OPERATION_INVALID):  # not running
+                    raise
+
+    def undefine(self, name: str, *, remove_nvram: bool = True) -> None:
+        """See :meth:`Hypervisor.undefine`."""
+        try:
+            dom = self._domain(name)
+        except DomainNotFound:
+            return
+        if remove_nvram:
+            nvram = libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+        else:
+            nvram = libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+        with _errors(f"undefine {name!r}"):
+            try:
+                if dom.isActive():
+                    raise InvalidState(f"cannot undefine {name!r} while it is running")
+                dom.undefineFlags(_UNDEFINE_FLAGS | nvram)
+            except libvirt.libvirtError as exc:
+                if not _is(exc, libvirt.VIR_ERR_NO_DOMAIN):  # gone meanwhile: fine
+                    raise
+
+    def state(self, name: str) -> DomainState:
+        """See :meth:`Hypervisor.state`."""
+        try:
+            dom = self._domain(name)
+            with _errors(f"state of {name!r}"):
+                state, reason = dom.state()
+        except DomainNotFound:
+            return DomainState.ABSENT
+        return map_state(state, reason)
+
+    def wait_for_state(
+        self,
+        name: str,
+        states: Collection[DomainState],
+        timeout: float,
+        cancel: CancelCheck | None = None,
+    ) -> DomainState:
+        """See :meth:`Hypervisor.wait_for_state`."""
+        return poll_for_state(lambda: self.state(name), name, states, timeout, cancel)
+
+    def list_domains(self, prefix: str) -> list[DomainInfo]:
+        """See :meth:`Hypervisor.list_domains`."""
+        with _errors("list domains"):
+            domains = self._conn().listAllDomains(0)
+        found = []
+        for dom in domains:
+            with contextlib.suppress(DomainNotFound):  # removed while we were listing
+                if dom.name().startswith(prefix):
+                    found.append(self._domain_info(dom))
+        return sorted(found, key=lambda info: info.name)
+
+    def _domain_info(self, dom: libvirt.virDomain) -> DomainInfo:
+        with _errors(f"domain {dom.name()!r}"):
+            state, reason = dom.state()
+            try:
+                owner = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS, 0)
+            except libvirt.libvirtError as exc:
+                if not _is(exc, libvirt.VIR_ERR_NO_DOMAIN_METADATA):
+                    raise
+                owner = None
+        metadata = parse_owner_metadata(owner) if owner else {}
+        return DomainInfo(dom.name(), map_state(state, reason), metadata)
+
+    def console_address(self, name: str) -> ConsoleAddress:
+        """See :meth:`Hypervisor.console_address`."""
+        dom = self._domain(name)
+        with _errors(f"console of {name!r}"):
+            if not dom.isActive():
+                raise InvalidState(f"{name!r} is not running: no console")
+            xml = dom.XMLDesc(0)
+        return _vnc_address(name, ET.fromstring(xml))  # noqa: S314 - libvirtd's own XML
+
+    def send_keys(self, name: str, keycodes: Sequence[int], hold_ms: int = 0) -> None:
+        """See :meth:`Hypervisor.send_keys`."""
+        keys = check_keycodes(keycodes)
+        if hold_ms < 0:
+            raise ValueError(f"hold_ms must be >= 0, got {hold_ms}")
+        dom = self._domain(name)
+        with _errors(f"send keys to {name!r}"):
+            dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, hold_ms, keys, len(keys), 0)
+
+    def screenshot(self, name: str) -> bytes:
+        """See :meth:`Hypervisor.screenshot`."""
+        dom = self._domain(name)
+        conn = self._conn()
+        chunks: list[bytes] = []
+        with _errors(f"screenshot of {name!r}"):
+            stream = conn.newStream(0)
+            try:
+                dom.screenshot(stream, 0, 0)
+                stream.recvAll(lambda _stream, data, sink: sink.append(data), chunks)
+                stream.finish()
+            except BaseException:
+                with contextlib.suppress(libvirt.libvirtError):
+                    stream.abort()
+                raise
+        return b"".join(chunks)
+
+    # -- networks ----------------------------------------------------------------------------
+
+    def define_network(self, spec: NetworkSpec) -> None:
+        """See :meth:`Hypervisor.define_network`; an existing network keeps its UUID."""
+        check_prefix(spec.name, self.name_prefix, "network")
+        uuid = None
+        with contextlib.suppress(NetworkNotFound):
+            existing = self._network(spec.name)
+            with _errors(f"define network {spec.name!r}"):
+                if existing.isActive():
+                    raise InvalidState(f"cannot redefine network {spec.name!r} while active")
+                uuid = existing.UUIDString()
+        with _errors(f"define network {spec.name!r}"):
+            self._conn().networkDefineXML(build_network_xml(spec, uuid=uuid))
+
+    def start_network(self, name: str) -> None:
+        """See :meth:`Hypervisor.start_network`."""
+        net = self._network(name)
+        with _errors(f"start network {name!r}"):
+            if not net.isActive():
+                net.create()
+
+    def destroy_network(self, name: str) -> None:
+        """See :meth:`Hypervisor.destroy_network`."""
+        net = self._network(name)
+        with _errors(f"destroy network {name!r}"):
+            if net.isActive():
+                net.destroy()
+
+    def undefine_network(self, name: str) -> None:
+        """See :meth:`Hypervisor.undefine_network`."""
+        try:
+            net = self._network(name)
+        except NetworkNotFound:
+            return
+        with _errors(f"undefine network {name!r}"):
+            if net.isActive():
+                raise InvalidState(f"cannot undefine network {name!r} while active")
+            net.undefine()
+
+    def list_networks(self, prefix: str) -> list[NetworkInfo]:
+        """See :meth:`Hypervisor.list_networks`."""
+        with _errors("list networks"):
+            networks = self._conn().listAllNetworks(0)
+        found = []
+        for net in networks:
+            with contextlib.suppress(NetworkNotFound):
+                if net.name().startswith(prefix):
+                    found.append(self._network_info(net))
+        return sorted(found, key=lambda info: info.name)
+
+    def _network_info(self, net: libvirt.virNetwork) -> NetworkInfo:
+        with _errors(f"network {net.name()!r}"):
+            root = ET.fromstring(net.XMLDesc(0))  # noqa: S314 - libvirtd's own XML
+            active = bool(net.isActive())
+        bridge = root.find("bridge")
+        bridge_name = bridge.get("name") if bridge is not None else None
+        return NetworkInfo(net.name(), active, bridge_name, parse_owner_metadata(root))
+
+    def network_exists(self, name: str) -> bool:
+        """See :meth:`Hypervisor.network_exists`."""
+        try:
+            self._network(name)
+        except NetworkNotFound:
+            return False
+        return True
+
+
+def _vnc_address(name: str, root: ET.Element) -> ConsoleAddress:
+    """Read the VNC listener out of a running domain's live XML."""
+    graphics = root.find("./devices/graphics[@type='vnc']")
+    if graphics is None:
+        raise HypervisorError(f"{name!r} has no VNC console")
+    listen = graphics.find("listen")
+    if listen is not None and listen.get("type") == "socket":
+        return ConsoleAddress(socket=Path(listen.get("socket", "")))
+    port = int(graphics.get("port", "-1"))
+    if port <= 0:
+        raise HypervisorError(f"{name!r} has no VNC port allocated")
+    host = graphics.get("listen") or (listen.get("address") if listen is not None else None)
+    return ConsoleAddress(host=host or "127.0.0.1", port=port)

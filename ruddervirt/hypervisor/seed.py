@@ -1,0 +1,95 @@
+"""cloud-init NoCloud seed ISOs (volume label ``cidata``) and the cloud-config we put in them.
+
+The seed carries ``user-data``, ``meta-data`` and optionally ``network-config``. The
+instructor's ``cloudInit.userData`` is merged with the build's SSH public keys by
+:func:`cloud_config_with_keys`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ruddervirt.proc import run
+
+GENISOIMAGE = "genisoimage"
+SEED_TIMEOUT_S = 60.0
+CLOUD_CONFIG_HEADER = "#cloud-config\n"
+
+
+def make_nocloud_seed(
+    dest: Path, *, user_data: str, meta_data: str, network_config: str | None = None
+) -> None:
+    """Write a NoCloud seed ISO to ``dest`` (replacing it; written to a temporary file first)."""
+    dest = Path(dest)
+    files = {"user-data": user_data, "meta-data": meta_data}
+    if network_config is not None:
+        files["network-config"] = network_config
+    partial = dest.with_name(dest.name + ".partial")
+    try:
+        with tempfile.TemporaryDirectory(prefix="rv-seed-") as tmp:
+            for name, text in files.items():
+                (Path(tmp) / name).write_text(text, encoding="utf-8")
+            args = [GENISOIMAGE, "-quiet", "-output", partial, "-volid", "cidata", "-joliet"]
+            run([*args, "-rock", *files], timeout=SEED_TIMEOUT_S, cwd=tmp)
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def nocloud_meta_data(*, instance_id: str, hostname: str) -> str:
+    """``meta-data`` text; a new ``instance_id`` makes cloud-init run its per-instance steps."""
+    data = {"instance-id": instance_id, "local-hostname": hostname}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def cloud_config_with_keys(
+    user_yaml: str | None, public_keys: Sequence[str], hostname: str | None = None
+) -> str:
+    """The instructor's cloud-config with ``public_keys`` added to ``ssh_authorized_keys``.
+
+    Their keys stay first and in order; ours are appended unless already present (compared
+    after trimming whitespace). ``hostname`` is set only when their text sets none. Empty or
+    missing text counts as ``{}``. Raises ``ValueError`` when the text is not YAML or not a
+    mapping (a shell script or ``#include`` list cannot be merged). Returns ``#cloud-config``
+    text.
+    """
+    config = _parse_cloud_config(user_yaml)
+    existing = config.get("ssh_authorized_keys") or []
+    if isinstance(existing, str):
+        existing = [existing]
+    if not isinstance(existing, list) or not all(isinstance(k, str) for k in existing):
+        raise ValueError("cloud-config ssh_authorized_keys must be a list of key strings")
+    keys = list(existing)
+    seen = {key.strip() for key in keys}
+    for key in public_keys:
+        if key.strip() not in seen:
+            keys.append(key.strip())
+            seen.add(key.strip())
+    config["ssh_authorized_keys"] = keys
+    if hostname is not None:
+        config.setdefault("hostname", hostname)
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=1_000_000)
+    return CLOUD_CONFIG_HEADER + body
+
+
+def _parse_cloud_config(user_yaml: str | None) -> dict[str, Any]:
+    if user_yaml is None or not user_yaml.strip():
+        return {}
+    try:
+        config = yaml.safe_load(user_yaml)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cloud-init userData is not valid YAML: {exc}") from exc
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        kind = type(config).__name__
+        raise ValueError(
+            f"cloud-init userData must be a cloud-config mapping (#cloud-config), got a {kind}"
+        )
+    return config

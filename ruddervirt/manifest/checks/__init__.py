@@ -1,0 +1,21 @@
+"""Semantic checks: the rules of the manifest that JSON Schema cannot express."""
+
+from __future__ import annotations
+
+from ruddervirt.manifest.checks.base import Raw, Reporter
+from ruddervirt.manifest.checks.files import check_files
+from ruddervirt.manifest.checks.network import check_network
+from ruddervirt.manifest.checks.steps import check_steps
+from ruddervirt.manifest.checks.vm import check_vms
+from ruddervirt.manifest.loader import PositionIndex
+from ruddervirt.manifest.problems import Problem
+
+_CHECKS = (check_files, check_network, check_vms, check_steps)
+
+
+def semantic_problems(data: Raw, index: PositionIndex) -> list[Problem]:
+    """Every semantic error and warning. Tolerates data the schema rejected."""
+    report = Reporter(index)
+    for check in _CHECKS:
+        check(report, data)
+    return report.problems

@@ -1,0 +1,3 @@
+"""WebSocket routes (consoles, live build logs)."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Serve the portal (daphne, ASGI) with its RQ workers; Ctrl-C stops all of them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DJANGO_SETTINGS_MODULE=ruddervirt.settings
+HOST=${RUDDERVIRT_HOST:-127.0.0.1}
+PORT=${RUDDERVIRT_PORT:-8000}
+WORKERS=${RUDDERVIRT_WORKERS:-3}
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo; echo "Stopping the portal and its workers..."
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 100); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break; sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+.venv/bin/python manage.py reconcile --quiet 2>/dev/null || true
+for i in $(seq 1 "$WORKERS"); do
+  .venv/bin/python manage.py rqworker builds clones default --name "rudder-$$-$i" &
+  pids+=($!)
+done
+.venv/bin/daphne -b "$HOST" -p "$PORT" ruddervirt.asgi:application &
+pids+=($!)
+echo "RudderVirt is at http://$HOST:$PORT/ (domain type: ${RUDDERVIRT_DOMAIN_TYPE:-kvm}); Ctrl-C stops it."
+wait -n "${pids[@]}" || true

@@ -1,0 +1,81 @@
+// Live build page: polls status.json for state and new log lines until the build ends.
+(function () {
+  "use strict";
+  const summary = document.getElementById("build-summary");
+  if (!summary) return;
+  const url = summary.dataset.statusUrl;
+  const logEl = document.getElementById("log");
+  const follow = document.getElementById("follow");
+  let after = 0;
+  let delay = 1000;
+
+  function fmtTime(iso) {
+    const d = new Date(iso);
+    return d.toTimeString().slice(0, 8);
+  }
+
+  function appendLines(lines) {
+    if (!lines.length) return;
+    const frag = document.createDocumentFragment();
+    lines.forEach((l) => {
+      const span = document.createElement("span");
+      span.className = "line " + l.stream;
+      span.textContent = `${fmtTime(l.time)} [${l.vm || "build"}] ${l.text}\n`;
+      frag.appendChild(span);
+      after = l.seq;
+    });
+    logEl.appendChild(frag);
+    if (follow.checked) logEl.scrollTop = logEl.scrollHeight;
+  }
+
+  function render(data) {
+    const status = document.getElementById("build-status");
+    status.textContent = data.status;
+    status.className = "status status-" + data.status.toLowerCase();
+    document.getElementById("build-attempt").textContent = data.attempt;
+    if (data.duration_s != null) document.getElementById("build-duration").textContent = Math.round(data.duration_s) + "s";
+    const err = document.getElementById("build-error");
+    err.hidden = !data.error;
+    err.textContent = data.error || "";
+    document.getElementById("cancel-form").hidden = data.terminal;
+    data.vms.forEach((vm) => {
+      const card = document.querySelector(`.vm[data-vm="${CSS.escape(vm.name)}"]`);
+      if (!card) return;
+      card.querySelector(".phase").textContent = vm.phase;
+      card.querySelector(".vm-message").textContent = vm.message || "";
+      let waiting = false;
+      vm.steps.forEach((s, i) => {
+        const li = card.querySelector(`.step[data-index="${i}"]`);
+        if (!li) return;
+        li.className = "step step-" + s.status.toLowerCase();
+        li.querySelector(".step-status").textContent = s.status;
+        const info = [];
+        if (s.duration_s != null) info.push(s.duration_s.toFixed(1) + "s");
+        if (s.exit_code != null) info.push("exit " + s.exit_code);
+        if (s.message) info.push(s.message);
+        li.querySelector(".step-info").textContent = info.join(" · ");
+        if (s.status === "WaitingForUser") waiting = true;
+      });
+      card.querySelector(".handbuild").hidden = !waiting;
+    });
+  }
+
+  async function tick() {
+    try {
+      const response = await fetch(`${url}?after=${after}`, {credentials: "same-origin"});
+      if (response.ok) {
+        const data = await response.json();
+        appendLines(data.log);
+        render(data);
+        if (data.terminal && data.log.length === 0) return; // everything shown
+        delay = data.log.length ? 300 : 1000;
+      } else {
+        delay = 5000;
+      }
+    } catch (e) {
+      delay = 5000;
+    }
+    setTimeout(tick, delay);
+  }
+  tick();
+})();

@@ -1,0 +1,56 @@
+"""Shared fixtures: the three users of every access test, and a logged-in client each."""
+
+from __future__ import annotations
+
+import pytest
+
+from accounts.roles import INSTRUCTORS, STUDENTS
+from tests.helpers import client_for, make_user
+
+GOOD_MANIFEST = """\
+vms:
+  - name: web
+    source:
+      url: http://127.0.0.1:9/tiny-20250101.qcow2
+      checksum: sha256:aaa34ecb044b48e3b23b0ef56775520a75a43ccc5f3c2e23445fe3a644e554e5
+    cloudInit: {}
+    provisioners:
+      - name: hello
+        type: shell
+        shell: {inline: echo hello}
+"""
+
+
+@pytest.fixture
+def admin_user(db):
+    return make_user("root-admin", superuser=True)
+
+
+@pytest.fixture
+def instructor(db):
+    return make_user("alice", INSTRUCTORS)
+
+
+@pytest.fixture
+def other_instructor(db):
+    return make_user("bob", INSTRUCTORS)
+
+
+@pytest.fixture
+def student(db):
+    return make_user("carol", STUDENTS)
+
+
+@pytest.fixture
+def instructor_client(instructor):
+    return client_for(instructor)
+
+
+@pytest.fixture
+def student_client(student):
+    return client_for(student)
+
+
+@pytest.fixture
+def good_manifest() -> str:
+    return GOOD_MANIFEST

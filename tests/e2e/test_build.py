@@ -1,0 +1,229 @@
+"""Builds of real guests under TCG: provisioners, failures, timeouts, layering, cancel."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from builds.models import Build, BuildLogLine, BuildStatus, BuildStep, ModuleVersion, StepStatus
+from builds.services import build_workdir, execute_build, request_cancel, submit_manifest
+from tests.e2e.guestfs import read_file
+from tests.helpers import make_user
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("clean_host"),
+]
+
+
+def manifest(
+    image_server, provisioners: str, *, checksum: str | None = None, extra: str = ""
+) -> str:
+    digest = checksum or image_server.sha256("tiny-20250101.qcow2")
+    return f"""\
+timeout: 10m
+files:
+  - name: motd
+    inline: |
+      Welcome to Lab 3.
+{extra}vms:
+  - name: web
+    source:
+      url: {image_server.url("tiny-20250101.qcow2")}
+      checksum: sha256:{digest}
+    resources: {{cpu: 1, memory: 256Mi}}
+    disks: [{{name: root, size: 1Gi}}]
+    cloudInit: {{}}
+    provisioners:
+{provisioners}"""
+
+
+def build(text: str, name: str = "lab") -> Build:
+    user = make_user(f"inst-{time.monotonic_ns()}", superuser=True)
+    submitted = submit_manifest(text=text, module_name=name, user=user, queue=False)
+    return execute_build(submitted.pk)
+
+
+def log_text(build: Build) -> str:
+    return "\n".join(
+        BuildLogLine.objects.filter(build=build).order_by("seq").values_list("text", flat=True)
+    )
+
+
+def template_disk(build: Build, vm: str = "web"):
+    version = ModuleVersion.objects.get(build=build)
+    spec = version.vms.get(name=vm).spec
+    return spec["disks"][0]["path"]
+
+
+FULL_RECIPE = """\
+      - name: motd
+        type: file
+        file: {fileRef: motd, destination: /etc/motd}
+      - name: provision
+        type: shell
+        shell:
+          env: {GREETING: "hello there, it's me"}
+          inline: |
+            echo "greeting: $GREETING"
+            echo "to stderr" >&2
+            cat /proc/sys/kernel/random/boot_id > /root/boot-before
+            printf '%s\\n' "$GREETING" > /root/greeting
+      - name: restart
+        type: reboot
+      - name: after-reboot
+        type: shell
+        shell:
+          inline: |
+            cat /proc/sys/kernel/random/boot_id > /root/boot-after
+            test "$(cat /root/boot-before)" != "$(cat /root/boot-after)"
+            echo rebooted-ok
+"""
+
+
+def test_build_from_url_runs_every_provisioner_and_captures_a_template(image_server):
+    done = build(manifest(image_server, FULL_RECIPE))
+    assert done.status == BuildStatus.SUCCEEDED, done.error
+    version = ModuleVersion.objects.get(build=done)
+    assert version.number == 1
+    disk = template_disk(done)
+    assert read_file(disk, "/etc/motd") == b"Welcome to Lab 3.\n"
+    assert read_file(disk, "/root/greeting") == b"hello there, it's me\n"
+    assert read_file(disk, "/root/boot-before") != read_file(disk, "/root/boot-after")
+    log = log_text(done)
+    assert "greeting: hello there, it's me" in log
+    assert "rebooted-ok" in log
+    stderr = BuildLogLine.objects.filter(build=done, stream="stderr").values_list("text", flat=True)
+    assert "to stderr" in list(stderr)
+    steps = BuildStep.objects.filter(vm__build=done).order_by("index")
+    assert [s.status for s in steps] == [StepStatus.SUCCEEDED] * 4
+    # The build's throwaway key was removed before the disk was captured.
+    assert b"ruddervirt-build" not in read_file(disk, "/root/.ssh/authorized_keys")
+    assert not build_workdir(done.pk).exists()
+
+
+def test_wrong_checksum_fails_before_anything_boots(image_server, hv):
+    wrong = "0" * 64
+    done = build(
+        manifest(image_server, "      - {type: shell, shell: {inline: 'true'}}\n", checksum=wrong)
+    )
+    assert done.status == BuildStatus.FAILED
+    assert f"expected sha256:{wrong}" in done.error
+    assert f"got sha256:{image_server.sha256('tiny-20250101.qcow2')}" in done.error
+    assert done.vms.get().domain_name == ""  # no domain was ever defined
+
+
+def test_failing_command_names_the_step_and_exit_code_and_keeps_the_log(image_server):
+    recipe = """\
+      - name: first
+        type: shell
+        shell: {inline: "echo before-the-failure"}
+      - name: boom
+        type: shell
+        shell: {inline: "echo about-to-fail; false; echo never-printed"}
+      - name: third
+        type: shell
+        shell: {inline: "echo not reached"}
+"""
+    done = build(manifest(image_server, recipe))
+    assert done.status == BuildStatus.FAILED
+    assert "step 2 (boom)" in done.error and "exit" in done.error
+    steps = {s.name: s for s in BuildStep.objects.filter(vm__build=done)}
+    assert steps["first"].status == StepStatus.SUCCEEDED
+    assert steps["boom"].status == StepStatus.FAILED and steps["boom"].exit_code == 1
+    assert steps["third"].status == StepStatus.PENDING
+    log = log_text(done)
+    assert "before-the-failure" in log and "about-to-fail" in log
+    assert "never-printed" not in log
+    assert done.keep_disks_until is not None  # disks kept for inspection
+    assert any(build_workdir(done.pk).rglob("disk0-root.qcow2"))
+
+
+def test_step_timeout_fires(image_server):
+    recipe = """\
+      - name: slow
+        type: shell
+        stepTimeout: 3s
+        shell: {inline: "sleep 120"}
+"""
+    started = time.monotonic()
+    done = build(manifest(image_server, recipe))
+    assert done.status == BuildStatus.FAILED
+    assert "timed out after 3s (stepTimeout)" in done.error
+    assert time.monotonic() - started < 100
+
+
+def test_layered_build_sees_its_parents_files(image_server):
+    parent = build(
+        manifest(
+            image_server,
+            "      - {name: mark, type: shell, shell: {inline: 'echo from-parent > /root/parent.txt'}}\n",
+        ),
+        name="base",
+    )
+    assert parent.status == BuildStatus.SUCCEEDED, parent.error
+    child_text = """\
+timeout: 10m
+vms:
+  - name: app
+    source: {buildRef: {name: base}}
+    resources: {cpu: 1, memory: 256Mi}
+    cloudInit: {}
+    provisioners:
+      - name: check
+        type: shell
+        shell: {inline: "grep from-parent /root/parent.txt && echo from-child > /root/child.txt"}
+"""
+    child = build(child_text, name="app")
+    assert child.status == BuildStatus.SUCCEEDED, child.error
+    disk = template_disk(child, "app")
+    assert read_file(disk, "/root/parent.txt") == b"from-parent\n"
+    assert read_file(disk, "/root/child.txt") == b"from-child\n"
+
+
+def test_build_ref_to_a_module_without_a_succeeded_build_fails_at_once(image_server):
+    text = "vms:\n  - name: app\n    source: {buildRef: {name: nothing-here}}\n"
+    done = build(text, name="orphan")
+    assert done.status == BuildStatus.FAILED
+    assert "nothing-here" in done.error and "no such module" in done.error
+
+
+def test_the_same_manifest_built_twice_gives_the_same_files(image_server):
+    recipe = "      - {name: make, type: shell, shell: {inline: 'mkdir -p /srv/app && echo v1 > /srv/app/version && cp /etc/os-release /srv/app/'}}\n"
+    text = manifest(image_server, recipe)
+    first = build(text, name="twice")
+    second = build(text, name="twice")
+    assert first.status == BuildStatus.SUCCEEDED, first.error
+    assert second.status == BuildStatus.SUCCEEDED, second.error
+    assert ModuleVersion.objects.get(build=second).number == 2
+    for path in ("/srv/app/version", "/srv/app/os-release", "/etc/hostname"):
+        assert read_file(template_disk(first), path) == read_file(template_disk(second), path)
+
+
+def test_cancel_stops_a_running_build_and_cleans_up(image_server, hv):
+    recipe = "      - {name: forever, type: shell, shell: {inline: 'echo started-sleeping; sleep 600'}}\n"
+    user = make_user("canceller", superuser=True)
+    submitted = submit_manifest(
+        text=manifest(image_server, recipe), module_name="cancel-me", user=user, queue=False
+    )
+    runner = threading.Thread(target=execute_build, args=(submitted.pk,))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if BuildStep.objects.filter(vm__build=submitted, status=StepStatus.RUNNING).exists():
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the step never started")
+    asked = time.monotonic()
+    request_cancel(Build.objects.get(pk=submitted.pk), user=user)
+    runner.join(timeout=60)
+    assert not runner.is_alive()
+    assert time.monotonic() - asked < 15
+    submitted.refresh_from_db()
+    assert submitted.status == BuildStatus.CANCELLED
+    assert not build_workdir(submitted.pk).exists()
+    assert not [d for d in hv.list_domains("") if "b%d-" % submitted.pk in d.name]

@@ -1,0 +1,219 @@
+"""wait_for_ssh against real loopback servers: success, the three failure kinds, cancel."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ruddervirt.guest.ssh import (
+    AttemptFailure,
+    Cancelled,
+    HostKeyMismatch,
+    SSHTarget,
+    SSHWaitTimeout,
+    wait_for_ssh,
+)
+
+pytestmark = pytest.mark.sshserver
+
+
+@contextlib.contextmanager
+def tcp_server(*, close_at_once: bool, greeting: bytes = b"") -> Iterator[int]:
+    """A TCP server that accepts and then says nothing (or closes at once), like QEMU hostfwd
+    while the guest's SSH server is not up; with ``greeting``, it sends that, then stalls."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if close_at_once:
+                conn.close()
+            else:
+                conn.sendall(greeting)
+                accepted.append(conn)
+
+    threading.Thread(target=loop, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+def _host_key_fingerprint(server) -> str:
+    public = subprocess.run(
+        ["dropbearkey", "-y", "-f", str(server.host_key)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    line = next(line for line in public.splitlines() if line.startswith("ssh-ed25519 "))
+    digest = hashlib.sha256(base64.b64decode(line.split()[1])).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def test_wait_for_ssh_connects_with_key_and_records_host_key(server, target) -> None:
+    with wait_for_ssh(target, timeout=5) as session:
+        assert session.is_alive()
+        assert session.host_key_fingerprint == _host_key_fingerprint(server)
+        assert session.server_version.startswith("SSH-2.0-dropbear")
+    assert not session.is_alive()
+
+
+def test_wait_for_ssh_connects_with_password(server, root_password) -> None:
+    target = SSHTarget(port=server.port, username="root", password=root_password)
+    with wait_for_ssh(target, timeout=5) as session:
+        assert session.run("true") == 0
+
+
+def test_nothing_listening_is_reported_as_connection_refused(unused_port: int) -> None:
+    port = unused_port
+    target = SSHTarget(port=port, username="root", password="x")
+    started = time.monotonic()
+    with pytest.raises(SSHWaitTimeout) as caught:
+        wait_for_ssh(target, timeout=0.4, poll_interval=0.1)
+    assert time.monotonic() - started < 2
+    message = str(caught.value)
+    assert f"no TCP connection to 127.0.0.1:{port} (connection refused)" in message
+    assert "not ready after 0.4s" in message
+    assert caught.value.attempts >= 3
+
+
+def test_silent_tcp_server_is_reported_as_no_banner() -> None:
+    with tcp_server(close_at_once=False) as port:
+        target = SSHTarget(port=port, username="root", password="x")
+        with pytest.raises(SSHWaitTimeout, match="TCP connects but no SSH banner within"):
+            wait_for_ssh(target, timeout=0.4, banner_timeout=0.2)
+
+
+def test_server_that_closes_at_once_is_reported_as_no_banner() -> None:
+    with tcp_server(close_at_once=True) as port:
+        target = SSHTarget(port=port, username="root", password="x")
+        with pytest.raises(SSHWaitTimeout) as caught:
+            wait_for_ssh(target, timeout=0.3, poll_interval=0.1)
+    assert "TCP connects but no SSH banner (closed by the other side)" in str(caught.value)
+    assert "connection refused" not in str(caught.value)
+
+
+def test_wrong_key_and_password_are_reported_as_refused_authentication(server, keys) -> None:
+    target = SSHTarget(
+        port=server.port, username="root", private_key=keys.other_private, password="wrong"
+    )
+    with pytest.raises(SSHWaitTimeout) as caught:
+        wait_for_ssh(target, timeout=0.2)
+    assert (
+        "SSH server answered but authentication was refused for user root "
+        "(tried publickey, password)"
+    ) in str(caught.value)
+
+
+def test_on_attempt_sees_every_failure(unused_port: int) -> None:
+    seen: list[tuple[int, AttemptFailure]] = []
+    target = SSHTarget(port=unused_port, username="root", password="x")
+    with pytest.raises(SSHWaitTimeout):
+        wait_for_ssh(target, timeout=0.25, poll_interval=0.05, on_attempt=lambda *a: seen.append(a))
+    assert [number for number, _ in seen] == list(range(1, len(seen) + 1))
+    assert len(seen) >= 3
+    assert {failure.kind for _, failure in seen} == {"tcp"}
+
+
+def test_cancel_stops_waiting_promptly_even_while_waiting_for_a_banner() -> None:
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    with tcp_server(close_at_once=False) as port:
+        target = SSHTarget(port=port, username="root", password="x")
+        started = time.monotonic()
+        with pytest.raises(Cancelled):
+            wait_for_ssh(target, timeout=30, cancel=cancel)
+    assert time.monotonic() - started < 1.0
+
+
+def test_pinned_host_key_mismatch_fails_at_once(server, keys) -> None:
+    target = SSHTarget(
+        port=server.port,
+        username="root",
+        private_key=keys.private,
+        host_key_fingerprint="SHA256:not-the-right-key",
+    )
+    started = time.monotonic()
+    with pytest.raises(HostKeyMismatch, match=r"host key of 127\.0\.0\.1"):
+        wait_for_ssh(target, timeout=10)
+    assert time.monotonic() - started < 2
+
+
+def test_pinned_host_key_that_matches_connects(server, keys) -> None:
+    target = SSHTarget(
+        port=server.port,
+        username="root",
+        private_key=keys.private,
+        host_key_fingerprint=_host_key_fingerprint(server),
+    )
+    with wait_for_ssh(target, timeout=5) as session:
+        assert session.run("true") == 0
+
+
+def test_server_that_starts_late_is_picked_up(server_factory, keys, unused_port) -> None:
+    port = unused_port
+    target = SSHTarget(port=port, username="root", private_key=keys.private)
+    threading.Timer(0.3, lambda: server_factory(port=port)).start()
+    started = time.monotonic()
+    with wait_for_ssh(target, timeout=10, poll_interval=0.1) as session:
+        assert session.run("true") == 0
+    assert time.monotonic() - started < 5
+
+
+def test_most_informative_failure_wins_and_the_last_one_is_added(server_factory, keys) -> None:
+    doomed = server_factory()
+    target = SSHTarget(port=doomed.port, username="root", private_key=keys.other_private)
+    threading.Timer(0.2, doomed.stop).start()
+    with pytest.raises(SSHWaitTimeout) as caught:
+        wait_for_ssh(target, timeout=0.6, poll_interval=0.05)
+    message = str(caught.value)
+    assert caught.value.reason.startswith("SSH server answered but authentication was refused")
+    assert message.index("authentication was refused") < message.index("; last attempt: no TCP")
+
+
+def test_server_that_stalls_after_its_banner_is_reported_as_a_handshake_failure() -> None:
+    with tcp_server(close_at_once=False, greeting=b"SSH-2.0-Stalling_1.0\r\n") as port:
+        target = SSHTarget(port=port, username="root", password="x")
+        with pytest.raises(SSHWaitTimeout) as caught:
+            wait_for_ssh(target, timeout=0.5)
+    assert (
+        "SSH server answered (SSH-2.0-Stalling_1.0) but the key exchange did not finish"
+        in caught.value.reason
+    )
+
+
+def test_non_ssh_server_is_reported_with_what_it_said() -> None:
+    with tcp_server(close_at_once=False, greeting=b"HTTP/1.1 400 Bad Request\r\n\r\n") as port:
+        target = SSHTarget(port=port, username="root", password="x")
+        with pytest.raises(SSHWaitTimeout) as caught:
+            wait_for_ssh(target, timeout=0.3)
+    assert "SSH server answered (HTTP/1.1 400 Bad Request) but the" in caught.value.reason
+
+
+def test_cancel_during_the_handshake_is_prompt() -> None:
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    with tcp_server(close_at_once=False, greeting=b"SSH-2.0-Stalling_1.0\r\n") as port:
+        target = SSHTarget(port=port, username="root", password="x")
+        started = time.monotonic()
+        with pytest.raises(Cancelled):
+            wait_for_ssh(target, timeout=30, cancel=cancel)
+    assert time.monotonic() - started < 1.0

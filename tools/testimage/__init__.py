@@ -1,0 +1,1 @@
+"""The tiny bootable test guest image (see README.md and build.py)."""
