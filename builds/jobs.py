@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import django_rq
 from django_rq import job
 from rq import Worker
@@ -20,12 +23,28 @@ def run_build_job(build_id: int) -> str:
 
 
 def workers_listening(queue_name: str = QUEUE) -> int:
-    """How many live RQ workers serve `queue_name` (0 when Redis is unreachable)."""
+    """How many live RQ workers serve `queue_name` (0 when Redis is unreachable).
+
+    A worker that was killed stays registered in Redis until its key expires (minutes):
+    workers on this host are counted only while their process is alive."""
     try:
         queue = django_rq.get_queue(queue_name)
-        return len(Worker.all(queue=queue))
-    except Exception:
+        workers = Worker.all(queue=queue)
+    except Exception:  # noqa: BLE001 - no Redis means no worker
         return 0
+    host = socket.gethostname()
+    return sum(1 for w in workers if w.hostname != host or process_alive(w.pid))
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether `pid` runs on this host (a zombie, killed but not reaped, does not count)."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in {"Z", "X"}
 
 
 def job_timeout_for(build: Build) -> int:

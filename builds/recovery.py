@@ -10,12 +10,12 @@ disks of failed builds once their inspection time has passed.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from datetime import timedelta
 
 from django.utils import timezone
 
+from builds.jobs import process_alive
 from builds.models import ACTIVE, Build, BuildStatus
 from builds.services import append_log, engine_config, remove_build_disks
 from builds.transitions import InvalidTransition, transition
@@ -30,13 +30,7 @@ def _worker_alive(identity: str) -> bool | None:
     host, _, pid = identity.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(int(pid))
 
 
 def dead_builds() -> list[tuple[Build, str]]:

@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.roles import instructor_required
-from builds import services
+from builds import consoles, services
 from builds.models import Build, BuildLogLine, ModuleVersion
 from builds.reporting import format_line
 from modules.models import Module
@@ -59,6 +59,7 @@ def status(request: HttpRequest, pk: int) -> JsonResponse:
     lines = list(BuildLogLine.objects.filter(build=build, seq__gt=after).order_by("seq")[:LOG_PAGE])
     data = services.build_summary(build, detail=True)
     data["terminal"] = build.is_terminal
+    _add_console_fields(data, build)
     data["log"] = [
         {
             "seq": line.seq,
@@ -70,6 +71,17 @@ def status(request: HttpRequest, pk: int) -> JsonResponse:
         for line in lines
     ]
     return JsonResponse(data)
+
+
+def _add_console_fields(data: dict, build: Build) -> None:
+    """Per VM its console page while it runs; per waiting handbuild step its instructions,
+    deadline and seconds left; and the server's clock, for the page's countdown."""
+    extras = consoles.page_extras(build)
+    data["now"] = extras["now"]
+    for vm in data["vms"]:
+        vm["console_url"] = extras["console_urls"].get(vm["name"])
+        for index, step in enumerate(vm["steps"]):
+            step.update(extras["waits"].get((vm["name"], index), {}))
 
 
 @instructor_required

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "modules",
     "builds",
     "clones",
+    "consoles",
 ]
 
 MIDDLEWARE = [
@@ -101,7 +102,8 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so a worker process in an end-to-end test sees the test data.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # One per test run, so that two test runs on one machine never share (and delete) it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
     # Workers and the web process write concurrently: wait for the lock instead of failing.
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,

@@ -58,6 +58,20 @@ def image_server(tiny_image, tmp_path_factory):
     yield Server()
     server.shutdown()
     server.server_close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_on_the_host_after_the_suite():
+    """After the whole suite, no domain or network of this test run may remain."""
+    yield
+    from builds.services import get_hypervisor
+
+    prefix = settings.RUDDERVIRT_NAME_PREFIX
+    hv = get_hypervisor()
+    left = [d.name for d in hv.list_domains(prefix)] + [n.name for n in hv.list_networks(prefix)]
+    hostcheck.remove_everything(hv, prefix)
+    assert not left, f"the test run left these on the host: {left}"
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,9 @@ from builds.models import Build, BuildLogLine, BuildStatus
 from builds.reporting import format_line
 from modules.models import dns_label
 from modules.services import ManifestRejected, ModuleNameTaken
+
+
+UNCLAIMED_GRACE_S = 30
 
 
 class Command(BaseCommand):
@@ -101,15 +103,16 @@ class Command(BaseCommand):
 
     def follow(self, build: Build) -> Build:
         after = 0
+        started = time.monotonic()
         while True:
             build.refresh_from_db()
             for line in BuildLogLine.objects.filter(build=build, seq__gt=after).order_by("seq"):
                 self.echo(format_line(line.created_at, line.vm, line.stream, line.text))
                 after = line.seq
-            if (
-                build.is_terminal
-                and not BuildLogLine.objects.filter(build=build, seq__gt=after).exists()
-            ):
+            if build.is_terminal and not BuildLogLine.objects.filter(build=build, seq__gt=after).exists():
                 return build
+            unclaimed = build.status == BuildStatus.PENDING and not build.worker
+            if unclaimed and time.monotonic() - started > UNCLAIMED_GRACE_S and not workers_listening():
+                self.echo("no worker picked the build up: running it in this process")
+                return self.run_here(build)
             time.sleep(0.5)
-            sys.stdout.flush()
