@@ -26,7 +26,6 @@ from ruddervirt.manifest.model import (
     Source,
     Subnet,
     Vpc,
-    WindowsUpdateStep,
 )
 from tests.manifest.cases import CHECKSUM, PINNED_URL, y
 
@@ -196,9 +195,6 @@ def test_steps_get_their_defaults() -> None:
           communicator: {shell: powershell}
           provisioners:
             - {type: reboot}
-            - {type: windows-update}
-            - type: windows-update
-              windowsUpdate: {searchCriteria: IsInstalled=0, filters: [], updateLimit: 5}
             - {type: reboot, reboot: {command: Restart-Computer -Force}}
       """)
     )
@@ -210,17 +206,7 @@ def test_steps_get_their_defaults() -> None:
         HandbuildStep("handbuild-4", None, "Click."),
     )
     assert win.provisioners[0] == RebootStep("reboot-1", None, "shutdown /r /f /t 0")
-    assert win.provisioners[1] == WindowsUpdateStep(
-        "windows-update-2",
-        None,
-        "BrowseOnly=0 and IsInstalled=0",
-        ("exclude:$_.Title -like '*Preview*'", "include:$true"),
-        1000,
-    )
-    assert win.provisioners[2] == WindowsUpdateStep(
-        "windows-update-3", None, "IsInstalled=0", (), 5
-    )
-    assert win.provisioners[3].command == "Restart-Computer -Force"
+    assert win.provisioners[1].command == "Restart-Computer -Force"
     assert [type(s).type for s in lin.provisioners] == ["file", "shell", "reboot", "handbuild"]
 
 
@@ -299,7 +285,7 @@ def test_model_is_frozen_and_has_no_lists_or_dicts() -> None:
       vms:
         - name: web
           source: $SRC
-          provisioners: [{type: shell, shell: {inline: x, env: {A: b}}}, {type: windows-update}]
+          provisioners: [{type: shell, shell: {inline: x, env: {A: b}}}, {type: reboot}]
           communicator: {shell: powershell}
       """)
         )
