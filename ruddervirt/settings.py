@@ -60,7 +60,6 @@ INSTALLED_APPS = [
     "modules",
     "builds",
     "clones",
-    "consoles",
 ]
 
 MIDDLEWARE = [
