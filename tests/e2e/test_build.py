@@ -227,3 +227,70 @@ def test_cancel_stops_a_running_build_and_cleans_up(image_server, hv):
     assert submitted.status == BuildStatus.CANCELLED
     assert not build_workdir(submitted.pk).exists()
     assert not [d for d in hv.list_domains("") if "b%d-" % submitted.pk in d.name]
+
+
+def test_ssh_password_without_a_seed(image_server):
+    text = f"""\
+vms:
+  - name: web
+    source:
+      url: {image_server.url("tiny-20250101.qcow2")}
+      checksum: sha256:{image_server.sha256("tiny-20250101.qcow2")}
+    resources: {{cpu: 1, memory: 256Mi}}
+    communicator: {{sshPassword: rudder}}
+    provisioners:
+      - {{name: who, type: shell, shell: {{inline: "id -u; echo logged-in-with-password"}}}}
+"""
+    done = build(text, name="password")
+    assert done.status == BuildStatus.SUCCEEDED, done.error
+    assert "logged-in-with-password" in log_text(done)
+
+
+def test_ssh_private_key_file_is_used_and_kept(image_server):
+    from ruddervirt.guest.ssh import generate_keypair
+
+    private, public = generate_keypair(comment="instructor-key")
+    indented = "\n".join("      " + line for line in private.strip().splitlines())
+    extra = f"  - name: mykey\n    inline: |\n{indented}\n"
+    text = manifest(image_server, "      - {name: hi, type: shell, shell: {inline: 'echo key-ok'}}\n", extra=extra)
+    text = text.replace("    cloudInit: {}\n", "    cloudInit: {}\n    communicator: {sshPrivateKeyFile: mykey}\n")
+    done = build(text, name="keyfile")
+    assert done.status == BuildStatus.SUCCEEDED, done.error
+    keys = read_file(template_disk(done), "/root/.ssh/authorized_keys").decode()
+    assert public.split()[1] in keys  # the instructor's key stays: clones use it
+    assert "ruddervirt-build" not in keys
+
+
+def test_a_raw_cloud_image_is_accepted(image_server, tmp_path):
+    import subprocess
+
+    raw = tmp_path / "tiny.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image_server.folder / "tiny-20250101.qcow2"), str(raw)],
+        check=True, timeout=120,
+    )
+    image_server.put("tiny-20250101.raw", raw.read_bytes())
+    text = manifest(image_server, "      - {name: hi, type: shell, shell: {inline: 'echo raw-ok > /root/raw'}}\n")
+    text = text.replace("tiny-20250101.qcow2", "tiny-20250101.raw").replace(
+        image_server.sha256("tiny-20250101.qcow2"), image_server.sha256("tiny-20250101.raw")
+    )
+    done = build(text, name="raw")
+    assert done.status == BuildStatus.SUCCEEDED, done.error
+    assert read_file(template_disk(done), "/root/raw") == b"raw-ok\n"
+
+
+def test_kept_disks_of_a_failed_build_go_when_their_time_is_up(image_server, hv):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from builds.recovery import reconcile
+
+    done = build(manifest(image_server, "      - {name: nope, type: shell, shell: {inline: 'exit 2'}}\n"), name="expire")
+    assert done.status == BuildStatus.FAILED and build_workdir(done.pk).exists()
+    reconcile(hv)
+    assert build_workdir(done.pk).exists()  # still within the inspection time
+    Build.objects.filter(pk=done.pk).update(keep_disks_until=timezone.now() - timedelta(seconds=1))
+    actions = reconcile(hv)
+    assert f"build {done.pk}: removed the kept disks" in actions
+    assert not build_workdir(done.pk).exists()
