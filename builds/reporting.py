@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from django.db import close_old_connections, connection
+from django.db import IntegrityError, close_old_connections, connection
 from django.db.models import Max
 from django.utils import timezone
 
@@ -142,8 +142,30 @@ class DBReporter:
     def flush(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
-        if batch:
-            self._db(lambda: BuildLogLine.objects.bulk_create(batch, batch_size=500))
+        for attempt in range(3):
+            if not batch:
+                return
+            try:
+                self._db(lambda: BuildLogLine.objects.bulk_create(batch, batch_size=500))
+                return
+            except IntegrityError:
+                # A line appended from outside the worker (Continue, Fail, Cancel:
+                # services.append_log) took a seq this reporter had already handed out.
+                if attempt == 2:
+                    raise
+                self._renumber(batch)
+
+    def _renumber(self, batch: list[BuildLogLine]) -> None:
+        """Give `batch`, and the lines logged since, seqs after every seq in use."""
+        top = self._db(
+            lambda: BuildLogLine.objects.filter(build_id=self.build_id).aggregate(m=Max("seq"))["m"]
+        )
+        with self._lock:
+            start = max(top or 0, self._seq) + 1
+            lines = [*batch, *self._pending]
+            for seq, line in enumerate(lines, start=start):
+                line.seq = seq
+            self._seq = start + len(lines) - 1
 
     def _flush_loop(self) -> None:
         close_old_connections()

@@ -1,3 +1,10 @@
 """WebSocket routes (consoles, live build logs)."""
 
-websocket_urlpatterns: list = []
+from django.urls import re_path
+
+from consoles.consumer import ConsoleConsumer
+
+websocket_urlpatterns: list = [
+    # Tokens are secrets.token_urlsafe: base64url characters only.
+    re_path(r"^ws/console/(?P<token>[A-Za-z0-9_-]{16,128})$", ConsoleConsumer.as_asgi()),
+]

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "modules",
     "builds",
     "clones",
+    "consoles",
 ]
 
 MIDDLEWARE = [

@@ -16,6 +16,8 @@ urlpatterns = [
     path("modules/<slug:name>/build/", build_views.start, name="build-start"),
     path("modules/<slug:name>/versions/<int:number>/", build_views.version_diff, name="version"),
     path("builds/", include("builds.urls")),
+    path("console/", include("consoles.urls")),
+    path("clones/", include("clones.urls")),
     path("admin/rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
 ]

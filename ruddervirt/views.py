@@ -25,7 +25,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @login_required
 def labs(request: HttpRequest) -> HttpResponse:
     """A student's clones. Every signed-in user has this page; it lists only their own."""
-    return render(request, "labs.html", {"clones": []})
+    from clones.views import labs as my_labs
+
+    return my_labs(request)
 
 
 def healthz(request: HttpRequest) -> HttpResponse:

@@ -26,6 +26,16 @@ for i in $(seq 1 "$WORKERS"); do
   .venv/bin/python manage.py rqworker builds clones default --name "rudder-$$-$i" &
   pids+=($!)
 done
+# Every minute: clone records follow libvirt, expired or idle clones shut down, leftovers go.
+RECONCILE_EVERY=${RUDDERVIRT_RECONCILE_EVERY:-60}
+(
+  trap 'kill "$nap" 2>/dev/null; exit 0' TERM INT
+  while true; do
+    sleep "$RECONCILE_EVERY" & nap=$!; wait "$nap"
+    .venv/bin/python manage.py reconcile --quiet || true
+  done
+) &
+pids+=($!)
 .venv/bin/daphne -b "$HOST" -p "$PORT" ruddervirt.asgi:application &
 pids+=($!)
 echo "RudderVirt is at http://$HOST:$PORT/ (domain type: ${RUDDERVIRT_DOMAIN_TYPE:-kvm}); Ctrl-C stops it."

@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ruddervirt.engine import cleanup
+from ruddervirt.engine import cleanup, efi, isos
 from ruddervirt.engine.config import EngineConfig
-from ruddervirt.engine.errors import BuildCancelled
+from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.files import FileStore
+from ruddervirt.engine.httpserver import BuildHTTPServer, Listener, listener_for
 from ruddervirt.engine.reporter import Reporter, Stopper
 from ruddervirt.engine.topology import NicPlan, Topology, random_mac
 from ruddervirt.engine.topology import plan as plan_topology
@@ -84,7 +85,7 @@ class BuildResult:
         moved = []
         for vm in self.vms:
             disks = tuple(replace(d, path=new / d.path.relative_to(old)) for d in vm.disks)
-            moved.append(replace(vm, disks=disks))
+            moved.append(replace(vm, disks=disks, efi=efi.relocate(vm.efi, old, new)))
         return moved
 
 
@@ -120,11 +121,13 @@ def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) 
     base = plan.manifest
     manifest = base.for_build()
     stopper = Stopper()
+    _evict_isos(config, reporter)
     deadline = time.monotonic() + manifest.timeout
     monitor = _Monitor(reporter, stopper, deadline, manifest.timeout)
     monitor.start()
     metadata = {"kind": "build", "build": plan.key}
     plan.workdir.mkdir(parents=True, exist_ok=True)
+    http: BuildHTTPServer | None = None
     try:
         reporter.build_phase("Networking")
         topology = plan_topology(
@@ -143,18 +146,75 @@ def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) 
         )
         if stopper.stopped:
             raise BuildCancelled(stopper.reason)
+        files = FileStore(manifest.files, config.files_cache_dir, log=reporter.log)
+        http = _start_http(manifest, topology, files, reporter)
         reporter.build_phase("Building")
         outcomes = _run_vms(
-            plan, manifest, topology, hv, config, reporter, stopper, deadline, metadata
+            plan, manifest, topology, hv, config, reporter, stopper, deadline, metadata, files, http
         )
+        if http is not None:
+            http.stop()
+            reporter.log(f"HTTP server stopped after {len(http.requests)} request(s)")
+            http = None
         reporter.build_phase("CapturingDisks")
         return _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper)
     finally:
+        if http is not None:
+            http.stop()
         monitor.done.set()
         monitor.join(timeout=5)
         removed = cleanup.remove_owned(hv, config.name_prefix, metadata)
         if removed:
             reporter.log("removed " + ", ".join(removed))
+
+
+def _evict_isos(config: EngineConfig, reporter: Reporter) -> None:
+    """Drop cached ISOs whose `isoCacheTTL` has passed since their last use."""
+    try:
+        removed = isos.evict_expired(config.iso_cache_dir)
+    except OSError as exc:
+        reporter.log(f"could not clean the ISO cache: {exc}", stream="stderr")
+        return
+    for path in removed:
+        reporter.log(f"removed cached ISO {path.name} (unused for longer than its isoCacheTTL)")
+
+
+def http_listeners(manifest, topology: Topology) -> list[Listener]:
+    """The gateway of every managed subnet that has a NIC of the build: where the build's
+    guests find the HTTP server (and only they can: the networks are isolated)."""
+    specs = {n.name: n for n in topology.networks}
+    network_of = {p.subnet: p.network for plans in topology.nics.values() for p in plans}
+    return [
+        listener_for(subnet.name, specs[network_of[subnet.name]])
+        for subnet in manifest.network.subnets
+        if subnet.gateway is not None and subnet.name in network_of
+    ]
+
+
+def _start_http(manifest, topology: Topology, files: FileStore, reporter: Reporter):
+    """Start the `httpDirectory` server, or return None when the manifest has none."""
+    if not manifest.http_files:
+        return None
+    listeners = http_listeners(manifest, topology)
+    if not listeners:
+        raise BuildError(
+            "httpDirectory needs a VM with a NIC on a managed subnet: the build's HTTP server "
+            "listens only on those subnets' gateway addresses"
+        )
+    content = {name: files.content(name) for name in manifest.http_files}
+    clients = {p.ip: p.vm for plans in topology.nics.values() for p in plans if p.ip}
+    server = BuildHTTPServer(
+        content, listeners, log=lambda text, vm: reporter.log(text, vm=vm), clients=clients
+    )
+    try:
+        server.start()
+    except OSError as exc:
+        raise BuildError(f"the build's HTTP server could not start: {exc}") from exc
+    reporter.log(
+        f"HTTP server for the build's guests on {server.describe()} serving "
+        + ", ".join(f"/{name}" for name in manifest.http_files)
+    )
+    return server
 
 
 def build_key_comment(key: str) -> str:
@@ -180,8 +240,10 @@ def _keys(manifest, files: FileStore, manifest_key: str) -> dict[str, tuple[str,
     return keys
 
 
-def _run_vms(plan, manifest, topology: Topology, hv, config, reporter, stopper, deadline, metadata):
-    files = FileStore(manifest.files, config.files_cache_dir, log=reporter.log)
+def _run_vms(
+    plan, manifest, topology: Topology, hv, config, reporter, stopper, deadline, metadata, files,
+    http,
+):  # fmt: skip
     keys = _keys(manifest, files, plan.key)
     runners = [
         VMRunner(
@@ -200,6 +262,7 @@ def _run_vms(plan, manifest, topology: Topology, hv, config, reporter, stopper, 
             public_keys=keys[vm.name][1],
             deadline=deadline,
             metadata=metadata,
+            http=http,
         )
         for vm in manifest.vms
     ]
@@ -251,6 +314,9 @@ def _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper
                 f"in {time.monotonic() - started:.1f}s",
                 vm=vm.name,
             )
+        efi_record = efi.capture_nvram(outcome.efi, target) if outcome.efi else None
+        if efi_record:
+            reporter.log("captured the UEFI variables (NVRAM) with the disks", vm=vm.name)
         reporter.vm_phase(vm.name, "DiskCaptured")
         base_vm = base_vms[vm.name]
         captured.append(
@@ -261,9 +327,7 @@ def _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper
                 disks=tuple(disks),
                 nics=_base_nics(base_vm, topology.nics[vm.name]),
                 invisible=base_vm.invisible,
-                efi={"secure_boot": base_vm.efi_firmware.secure_boot}
-                if base_vm.efi_firmware
-                else None,
+                efi=efi_record,
                 communicator={
                     "ssh_username": base_vm.communicator.ssh_username,
                     "ssh_port": base_vm.communicator.ssh_port,

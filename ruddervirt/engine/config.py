@@ -17,6 +17,11 @@ class EngineConfig:
     acpi_timeout_s: float = 30.0
     # Convert captured disks with compression (smaller templates, slower capture).
     compress_templates: bool = False
+    # bootCommand pace: the pause after each key (or chord) sent to the console. Installers
+    # under TCG on a busy host drop keys sent faster than they read them.
+    boot_key_interval_s: float = 0.1
+    # How long a key is held down (0: the hypervisor's default).
+    boot_key_hold_ms: int = 0
 
     @property
     def cache_dir(self) -> Path:
@@ -25,3 +30,8 @@ class EngineConfig:
     @property
     def files_cache_dir(self) -> Path:
         return self.storage_root / "cache" / "files"
+
+    @property
+    def iso_cache_dir(self) -> Path:
+        """ISOs live apart from disk images: they are evicted after `isoCacheTTL`."""
+        return self.storage_root / "cache" / "isos"

@@ -1,8 +1,11 @@
 """cloud-init network config (version 2) for a VM's NICs and its management NIC.
 
-Static `ip`s are configured as such (so they work even on subnets without DHCP); other
-NICs use DHCP. The management NIC (QEMU user-mode, restrict=on) only carries the host's
-SSH forward: it takes DHCP but never the default route or DNS.
+Static `ip`s are configured as such (so they work even on subnets without DHCP), with the
+gateway and the subnet's `dns` servers as name servers, and the default route through the
+first managed subnet's gateway. Other NICs use DHCP, except on a managed subnet with
+`dhcp: false`, where nobody would answer: those come up without an address. The management
+NIC (QEMU user-mode, restrict=on) only carries the host's SSH forward: it takes DHCP but
+never the default route or DNS.
 """
 
 from __future__ import annotations
@@ -30,12 +33,18 @@ def _nic_entry(nic: NicPlan, subnet, first_gateway: list) -> dict:
     if nic.static and nic.ip:
         net = ipaddress.IPv4Network(subnet.cidr)
         entry["addresses"] = [f"{nic.ip}/{net.prefixlen}"]
-        if not subnet.unmanaged:
-            gateway = str(next(net.hosts()))
-            entry["nameservers"] = {"addresses": [gateway, *subnet.dns]}
-            if not first_gateway:  # one default route: through the first managed NIC
-                first_gateway.append(gateway)
-                entry["routes"] = [{"to": "default", "via": gateway}]
+        if subnet.unmanaged:
+            if subnet.dns:
+                entry["nameservers"] = {"addresses": list(subnet.dns)}
+            return entry
+        gateway = subnet.gateway
+        entry["nameservers"] = {"addresses": [gateway, *subnet.dns]}
+        if not first_gateway:  # one default route: through the first managed NIC
+            first_gateway.append(gateway)
+            entry["routes"] = [{"to": "default", "via": gateway}]
+    elif not subnet.unmanaged and not subnet.dhcp:
+        entry["dhcp4"] = False  # nobody answers DHCP here: the guest sets an address itself
+        entry["optional"] = True
     else:
         entry["dhcp4"] = True
         if subnet.unmanaged:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ruddervirt.engine import efi
 from ruddervirt.engine.build import CapturedVM
 from ruddervirt.engine.config import EngineConfig
 from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, NicSpec
@@ -40,6 +41,10 @@ def template_spec(config: EngineConfig, key: str, vm: CapturedVM, *, title: str)
             )
             for n in vm.nics
         ),
+        # UEFI templates point at the NVRAM captured with their disks (never started, so
+        # never written); clones boot from a copy of it (efi.instance_efi).
+        efi=efi.template_efi(vm.efi),
+        machine=efi.machine_for(vm.efi),
         metadata={"kind": "template", "version": key, "vm": vm.name},
         title=title,
     )
@@ -63,4 +68,5 @@ def define_templates(
 
 def remove_templates(hv, names: Sequence[str]) -> None:
     for name in names:
-        hv.undefine(name)
+        # The NVRAM belongs to the version's files, not to the domain: keep it.
+        hv.undefine(name, remove_nvram=False)

@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ruddervirt.engine import netconfig
+from ruddervirt.engine import bootcmd, efi, netconfig
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
 from ruddervirt.engine.files import FileStore
+from ruddervirt.engine.httpserver import BuildHTTPServer
+from ruddervirt.engine.installer_media import InstallerMedia
 from ruddervirt.engine.reporter import Reporter, Stopper
 from ruddervirt.engine.sources import fetch
 from ruddervirt.engine.topology import NicPlan
@@ -24,7 +26,7 @@ from ruddervirt.hypervisor import disks as qimg
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.hypervisor.driver import DomainState, WaitCancelled, WaitTimedOut
 from ruddervirt.hypervisor.seed import cloud_config_with_keys, make_nocloud_seed, nocloud_meta_data
-from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, MgmtForward, NicSpec
+from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, EfiSpec, MgmtForward, NicSpec
 
 POWEROFF_POSIX = (
     "sudo -n poweroff 2>/dev/null || poweroff || sudo -n shutdown -h now || shutdown -h now"
@@ -46,6 +48,7 @@ class VMOutcome:
     name: str
     disks: list[PreparedDisk] = field(default_factory=list)
     domain: str = ""
+    efi: EfiSpec | None = None  # the build VM's firmware; capture keeps its NVRAM
 
 
 def free_loopback_port() -> int:
@@ -56,7 +59,7 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-class VMRunner:
+class VMRunner(InstallerMedia):
     def __init__(
         self,
         *,
@@ -75,6 +78,7 @@ class VMRunner:
         private_key: str,
         deadline: float,
         metadata: dict[str, str],
+        http: BuildHTTPServer | None = None,
     ) -> None:
         self.vm = vm
         self.key = build_key
@@ -91,9 +95,14 @@ class VMRunner:
         self.private_key = private_key
         self.deadline = deadline
         self.metadata = metadata
+        self.http = http
         self.domain = f"{config.name_prefix}{build_key}-{vm.name}"
         self.port = 0
         self.outcome = VMOutcome(name=vm.name, domain=self.domain)
+        self.isos: list[Path] = []  # installer CD-ROMs, in manifest order
+        self.floppy: Path | None = None
+        self.efi: EfiSpec | None = None
+        self.boot_plan: list[bootcmd.Segment] = []
 
     # --- helpers --------------------------------------------------------------------
     def log(self, text: str, stream: str = "info") -> None:
@@ -118,9 +127,21 @@ class VMRunner:
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> VMOutcome:
         self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._run()
+        finally:
+            self.release_isos()
+
+    def _run(self) -> VMOutcome:
         self.phase("SourceImporting")
         self.outcome.disks = self.prepare_disks()
+        self.isos = self.prepare_isos()
+        self.floppy = self.make_floppy() if self.vm.floppy_files else None
         seed = self.make_seed() if self.vm.cloud_init is not None else None
+        self.boot_plan = self.plan_boot_command()  # a bad bootCommand fails before booting
+        if self.vm.efi_firmware is not None:
+            self.efi = efi.build_efi(self.dir, self.vm.efi_firmware.secure_boot)
+            self.outcome.efi = self.efi
         self.phase("Booting")
         self.boot(self.outcome.disks, seed)
         if self.vm.boot_command:
@@ -142,6 +163,7 @@ class VMRunner:
         prepared = []
         for index, disk in enumerate(self.vm.disks):
             path = self.dir / f"disk{index}-{disk.name}.qcow2"
+            path.unlink(missing_ok=True)  # left by an earlier attempt of this build
             base = self.base_for(index)
             if base is not None:
                 info = qimg.info(base)
@@ -152,11 +174,13 @@ class VMRunner:
                     self.log(f"disk {disk.name}: grown from {virtual} to {disk.size} bytes")
                 elif disk.size < virtual:
                     self.log(
-                        f"disk {disk.name}: the source is {virtual} bytes, larger than the declared "
-                        f"{disk.size}; keeping the source's size (disks are never shrunk)"
+                        f"disk {disk.name}: the source is {virtual} bytes, larger than the "
+                        f"declared {disk.size}; keeping the source's size (disks are never shrunk)"
                     )
             else:
                 qimg.create_blank(path, disk.size)
+                if index == 0 and self.vm.source.kind == "blank":
+                    self.log(f"disk {disk.name}: blank, {disk.size} bytes, for the installer")
             prepared.append(PreparedDisk(disk.name, path, disk.bus, max(disk.size, 0)))
         return prepared
 
@@ -194,10 +218,23 @@ class VMRunner:
 
     # --- boot -----------------------------------------------------------------------
     def domain_spec(self, disks: list[PreparedDisk], seed: Path | None) -> DomainSpec:
+        # The boot disk comes first: blank, it fails over to the installer CD-ROM; once
+        # installed, the installer's reboot starts the new system from it.
         specs = [
             DiskSpec(path=d.path, target_bus=d.bus, boot_order=1 if i == 0 else None)
             for i, d in enumerate(disks)
         ]
+        specs += [
+            DiskSpec(
+                path=iso, target_bus="sata", format="raw", device="cdrom", readonly=True,
+                boot_order=2 + i,
+            )
+            for i, iso in enumerate(self.isos)
+        ]  # fmt: skip
+        if self.floppy is not None:
+            specs.append(
+                DiskSpec(path=self.floppy, target_bus="fdc", format="raw", device="floppy")
+            )
         if seed is not None:
             specs.append(
                 DiskSpec(path=seed, target_bus="sata", format="raw", device="cdrom", readonly=True)
@@ -213,6 +250,8 @@ class VMRunner:
             disks=tuple(specs),
             nics=nics,
             mgmt=MgmtForward(host_port=self.port, mac=mgmt_mac_for(self.domain)),
+            efi=self.efi,
+            machine=efi.firmware(self.efi.secure_boot).machine if self.efi else "pc",
             serial_log=self.dir / "serial.log",
             metadata={**self.metadata, "vm": self.vm.name},
             title=f"build {self.key} VM {self.vm.name}",
@@ -237,9 +276,7 @@ class VMRunner:
         raise BuildError(f"VM {self.vm.name} did not start: {last_error}")
 
     def type_boot_command(self) -> None:
-        from ruddervirt.engine.bootcmd import type_boot_command
-
-        type_boot_command(self)
+        bootcmd.type_boot_command(self, self.boot_plan)
 
     # --- SSH ------------------------------------------------------------------------
     def target(self) -> ssh.SSHTarget:
@@ -269,13 +306,13 @@ class VMRunner:
             raise BuildCancelled(self.stopper.reason) from exc
         except ssh.SSHWaitTimeout as exc:
             self.log_serial_tail()
+            self.log_ssh_hints()
             state = self.hv.state(self.domain)
             raise BuildError(
                 f"VM {self.vm.name}: {exc} (domain state: {state.name.lower()})"
             ) from exc
-        self.log(
-            f"SSH is up after {time.monotonic() - started:.1f}s (host key {session.host_key_fingerprint})"
-        )
+        took = time.monotonic() - started
+        self.log(f"SSH is up after {took:.1f}s (host key {session.host_key_fingerprint})")
         return session
 
     def log_serial_tail(self, lines: int = 20) -> None:

@@ -108,8 +108,22 @@ class FakeHypervisor:
 
     def start(self, name: str) -> None:
         """See :meth:`Hypervisor.start`; fails like libvirt when a NIC's network is not active."""
+        self._start(name, "start", DomainState.RUNNING)
+
+    # -- optional, not in the Hypervisor protocol (see LibvirtHypervisor.start_paused) --------
+    def start_paused(self, name: str) -> None:
+        self._start(name, "start_paused", DomainState.PAUSED)
+
+    def resume(self, name: str) -> None:
         with self._lock:
-            self._record("start", name)
+            self._record("resume", name)
+            dom = self._dom(name)
+            if dom.state is DomainState.PAUSED:
+                dom.state = DomainState.RUNNING
+
+    def _start(self, name: str, method: str, state: DomainState) -> None:
+        with self._lock:
+            self._record(method, name)
             dom = self._dom(name)
             if dom.state in _ACTIVE:
                 return
@@ -117,7 +131,7 @@ class FakeHypervisor:
                 network = self.networks.get(nic.network)
                 if network is None or not network.active:
                     raise HypervisorError(f"start {name!r}: network {nic.network!r} is not active")
-            dom.state, dom.boots = DomainState.RUNNING, dom.boots + 1
+            dom.state, dom.boots = state, dom.boots + 1
             dom.vnc_port, self._next_port = self._next_port, self._next_port + 1
 
     def shutdown(self, name: str) -> None:

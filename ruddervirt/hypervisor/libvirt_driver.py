@@ -22,6 +22,7 @@ from pathlib import Path
 
 import libvirt
 
+from ruddervirt.hypervisor import gateway
 from ruddervirt.hypervisor.domain_xml import OWNER_NS, build_domain_xml, parse_owner_metadata
 from ruddervirt.hypervisor.driver import (
     CancelCheck,
@@ -37,7 +38,7 @@ from ruddervirt.hypervisor.driver import (
     check_prefix,
     poll_for_state,
 )
-from ruddervirt.hypervisor.network_xml import build_network_xml
+from ruddervirt.hypervisor.network_xml import build_network_xml, parse_network_xml
 from ruddervirt.hypervisor.specs import DEFAULT_NAME_PREFIX, DomainSpec, NetworkSpec
 
 DEFAULT_URI = "qemu:///system"
@@ -169,6 +170,24 @@ class LibvirtHypervisor:
             if not dom.isActive():
                 dom.create()
 
+    # -- optional, not in the Hypervisor protocol (added for the clone pipeline) --------------
+    def start_paused(self, name: str) -> None:
+        """Start QEMU with the guest's vCPUs stopped (see :meth:`resume`); no-op when the
+        domain is already active. Starting many domains this way, then resuming them all,
+        keeps booting guests from slowing down the start of the others."""
+        dom = self._domain(name)
+        with _errors(f"start {name!r}"):
+            if not dom.isActive():
+                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+
+    def resume(self, name: str) -> None:
+        """Let a paused domain's vCPUs run; no-op when it is not paused."""
+        dom = self._domain(name)
+        with _errors(f"resume {name!r}"):
+            state, _reason = dom.state()
+            if state == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+
     def shutdown(self, name: str) -> None:
         """See :meth:`Hypervisor.shutdown`."""
         dom = self._domain(name)
@@ -299,15 +318,27 @@ class LibvirtHypervisor:
             self._conn().networkDefineXML(build_network_xml(spec, uuid=uuid))
 
     def start_network(self, name: str) -> None:
-        """See :meth:`Hypervisor.start_network`."""
+        """See :meth:`Hypervisor.start_network`; also (re)starts a managed network's gateway
+        (see ``gateway.py``), so calling it on an active network repairs a dead gateway."""
         net = self._network(name)
         with _errors(f"start network {name!r}"):
             if not net.isActive():
                 net.create()
+            spec = parse_network_xml(net.XMLDesc(0))
+        try:
+            gateway.ensure(spec)
+        except gateway.GatewayError as exc:
+            raise HypervisorError(f"start network {name!r}: {exc}") from exc
 
     def destroy_network(self, name: str) -> None:
-        """See :meth:`Hypervisor.destroy_network`."""
+        """See :meth:`Hypervisor.destroy_network`; stops a managed network's gateway first."""
         net = self._network(name)
+        with _errors(f"destroy network {name!r}"):
+            spec = parse_network_xml(net.XMLDesc(0))
+        try:
+            gateway.stop(spec)
+        except gateway.GatewayError as exc:
+            raise HypervisorError(f"destroy network {name!r}: {exc}") from exc
         with _errors(f"destroy network {name!r}"):
             if net.isActive():
                 net.destroy()

@@ -258,10 +258,13 @@ class DnsHost(NamedTuple):
 @dataclass(frozen=True, kw_only=True)
 class NetworkSpec:
     """A libvirt network. With ``ipv4`` None it is unmanaged: a bare bridge without host IP,
-    DHCP or DNS. Otherwise the host side gets ``ipv4`` (e.g. ``10.10.0.1/24``) and dnsmasq serves
-    DHCP (when ``dhcp_range`` is set) and DNS. ``dns_forwarders`` empty means names outside the
-    network are not resolved at all (no upstream queries), except with ``nat``. There is no
-    ``<forward>`` (isolated) unless ``nat`` is True; tests never use NAT.
+    DHCP or DNS. Otherwise its gateway (see ``gateway.py``) gets ``ipv4`` (e.g. ``10.10.0.1/24``)
+    in a network namespace of its own, never on the host, and dnsmasq there serves DHCP (with
+    a range or fixed hosts) and DNS. ``dns_forwarders`` empty means names outside the network
+    are not resolved at all (no upstream queries), except with ``nat``. ``dns_servers`` are
+    handed out by DHCP after the gateway itself. Managed networks with the same ``router``
+    (a VPC) route to each other and to nothing else; None means a router of its own. There is
+    no way out (isolated) unless ``nat`` is True; tests never use NAT.
     """
 
     name: str
@@ -274,9 +277,13 @@ class NetworkSpec:
     nat: bool = False
     domain: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    router: str | None = None
+    dns_servers: tuple[ipaddress.IPv4Address, ...] = ()
 
     def __post_init__(self) -> None:
         check_name(self.name, "network name")
+        if self.router is not None:
+            check_name(self.router, "router")
         if not _BRIDGE_RE.match(self.bridge):
             raise ValueError(f"bridge {self.bridge!r} must be 1-15 letters, digits or '_.-'")
         _set(self, "metadata", check_metadata(self.metadata))
@@ -300,6 +307,7 @@ class NetworkSpec:
         dns = (DnsHost(ipaddress.IPv4Address(ip), tuple(names)) for ip, names in self.dns_hosts)
         _set(self, "dns_hosts", tuple(dns))
         _set(self, "dns_forwarders", tuple(ipaddress.ip_address(a) for a in self.dns_forwarders))
+        _set(self, "dns_servers", tuple(ipaddress.IPv4Address(a) for a in self.dns_servers))
 
     def _check_unmanaged(self) -> None:
         managed_only = {
@@ -307,6 +315,8 @@ class NetworkSpec:
             "dhcp_hosts": bool(self.dhcp_hosts),
             "dns_hosts": bool(self.dns_hosts),
             "dns_forwarders": bool(self.dns_forwarders),
+            "dns_servers": bool(self.dns_servers),
+            "router": self.router is not None,
             "nat": self.nat,
             "domain": self.domain is not None,
         }

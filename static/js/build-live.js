@@ -43,7 +43,7 @@
       if (!card) return;
       card.querySelector(".phase").textContent = vm.phase;
       card.querySelector(".vm-message").textContent = vm.message || "";
-      let waiting = false;
+      let waiting = null;
       vm.steps.forEach((s, i) => {
         const li = card.querySelector(`.step[data-index="${i}"]`);
         if (!li) return;
@@ -54,11 +54,52 @@
         if (s.exit_code != null) info.push("exit " + s.exit_code);
         if (s.message) info.push(s.message);
         li.querySelector(".step-info").textContent = info.join(" · ");
-        if (s.status === "WaitingForUser") waiting = true;
+        if (s.status === "WaitingForUser") waiting = s;
       });
-      card.querySelector(".handbuild").hidden = !waiting;
+      const link = card.querySelector(".console-link");
+      link.hidden = !vm.console_url;
+      if (vm.console_url) link.href = vm.console_url;
+      renderHandbuild(vm, waiting, data.now);
     });
   }
+
+  // A handbuild step waiting: its instructions beside the live console, Continue / Fail,
+  // and a countdown to the step's deadline (the pause spends the step and build timeouts).
+  const deadlines = new Map();
+  let clockSkewMs = 0;
+
+  function renderHandbuild(vm, step, serverNow) {
+    const panel = document.querySelector(`.handbuild-panel[data-handbuild-vm="${CSS.escape(vm.name)}"]`);
+    if (!panel) return;
+    const frame = panel.querySelector("iframe.console-frame");
+    panel.hidden = !step;
+    if (!step) {
+      deadlines.delete(vm.name);
+      if (frame.getAttribute("src")) frame.removeAttribute("src"); // closes the console
+      return;
+    }
+    if (serverNow) clockSkewMs = Date.parse(serverNow) - Date.now();
+    panel.querySelector(".step-label").textContent = step.name;
+    panel.querySelector(".instructions").textContent = step.instructions || "";
+    if (step.deadline) deadlines.set(vm.name, Date.parse(step.deadline));
+    if (vm.console_url && !frame.getAttribute("src")) frame.src = vm.console_url + "?embed=1";
+    tickCountdown();
+  }
+
+  function fmtLeft(ms) {
+    const s = Math.max(0, Math.floor(ms / 1000));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    const pad = (n) => String(n).padStart(2, "0");
+    return h ? `${h}:${pad(m)}:${pad(sec)}` : `${m}:${pad(sec)}`;
+  }
+
+  function tickCountdown() {
+    deadlines.forEach((deadline, name) => {
+      const panel = document.querySelector(`.handbuild-panel[data-handbuild-vm="${CSS.escape(name)}"]`);
+      if (panel) panel.querySelector(".time-left").textContent = fmtLeft(deadline - (Date.now() + clockSkewMs)) + " left";
+    });
+  }
+  setInterval(tickCountdown, 1000);
 
   async function tick() {
     try {

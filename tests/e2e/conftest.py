@@ -4,6 +4,8 @@ libvirt, an isolated storage root, and a check that nothing is left on the host.
 from __future__ import annotations
 
 import functools
+import os
+import re
 import hashlib
 import http.server
 import shutil
@@ -75,16 +77,21 @@ def nothing_left_on_the_host_after_the_suite():
 
 
 @pytest.fixture
-def storage(settings, tmp_path_factory) -> Path:
-    """A storage root of its own for each test (traversable by libvirt-qemu: /tmp is 1777)."""
-    root = tmp_path_factory.mktemp("storage")
-    root.chmod(0o755)
-    for parent in root.parents:
-        if parent == Path("/tmp"):
+def storage(settings, request) -> Path:
+    """A storage root of its own for each test, under var/ rather than pytest's temporary
+    folder: pytest makes /tmp/pytest-of-<user> private (0700) at every start, and QEMU
+    (user libvirt-qemu) must reach the disks."""
+    label = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:60]
+    root = ROOT / "var" / "test-storage" / f"{os.getpid()}-{label}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for folder in (root, *root.parents):
+        if folder == ROOT.parent:
             break
-        parent.chmod(parent.stat().st_mode | 0o055)
+        folder.chmod(folder.stat().st_mode | 0o055)
     settings.RUDDERVIRT_STORAGE_ROOT = root
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

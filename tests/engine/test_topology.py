@@ -124,3 +124,195 @@ def test_instructor_network_data_is_kept_with_the_mgmt_nic_added():
     )
     assert data["ethernets"]["ens3"] == {"dhcp4": True}
     assert "rvmgmt" in data["ethernets"]
+
+
+def test_the_subnets_of_one_vpc_share_a_router_and_other_vpcs_do_not():
+    lan, edge, wire = topology(allow_internet=False).networks
+    assert lan.router == "rvt-b7-vpc-lab" and edge.router == "rvt-b7-vpc-dmz"
+    assert wire.router is None  # unmanaged: no gateway at all
+    clone = plan(parse(TWO_VPCS), owner="c1", prefix="rvt-", allow_internet=False)
+    assert clone.networks[0].router == "rvt-c1-vpc-lab"
+
+
+def test_networks_carry_owner_tags_and_their_subnet():
+    topo = plan(
+        parse(TWO_VPCS), owner="b7", prefix="rvt-", allow_internet=False, metadata={"kind": "build"}
+    )
+    assert topo.networks[1].metadata == {"kind": "build", "subnet": "edge"}
+
+
+DEFAULT = """\
+vms:
+  - name: web
+    source: {url: "file:///x.qcow2"}
+  - name: db
+    source: {url: "file:///x.qcow2"}
+"""
+
+
+def test_without_a_network_section_the_default_topology_applies():
+    topo = plan(parse(DEFAULT), owner="b3", prefix="rvt-", allow_internet=True, new_mac=macs())
+    [net] = topo.networks
+    assert net.name == "rvt-b3-default"
+    assert net.ipv4 == ipaddress.IPv4Interface("10.77.0.1/24")
+    assert net.nat  # the default VPC has internet, and this host allows it
+    assert [topo.nics[vm][0].ip for vm in ("web", "db")] == ["10.77.0.254", "10.77.0.253"]
+    assert [topo.nics[vm][0].slot for vm in ("web", "db")] == [1, 1]
+    assert not plan(parse(DEFAULT), owner="b3", prefix="rvt-", allow_internet=False).networks[0].nat
+
+
+DNS = """\
+network:
+  vpcs: [{name: lab}]
+  subnets:
+    - {name: lan, cidr: 10.10.0.0/24, dns: [10.10.0.53, 9.9.9.9]}
+    - {name: lan2, cidr: 10.11.0.0/24}
+    - {name: quiet, cidr: 10.12.0.0/24, dhcp: false}
+    - {name: wire, cidr: 10.30.0.0/29, unmanaged: true, dns: [10.30.0.2]}
+vms:
+  - name: router
+    source: {url: "file:///x.qcow2"}
+    cloudInit: {}
+    nics:
+      - {name: eth0, subnet: lan, ip: 10.10.0.2}
+      - {name: eth1, subnet: lan2, ip: 10.11.0.2}
+      - {name: eth2, subnet: wire, ip: 10.30.0.2}
+  - name: quietvm
+    source: {url: "file:///x.qcow2"}
+    cloudInit: {}
+    nics:
+      - {name: eth0, subnet: quiet}
+      - {name: eth1, subnet: wire}
+  - name: far
+    source: {url: "file:///x.qcow2"}
+    nics: [{name: eth0, subnet: wire, ip: 10.30.0.5}]
+"""
+
+
+def dns_names(spec) -> dict[str, str]:
+    return {name: str(host.ip) for host in spec.dns_hosts for name in host.names}
+
+
+def test_dns_servers_are_handed_out_after_the_gateway():
+    lan = plan(parse(DNS), owner="b1", prefix="rvt-", allow_internet=False).networks[0]
+    assert [str(a) for a in lan.dns_servers] == ["10.10.0.53", "9.9.9.9"]
+
+
+def test_each_subnet_resolves_a_vm_to_its_own_address_there_when_it_has_one():
+    lan, lan2, quiet, _wire = plan(
+        parse(DNS), owner="b1", prefix="rvt-", allow_internet=False
+    ).networks
+    assert dns_names(lan) == {"router": "10.10.0.2"}
+    assert dns_names(lan2) == {"router": "10.11.0.2"}
+    # quiet has no DHCP: quietvm has no address the gateway knows; far is only on a guest
+    # router's segment, which the VPC's router cannot reach.
+    assert dns_names(quiet) == {"router": "10.10.0.2"}
+
+
+def test_a_subnet_without_dhcp_leaves_dynamic_nics_without_an_address():
+    manifest = parse(DNS)
+    topo = plan(manifest, owner="b1", prefix="rvt-", allow_internet=False)
+    quiet = topo.networks[2]
+    assert quiet.ipv4 is not None and quiet.dhcp_range is None and not quiet.dhcp_hosts
+    assert topo.nics["quietvm"][0].ip is None
+    config = yaml.safe_load(
+        netconfig.render(
+            topo.nics["quietvm"], manifest, mgmt_mac="52:54:00:fe:00:01", user_network=None
+        )
+    )
+    assert config["ethernets"]["nic0"]["dhcp4"] is False  # nobody would answer
+    assert config["ethernets"]["nic1"] == {
+        "match": {"macaddress": topo.nics["quietvm"][1].mac},
+        "dhcp4": True,
+        "optional": True,  # a guest router may serve DHCP on the bare segment
+    }
+
+
+def test_static_addresses_on_a_bare_segment_get_its_dns_but_no_route():
+    manifest = parse(DNS)
+    topo = plan(manifest, owner="b1", prefix="rvt-", allow_internet=False)
+    config = yaml.safe_load(
+        netconfig.render(
+            topo.nics["far"], manifest, mgmt_mac="52:54:00:fe:00:01", user_network=None
+        )
+    )
+    assert config["ethernets"]["nic0"]["addresses"] == ["10.30.0.5/29"]
+    assert config["ethernets"]["nic0"]["nameservers"] == {"addresses": ["10.30.0.2"]}
+    assert "routes" not in config["ethernets"]["nic0"]
+    router = yaml.safe_load(
+        netconfig.render(
+            topo.nics["router"], manifest, mgmt_mac="52:54:00:fe:00:01", user_network=None
+        )
+    )["ethernets"]
+    assert router["nic0"]["nameservers"] == {"addresses": ["10.10.0.1", "10.10.0.53", "9.9.9.9"]}
+    assert "routes" in router["nic0"] and "routes" not in router["nic1"]  # one default route
+
+
+def test_pinned_addresses_that_no_longer_fit_their_subnet_are_dropped():
+    topo = plan(
+        parse(DNS),
+        owner="c1",
+        prefix="rvt-",
+        allow_internet=False,
+        ips={("quietvm", "eth0"): "10.12.0.9", ("quietvm", "eth1"): "10.30.0.3"},
+    )
+    assert [n.ip for n in topo.nics["quietvm"]] == [None, None]  # no DHCP / unmanaged
+    moved = plan(parse(TWO_VPCS), owner="c1", prefix="rvt-", allow_internet=False,
+                 ips={("client", "eth0"): "192.168.5.5"})  # fmt: skip
+    assert moved.nics["client"][0].ip == "10.10.0.254"
+
+
+def test_generated_macs_never_repeat_one_already_in_the_module():
+    repeating = iter(
+        ["52:54:00:aa:bb:cc", "52:54:00:00:00:01", "52:54:00:00:00:01", "52:54:00:00:00:02",
+         "52:54:00:00:00:03"]
+    )  # fmt: skip
+    topo = plan(parse(TWO_VPCS), owner="b1", prefix="rvt-", allow_internet=False,
+                new_mac=lambda: next(repeating))  # fmt: skip
+    all_macs = [p.mac for plans in topo.nics.values() for p in plans]
+    assert len(set(all_macs)) == len(all_macs) == 4
+    assert "52:54:00:aa:bb:cc" in all_macs  # client's own, declared
+
+
+OVERRIDDEN = """\
+network:
+  vpcs: [{name: lab, internet: false}]
+  subnets:
+    - {name: lan, cidr: 10.10.0.0/24}
+    - {name: wire, cidr: 10.30.0.0/29, unmanaged: true}
+buildOverrides:
+  vpcs: [{name: lab, internet: true}]
+  subnets: [{name: wire, unmanaged: false}]
+  vms:
+    - name: web
+      resources: {cpu: 4, memory: 4Gi}
+      nics: [{name: eth0, subnet: lan, slot: 1, ip: 10.10.0.10}, {name: up, subnet: wire, slot: 4}]
+vms:
+  - name: web
+    source: {url: "file:///x.qcow2"}
+    nics: [{name: eth0, subnet: lan, slot: 1, ip: 10.10.0.10}, {name: eth1, subnet: wire, slot: 2}]
+"""
+
+
+def test_build_overrides_shape_the_build_only_and_clones_get_the_base():
+    base = parse(OVERRIDDEN)
+    built = plan(base.for_build(), owner="b1", prefix="rvt-", allow_internet=True, new_mac=macs())
+    lan, wire = built.networks
+    assert lan.nat and wire.ipv4 is not None  # internet and a managed wire while building
+    assert [(n.name, n.slot) for n in built.nics["web"]] == [("eth0", 1), ("up", 4)]
+    from ruddervirt.engine.build import _base_nics
+
+    recorded = _base_nics(base.vm("web"), built.nics["web"])
+    assert [(n.name, n.slot, n.subnet) for n in recorded] == [
+        ("eth0", 1, "lan"),
+        ("eth1", 2, "wire"),
+    ]
+    assert recorded[0].mac == built.nics["web"][0].mac  # the same NIC keeps its MAC
+    clone = plan(base, owner="c1", prefix="rvt-", allow_internet=True,
+                 macs={("web", n.name): n.mac for n in recorded},
+                 ips={("web", n.name): n.ip for n in recorded if n.ip})  # fmt: skip
+    lan, wire = clone.networks
+    assert not lan.nat and wire.ipv4 is None  # the base: no internet, a bare wire
+    assert [(n.name, n.mac, n.ip) for n in clone.nics["web"]] == [
+        (n.name, n.mac, n.ip) for n in recorded
+    ]

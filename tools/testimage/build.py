@@ -113,12 +113,21 @@ def package_versions(packages: set[str]) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
 
 
+# The installer ISO (installer.py) is built from this image's parts, not the other way round:
+# its files do not change the image.
+NOT_IMAGE_INPUTS = frozenset({"README.md", "installer.py", "installer-files"})
+
+
 def source_files() -> list[Path]:
-    """The files of tools/testimage/ that make the image (not README.md or bytecode)."""
+    """The files of tools/testimage/ that make the image (not README.md, the installer ISO's
+    files or bytecode)."""
     return sorted(
         p
         for p in HERE.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.name != "README.md"
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.relative_to(HERE).parts[0] not in NOT_IMAGE_INPUTS
+        and p.name != "README.md"
     )
 
 

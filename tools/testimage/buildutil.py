@@ -15,10 +15,13 @@ def log(message: str) -> None:
     print(f"testimage: {message}", file=sys.stderr, flush=True)
 
 
-def run(args: list[str], *, timeout: float = 60) -> str:
-    """Run a command (never through a shell) and return its stdout; BuildError on failure."""
+def run(args: list[str], *, timeout: float = 60, env: dict[str, str] | None = None) -> str:
+    """Run a command (never through a shell) and return its stdout; BuildError on failure.
+    `env` replaces the environment when given."""
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=True)
+        done = subprocess.run(
+            args, capture_output=True, text=True, timeout=timeout, check=True, env=env
+        )
     except subprocess.CalledProcessError as exc:
         raise BuildError(
             f"{' '.join(args)} failed ({exc.returncode}): {exc.stderr.strip()}"

@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Clone benchmark: control-plane time to create and start N clones, linked vs. full copies.
+
+    .venv/bin/python bench/clone_bench.py [--sizes 1,10,30] [--workers 8] [--memory 256]
+        [--markdown] [--keep-running S]
+
+The module: one VM of the tiny test image (its template disk is the image converted to a
+standalone qcow2, as a build captures it) with one managed subnet, so every clone also gets
+its own libvirt network and gateway (namespace + dnsmasq). For each N and each mode (linked
+overlays, full copies), the clones are made with ruddervirt.engine.clone.create_many, the
+same call and thread count (8) the portal uses to launch a class in-process: every clone's
+disks, network and domain, then every domain started paused, then all resumed. "Create +
+start" is the wall-clock time until every domain is running (the guests then boot on their
+own: that is not control-plane time). "Disk per clone" is what the clone's folder occupies
+on disk (st_blocks) right after creation. Then every clone is removed (timed too) before the
+next round, so at most N guests run at once.
+
+Everything lives in a temporary folder and under a libvirt name prefix of its own
+("rvc<pid>-"); both are removed at the end, also after a failure or Ctrl-C. Needs root
+(qemu:///system, network namespaces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from ruddervirt.engine import clone as engine  # noqa: E402
+from ruddervirt.engine.cleanup import remove_domain  # noqa: E402
+from ruddervirt.engine.config import EngineConfig  # noqa: E402
+from ruddervirt.hypervisor import disks as qimg  # noqa: E402
+from ruddervirt.hypervisor.libvirt_driver import LibvirtHypervisor  # noqa: E402
+from ruddervirt.manifest import parse  # noqa: E402
+
+MIB = 1024 * 1024
+MANIFEST = """\
+network:
+  vpcs: [{name: lab}]
+  subnets: [{name: lan, vpc: lab, cidr: 10.10.0.0/24}]
+vms:
+  - name: web
+    source: {url: "http://127.0.0.1:9/tiny.qcow2"}
+    resources: {cpu: 1, memory: MEMORY}
+    disks: [{name: root, size: 1Gi}]
+    nics: [{name: eth0, subnet: lan, slot: 1, ip: 10.10.0.10}]
+"""
+
+
+@dataclass
+class Round:
+    mode: str
+    clones: int
+    create_start_s: float
+    prepare_s: float
+    start_s: float
+    resume_s: float
+    per_clone_ms: float
+    disk_per_clone_kib: float
+    disk_per_clone_max_kib: float
+    delete_s: float
+    failures: int
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,10,30", help="clone counts (default 1,10,30)")
+    parser.add_argument("--workers", type=int, default=8, help="threads (default 8)")
+    parser.add_argument("--memory", type=int, default=256, help="guest MiB (default 256)")
+    parser.add_argument("--modes", default="linked,full", help="linked, full or both")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument("--json", action="store_true", help="print the rounds as JSON")
+    parser.add_argument(
+        "--wait-quiet", type=float, default=0.0, metavar="MINUTES",
+        help="first wait up to MINUTES for a 1-minute load average below --max-load",
+    )  # fmt: skip
+    parser.add_argument("--max-load", type=float, default=1.0)
+    parser.add_argument(
+        "--keep-running", type=float, default=0.0, metavar="S",
+        help="leave each round's guests running S seconds before removing them",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def template_disk(folder: Path) -> Path:
+    """The tiny image as a standalone qcow2 (what a build captures)."""
+    from tools.testimage.build import build_image
+
+    image = build_image(ROOT / "var" / "cache" / "testimage")
+    disk = folder / "template" / "web-root.qcow2"
+    disk.parent.mkdir(parents=True)
+    qimg.convert(image, disk)
+    qimg.resize(disk, 1024 * MIB)
+    return disk
+
+
+def template_vm(disk: Path, memory_mib: int) -> engine.TemplateVM:
+    return engine.TemplateVM(
+        name="web",
+        cpu=1,
+        memory=memory_mib * MIB,
+        disks=(engine.TemplateDisk("root", disk, "virtio", 1024 * MIB),),
+        nics=(engine.TemplateNic("eth0", "52:54:00:be:0c:01", "10.10.0.10"),),
+    )
+
+
+def one_round(hv, config, manifest, vm, folder: Path, mode: str, n: int, keep: float) -> Round:
+    requests = [
+        engine.CloneRequest(
+            key=f"{mode[0]}{n}x{i}",
+            manifest=manifest,
+            vms=(vm,),
+            workdir=folder / "clones" / f"{mode}-{n}-{i}",
+            full_copy=mode == "full",
+            title=f"bench {mode} {i}",
+        )
+        for i in range(n)
+    ]
+    waves: dict[str, float] = {}
+    started = time.monotonic()
+    results = engine.create_many(
+        requests, hv=hv, config=config, workers=ARGS.workers, timings=waves
+    )
+    took = time.monotonic() - started
+    failures = [r for r in results if isinstance(r, engine.CloneError)]
+    for failure in failures[:3]:
+        print(f"  a clone failed: {failure}", file=sys.stderr)
+    sizes = [engine.disk_usage(r.workdir) for r in requests if r.workdir.exists()]
+    if keep:
+        time.sleep(keep)
+    removing = time.monotonic()
+    with ThreadPoolExecutor(max_workers=ARGS.workers) as pool:
+        list(pool.map(lambda req: engine.delete_clone(req, hv=hv, config=config), requests))
+    return Round(
+        mode=mode,
+        clones=n,
+        create_start_s=round(took, 2),
+        prepare_s=round(waves.get("prepare", 0.0), 2),
+        start_s=round(waves.get("start", 0.0), 2),
+        resume_s=round(waves.get("resume", 0.0), 2),
+        per_clone_ms=round(took / n * 1000, 1),
+        disk_per_clone_kib=round(statistics.mean(sizes) / 1024, 1) if sizes else 0.0,
+        disk_per_clone_max_kib=round(max(sizes) / 1024, 1) if sizes else 0.0,
+        delete_s=round(time.monotonic() - removing, 2),
+        failures=len(failures),
+    )
+
+
+def wait_quiet(minutes: float, max_load: float) -> str:
+    """Wait for the host to calm down (other people's VMs); says how it went."""
+    deadline = time.monotonic() + minutes * 60
+    while os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
+        time.sleep(15)
+    load = os.getloadavg()[0]
+    return f"load {load:.2f}" + ("" if load < max_load else f" (still >= {max_load}: ran anyway)")
+
+
+def running_vms(hv) -> int:
+    return sum(d.state.value == "running" for d in hv.list_domains(""))
+
+
+def markdown(rounds: list[Round]) -> str:
+    lines = [
+        "| clones | mode | create + start (s) | prepare / start / resume (s) | per clone (ms) "
+        "| disk per clone (KiB, mean / max) | delete (s) | failed |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rounds:
+        lines.append(
+            f"| {r.clones} | {r.mode} | {r.create_start_s:.2f} | {r.prepare_s:.2f} / "
+            f"{r.start_s:.2f} / {r.resume_s:.2f} | {r.per_clone_ms:.0f} | "
+            f"{r.disk_per_clone_kib:,.0f} / {r.disk_per_clone_max_kib:,.0f} | "
+            f"{r.delete_s:.2f} | {r.failures} |"
+        )
+    return "\n".join(lines)
+
+
+def cleanup(hv, prefix: str, folder: Path) -> None:
+    for domain in hv.list_domains(prefix):
+        remove_domain(hv, domain.name)
+    for network in hv.list_networks(prefix):
+        if network.active:
+            hv.destroy_network(network.name)
+        hv.undefine_network(network.name)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global ARGS
+    ARGS = parse_args(argv)
+    prefix = f"rvc{os.getpid()}-"
+    folder = Path(tempfile.mkdtemp(prefix="rv-clone-bench-", dir="/var/tmp"))
+    folder.chmod(0o755)  # QEMU runs as libvirt-qemu
+    hv = LibvirtHypervisor(name_prefix=prefix)
+    config = EngineConfig(storage_root=folder, domain_type=os.environ.get(
+        "RUDDERVIRT_DOMAIN_TYPE", "qemu"), name_prefix=prefix, allow_internet=False)  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    rounds: list[Round] = []
+    quiet = wait_quiet(ARGS.wait_quiet, ARGS.max_load) if ARGS.wait_quiet else ""
+    try:
+        disk = template_disk(folder)
+        vm = template_vm(disk, ARGS.memory)
+        manifest = parse(MANIFEST.replace("MEMORY", f"{ARGS.memory}Mi"))
+        print(
+            f"clone bench {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
+            f"{os.cpu_count()} CPUs, {quiet or f'load {os.getloadavg()[0]:.2f}'}, "
+            f"{running_vms(hv)} running VMs, domain type "
+            f"{config.domain_type}, template {disk.stat().st_blocks * 512 // MIB} MiB on disk",
+            file=sys.stderr,
+        )
+        for n in (int(s) for s in ARGS.sizes.split(",")):
+            for mode in ARGS.modes.split(","):
+                result = one_round(hv, config, manifest, vm, folder, mode, n, ARGS.keep_running)
+                rounds.append(result)
+                print(f"  {asdict(result)}", file=sys.stderr)
+    finally:
+        cleanup(hv, prefix, folder)
+        hv.close()
+    if ARGS.json:
+        print(json.dumps([asdict(r) for r in rounds]))
+    print(markdown(rounds) if ARGS.markdown else "\n".join(str(asdict(r)) for r in rounds))
+    return 1 if any(r.failures for r in rounds) else 0
+
+
+ARGS = argparse.Namespace()
+
+if __name__ == "__main__":
+    raise SystemExit(main())

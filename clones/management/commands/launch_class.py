@@ -1,0 +1,115 @@
+"""`manage.py launch_class --module NAME[@VERSION] --students a,b,c [--class NAME] [--wait]
+[--json]`: one clone per student, through the same services as the class dashboard."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import time
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from builds.jobs import workers_listening
+from builds.management.commands._common import cli_user
+from clones import services, students
+from clones.jobs import QUEUE
+from clones.models import BUSY, Class, Clone, CloneStatus
+from clones.runner import run_inline
+
+FOLLOW_TIMEOUT_S = 1800
+
+
+class Command(BaseCommand):
+    help = (
+        "Launch a module version for students: one clone each, in a class (--class, made "
+        "when missing) or an ad-hoc one. Students without an account get one (with an "
+        "invitation link). With --wait, exit 0 when every clone is running, else 1; without "
+        "a worker serving the clones queue, the clones are made in this process."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--module", required=True, help="NAME or NAME@VERSION")
+        parser.add_argument("--students", required=True, help="comma-separated usernames")
+        parser.add_argument("--class", dest="class_name", help="the class (made when missing)")
+        parser.add_argument("--full-copy", action="store_true", help="full disk copies")
+        parser.add_argument("--wait", action="store_true", help="wait until the clones run")
+        parser.add_argument("--json", action="store_true", help="end with one JSON object")
+        parser.add_argument("--user", help="act as this user (default: the first administrator)")
+
+    def handle(self, *args, module, students, class_name, full_copy, wait, json, user, **opts):
+        actor = cli_user(user)
+        try:
+            version = services.resolve_version(module)
+            klass = self.get_class(class_name, version, actor)
+            members = self.add_students(klass, students, actor, quiet=json)
+            run_here = wait and workers_listening(QUEUE) == 0
+            made = services.launch(
+                klass, version, by=actor, students=members, full_copy=full_copy, queue=not run_here
+            )
+        except services.CapacityRefused as exc:
+            raise CommandError(f"refused: {exc}") from exc
+        except services.CloneNotAllowed as exc:
+            raise CommandError(str(exc)) from exc
+        if not json:
+            self.stdout.write(f"class {klass.pk} ({klass.name}): {len(made)} clone(s) of {version}")
+        if wait:
+            if run_here:
+                if not json:
+                    self.stdout.write("no worker serves the clones queue: cloning in this process")
+                run_inline([c.pk for c in made], "provision")
+            else:
+                self.follow([c.pk for c in made])
+        clones = list(Clone.objects.filter(pk__in=[c.pk for c in made]).select_related("student"))
+        if json:
+            self.stdout.write(jsonlib.dumps(self.summary(klass, clones)))
+        else:
+            for c in clones:
+                extra = f": {c.error}" if c.error else ""
+                self.stdout.write(f"  clone {c.pk} for {c.student}: {c.status}{extra}")
+        if wait and not all(c.status == CloneStatus.RUNNING for c in clones):
+            raise SystemExit(1)
+
+    def get_class(self, name: str | None, version, actor) -> Class:
+        if name is None:
+            stamp = timezone.localtime().strftime("%Y-%m-%d %H:%M:%S")
+            return services.create_class(name=f"{version} {stamp}", owner=actor, adhoc=True)
+        klass = Class.objects.filter(name=name).order_by("pk").first()
+        if klass is None:
+            return services.create_class(name=name, owner=actor)
+        if not services.can_teach(actor, klass):
+            raise CommandError(f"class {name!r} belongs to another instructor")
+        return klass
+
+    def add_students(self, klass: Class, text: str, actor, *, quiet: bool) -> list:
+        result = students.add_students(klass, text, by=actor, mode="link")
+        if result.problems:
+            raise CommandError("; ".join(result.problems))
+        for added in result.added:
+            if added.invitation and not quiet:
+                self.stdout.write(f"new account {added.user}: invitation {added.invitation}")
+        User = get_user_model()
+        return list(User.objects.filter(pk__in=[a.user.pk for a in result.added]))
+
+    def follow(self, ids: list[int]) -> None:
+        deadline = time.monotonic() + FOLLOW_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not Clone.objects.filter(pk__in=ids, status__in=BUSY).exists():
+                return
+            time.sleep(0.5)
+
+    @staticmethod
+    def summary(klass: Class, clones: list[Clone]) -> dict:
+        return {
+            "class": klass.pk,
+            "clones": [
+                {
+                    "id": c.pk,
+                    "student": c.student.get_username(),
+                    "status": c.status,
+                    **({"error": c.error} if c.error else {}),
+                    "vms": services.clone_summary(c)["vms"],
+                }
+                for c in clones
+            ],
+        }

@@ -1,0 +1,176 @@
+"""Classes of students, and the clones of module versions launched for them."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+from builds.models import ModuleVersion
+
+
+class Class(models.Model):
+    """A group of students an instructor launches module versions for."""
+
+    name = models.CharField(max_length=100)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_classes"
+    )
+    # Co-instructors: they see the dashboard and act on every clone, like the owner.
+    instructors = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="taught_classes"
+    )
+    students = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="ClassMembership", related_name="classes"
+    )
+    # Made by `launch_class` without --class: one launch, no roster of its own.
+    adhoc = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "classes"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("clones:class", args=[self.pk])
+
+
+class ClassMembership(models.Model):
+    klass = models.ForeignKey(Class, on_delete=models.CASCADE, related_name="memberships")
+    student = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["klass", "student__username"]
+        constraints = [
+            models.UniqueConstraint(fields=["klass", "student"], name="unique_membership")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.student} in {self.klass}"
+
+
+class AccountSetup(models.Model):
+    """How a student made by bulk add gets in: an invitation link (`token_digest`) or a
+    one-time password that must be replaced at the first login (`must_set_password`)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="account_setup"
+    )
+    token_digest = models.CharField(max_length=64, blank=True, db_index=True)
+    must_set_password = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"account setup of {self.user}"
+
+
+class CloneStatus(models.TextChoices):
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    FAILED = "Failed"
+    DELETING = "Deleting"
+
+
+# A clone in one of these is being worked on by a job; the others are at rest.
+BUSY = frozenset(
+    {
+        CloneStatus.PENDING,
+        CloneStatus.PROVISIONING,
+        CloneStatus.STARTING,
+        CloneStatus.STOPPING,
+        CloneStatus.DELETING,
+    }
+)
+AT_REST = frozenset(set(CloneStatus) - BUSY)
+
+
+class Clone(models.Model):
+    """One student's running copy of a module version (all of its VMs)."""
+
+    klass = models.ForeignKey(Class, on_delete=models.PROTECT, related_name="clones")
+    student = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="clones"
+    )
+    # PROTECT: a version's templates cannot be deleted while a clone uses them.
+    version = models.ForeignKey(ModuleVersion, on_delete=models.PROTECT, related_name="clones")
+    status = models.CharField(
+        max_length=20, choices=CloneStatus.choices, default=CloneStatus.PENDING, db_index=True
+    )
+    error = models.TextField(blank=True)  # why it failed
+    # What the student should know: "stopped after 30 min without console input", ...
+    note = models.CharField(max_length=300, blank=True)
+    full_copy = models.BooleanField(default=False)
+    storage_path = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    inactivity_timeout_s = models.PositiveIntegerField(null=True, blank=True)
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+    reprovisions = models.PositiveIntegerField(default=0)
+    # The process working on the clone right now ("host:pid"), for crash recovery.
+    worker = models.CharField(max_length=200, blank=True)
+    job_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["klass", "student__username", "pk"]
+
+    def __str__(self) -> str:
+        return f"clone {self.pk} of {self.version} for {self.student}"
+
+    @property
+    def key(self) -> str:
+        return f"c{self.pk}"
+
+    @property
+    def is_busy(self) -> bool:
+        return self.status in BUSY
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+
+class CloneVM(models.Model):
+    clone = models.ForeignKey(Clone, on_delete=models.CASCADE, related_name="vms")
+    name = models.CharField(max_length=63)
+    index = models.PositiveIntegerField()
+    domain_name = models.CharField(max_length=200)
+    invisible = models.BooleanField(default=False)
+    # The loopback port forwarded to the guest's SSH (0: never started).
+    mgmt_port = models.PositiveIntegerField(default=0)
+    # [{name, subnet, slot, mac, ip, model}], the template's.
+    nics = models.JSONField(default=list)
+    disks = models.JSONField(default=list)  # paths of the clone's disks
+    # What libvirt said last: running, shutoff, absent, ...
+    state = models.CharField(max_length=20, blank=True)
+
+    class Meta:
+        ordering = ["clone", "index"]
+        constraints = [models.UniqueConstraint(fields=["clone", "name"], name="unique_clone_vm")]
+
+    def __str__(self) -> str:
+        return f"{self.clone_id}/{self.name}"
+
+    @property
+    def console_url(self) -> str:
+        return f"/console/clone/{self.clone_id}/{self.name}/"

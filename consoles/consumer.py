@@ -1,0 +1,137 @@
+"""The console WebSocket: RFB bytes between a browser (noVNC) and a VM's VNC server.
+
+One consumer per browser tab. Nothing here blocks the event loop: the token is redeemed
+with database_sync_to_async, the hypervisor is asked in a worker thread, and the VNC
+server is reached with asyncio streams. The proxy is byte-transparent: RFB is spoken end
+to end by noVNC and QEMU, so every RFB feature and encoding works unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from consoles import registry, services
+from ruddervirt.hypervisor.driver import ConsoleAddress, HypervisorError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024  # one read from the VNC server; also bounds what one message carries
+CONNECT_TIMEOUT_S = 5.0
+ACTIVITY_EVERY_S = 30.0
+# RFB client messages that mean a person is there: KeyEvent, PointerEvent, and QEMU's
+# extended key event. noVNC sends each RFB message in a WebSocket message of its own, so
+# the first byte tells (a batched message is at worst an activity not noticed).
+PERSON_MESSAGES = frozenset({4, 5, 255})
+
+
+async def open_vnc(address: ConsoleAddress) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream to the VNC server at `address` (TCP on loopback, or a unix socket)."""
+    if address.socket is not None:
+        opening = asyncio.open_unix_connection(str(address.socket), limit=CHUNK)
+    else:
+        opening = asyncio.open_connection(address.host, address.port, limit=CHUNK)
+    return await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
+
+
+class ConsoleConsumer(AsyncWebsocketConsumer):
+    # Consoles talk to nobody but their VNC server: without a channel layer each connection
+    # saves a channel, its queue and a listener task.
+    channel_layer_alias = "consoles-use-no-channel-layer"
+
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    pump: asyncio.Task | None = None
+    activity: asyncio.Task | None = None
+    last_activity = float("-inf")
+
+    async def connect(self) -> None:
+        token = self.scope["url_route"]["kwargs"]["token"]
+        self.label = services.redacted(token)
+        self.opened = time.monotonic()
+        self.bytes_up = self.bytes_down = 0
+        self.target: services.Target | None = None
+        try:
+            self.target = await database_sync_to_async(services.redeem_token)(
+                token, self.scope.get("user")
+            )
+            address = await asyncio.to_thread(services.locate, self.target)
+            self.reader, self.writer = await open_vnc(address)
+        except services.TokenRefused as exc:
+            log.info("console token %s refused: %s", self.label, exc)
+            await self.close()
+            return
+        except (HypervisorError, OSError, TimeoutError) as exc:
+            log.info("console %s (token %s) unreachable: %s", self.target, self.label, exc)
+            await self.close()
+            return
+        except Exception:  # a bug must not leave the browser waiting: refuse, with a trace
+            log.exception("console token %s: could not open the console", self.label)
+            await self.close()
+            return
+        await self.accept(self._subprotocol())
+        log.info("console %s opened by %s (token %s)", self.target, self.scope["user"], self.label)
+        self.pump = asyncio.create_task(self._vnc_to_browser())
+
+    def _subprotocol(self) -> str | None:
+        """noVNC offers none by default; older clients and websockify's ask for 'binary'."""
+        return "binary" if "binary" in self.scope.get("subprotocols", []) else None
+
+    async def _vnc_to_browser(self) -> None:
+        assert self.reader is not None
+        try:
+            while data := await self.reader.read(CHUNK):
+                self.bytes_down += len(data)
+                await self.send(bytes_data=data)
+        except ConnectionError:
+            pass
+        # The VM's side ended (powered off, QEMU restarted): tell the browser, which reconnects.
+        await self.close(code=1011 if self.bytes_down == 0 else 1000)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if bytes_data is None or self.writer is None:
+            return  # RFB is binary; a text frame is not ours to forward
+        self.bytes_up += len(bytes_data)
+        if bytes_data and bytes_data[0] in PERSON_MESSAGES:
+            self._noticed_a_person()
+        self.writer.write(bytes_data)
+        try:
+            await self.writer.drain()  # backpressure: a slow VNC server slows the browser
+        except ConnectionError:
+            await self.close()
+
+    def _noticed_a_person(self) -> None:
+        now = time.monotonic()
+        if now - self.last_activity < ACTIVITY_EVERY_S:
+            return
+        self.last_activity = now
+        self.activity = asyncio.create_task(self._note_activity())
+
+    async def _note_activity(self) -> None:
+        try:
+            await database_sync_to_async(registry.note_activity)(
+                self.target.kind, self.target.object_id
+            )
+        except Exception:
+            log.exception("console %s: could not record activity", self.target)
+
+    async def disconnect(self, code: int) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.writer.wait_closed()
+            log.info(
+                "console %s closed after %.0fs (%d bytes up, %d down, code %s)",
+                self.target,
+                time.monotonic() - self.opened,
+                self.bytes_up,
+                self.bytes_down,
+                code,
+            )

@@ -1,0 +1,129 @@
+"""Console tokens: issuing them to the page, redeeming them in the WebSocket consumer.
+
+Contract: a token is random (`secrets.token_urlsafe`), bound to one user and one target,
+redeemable once, and only within TOKEN_TTL_S of being issued. The user's permission is
+checked when the token is issued and again when it is redeemed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.utils import timezone
+
+from consoles import registry
+from consoles.models import ConsoleToken
+from ruddervirt.hypervisor.driver import ConsoleAddress
+
+log = logging.getLogger(__name__)
+
+TOKEN_TTL_S = 60
+WS_PATH = "/ws/console/{token}"
+# Spent and expired tokens are kept this long (who opened which console, and when).
+KEEP_SPENT = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    ws_path: str
+    expires_in: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"token": self.token, "ws_path": self.ws_path, "expires_in": self.expires_in}
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    object_id: int
+    vm: str
+    domain: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.object_id}/{self.vm}"
+
+
+class TokenRefused(Exception):
+    """The token cannot open a console (unknown, spent, expired, someone else's, or the
+    user lost the right to the VM meanwhile). The message is safe to log."""
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def redacted(token: str) -> str:
+    """What logs may show of a token."""
+    return token[:6] + "…"
+
+
+def check_access(user: Any, kind: str, object_id: int, vm: str) -> Target:
+    """The target when `user` may open its console; PermissionDenied (403) or Http404."""
+    if not getattr(user, "is_authenticated", False):
+        raise PermissionDenied("log in to open a console")
+    domain = registry.resolve(user, kind, object_id, vm)
+    return Target(kind=kind, object_id=object_id, vm=vm, domain=domain)
+
+
+def issue_token(user: Any, kind: str, object_id: int, vm: str) -> IssuedToken:
+    """A fresh token for `user` to open the console of (kind, object_id, vm)."""
+    check_access(user, kind, object_id, vm)
+    token = secrets.token_urlsafe(32)
+    now = timezone.now()
+    ConsoleToken.objects.create(
+        digest=digest(token),
+        user=user,
+        kind=kind,
+        object_id=object_id,
+        vm=vm,
+        created_at=now,
+        expires_at=now + timedelta(seconds=TOKEN_TTL_S),
+    )
+    ConsoleToken.objects.filter(expires_at__lt=now - KEEP_SPENT).delete()
+    return IssuedToken(token=token, ws_path=WS_PATH.format(token=token), expires_in=TOKEN_TTL_S)
+
+
+def redeem_token(token: str, user: Any) -> Target:
+    """Spend `token` for `user` and return its target, permission re-checked.
+
+    A token presented by anyone but its owner is refused and stays unspent, so a leaked
+    token in a stranger's hands cannot lock its owner out either."""
+    if not getattr(user, "is_authenticated", False):
+        raise TokenRefused("not logged in")
+    now = timezone.now()
+    rows = ConsoleToken.objects.filter(
+        digest=digest(token), user_id=user.pk, used_at__isnull=True, expires_at__gt=now
+    )
+    row = rows.first()
+    # The conditional UPDATE is what makes a token single-use when two connects race.
+    if row is None or not rows.filter(pk=row.pk).update(used_at=now):
+        raise TokenRefused(_why_refused(token, user))
+    try:
+        return check_access(user, row.kind, row.object_id, row.vm)
+    except (PermissionDenied, Http404) as exc:
+        raise TokenRefused(f"no longer allowed: {exc}") from exc
+
+
+def _why_refused(token: str, user: Any) -> str:
+    row = ConsoleToken.objects.filter(digest=digest(token)).first()
+    if row is None:
+        return "unknown token"
+    if row.user_id != user.pk:
+        return "the token belongs to another user"
+    if row.used_at is not None:
+        return "the token was already used"
+    return "the token expired"
+
+
+def locate(target: Target) -> ConsoleAddress:
+    """Where the target's VNC server listens (blocking; the hypervisor's InvalidState when
+    the VM is not running)."""
+    return registry.locate(target.kind, target.domain)

@@ -1,0 +1,496 @@
+"""The clone pipeline: a running copy of a whole module version, for one student.
+
+Plain Python (no Django): the portal's clone services turn database rows into a
+:class:`CloneRequest` and record what these functions return.
+
+A clone of key ``c12`` gets, for every template VM:
+
+* disks: qcow2 overlays backed by the template's disks (linked clone: a few hundred KiB at
+  creation), or full independent copies (``full_copy``);
+* the template's CPU, memory, disk buses, NIC models, PCI slots, MAC and IP addresses, so the
+  guest sees exactly the machine the build captured;
+* the same management NIC the build had (QEMU user-mode, ``restrict=on``, same MAC, SSH
+  forwarded from a loopback port), so guests see the same interfaces as in the build;
+* a domain named ``<prefix>c12-<vm>`` carrying ``kind=clone, clone=c12`` metadata;
+
+and one network per subnet named ``<prefix>c12-<subnet>``: private to the clone (the
+hypervisor layer keeps the gateway of same-CIDR networks apart), so no clone reaches another.
+
+Failures raise :class:`CloneError` with a message for the instructor; a failed
+:func:`create_clone` removes whatever it made.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ruddervirt.engine import cleanup
+from ruddervirt.engine.config import EngineConfig
+from ruddervirt.engine.topology import NicPlan, Topology, random_mac
+from ruddervirt.engine.topology import plan as plan_topology
+from ruddervirt.engine.vm import free_loopback_port
+from ruddervirt.hypervisor import disks as qimg
+from ruddervirt.hypervisor.driver import (
+    DomainNotFound,
+    DomainState,
+    HypervisorError,
+    WaitTimedOut,
+)
+from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, EfiSpec, MgmtForward, NicSpec
+
+KIND = "clone"
+OFF_STATES = (DomainState.SHUTOFF, DomainState.ABSENT)
+START_ATTEMPTS = 4
+OVMF = Path("/usr/share/OVMF")
+
+
+class CloneError(Exception):
+    """A clone could not be made, started, stopped or removed; str() is the reason."""
+
+
+# --- what a clone is made from ---------------------------------------------------------
+@dataclass(frozen=True)
+class TemplateDisk:
+    name: str
+    path: Path
+    bus: str
+    size: int
+
+
+@dataclass(frozen=True)
+class TemplateNic:
+    name: str
+    mac: str
+    ip: str | None
+
+
+@dataclass(frozen=True)
+class TemplateVM:
+    """One VM of a module version, as captured by its build."""
+
+    name: str
+    cpu: int
+    memory: int
+    disks: tuple[TemplateDisk, ...]
+    nics: tuple[TemplateNic, ...] = ()
+    invisible: bool = False
+    efi: Mapping | None = None
+    mgmt_mac: str | None = None  # the build's management NIC MAC (None: derived from the name)
+
+    @classmethod
+    def from_spec(cls, name: str, spec: Mapping, *, mgmt_mac: str | None = None) -> TemplateVM:
+        """From a TemplateVM row's `spec` JSON (see builds.models.TemplateVM)."""
+        return cls(
+            name=name,
+            cpu=int(spec["cpu"]),
+            memory=int(spec["memory"]),
+            disks=tuple(
+                TemplateDisk(d["name"], Path(d["path"]), d["bus"], int(d["size"]))
+                for d in spec["disks"]
+            ),
+            nics=tuple(TemplateNic(n["name"], n["mac"], n.get("ip")) for n in spec["nics"]),
+            invisible=bool(spec.get("invisible")),
+            efi=spec.get("efi"),
+            mgmt_mac=mgmt_mac,
+        )
+
+
+@dataclass(frozen=True)
+class CloneRequest:
+    """Everything needed to make, start or remove one clone; the same request always gives
+    the same names, MACs and addresses (reprovision keeps a clone's identity)."""
+
+    key: str  # "c12": part of every domain and network name
+    manifest: object  # the version's base Manifest (clones get the base values)
+    vms: tuple[TemplateVM, ...]
+    workdir: Path  # the clone's own folder: disks, serial logs
+    full_copy: bool = False
+    ports: Mapping[str, int] = field(default_factory=dict)  # management ports to keep, by VM
+    title: str = ""  # e.g. "lab@3 for carol"
+    tags: Mapping[str, str] = field(default_factory=dict)  # extra metadata (class id, ...)
+
+    @property
+    def owner(self) -> dict[str, str]:
+        return {"kind": KIND, "clone": self.key}
+
+
+@dataclass(frozen=True)
+class ClonedVM:
+    name: str
+    domain: str
+    disks: tuple[Path, ...]
+    mgmt_port: int
+    nics: tuple[NicPlan, ...]
+    invisible: bool
+
+
+@dataclass(frozen=True)
+class CloneResult:
+    vms: tuple[ClonedVM, ...]
+    networks: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+
+
+# --- names and plans -------------------------------------------------------------------
+def domain_name(config: EngineConfig, key: str, vm: str) -> str:
+    return f"{config.name_prefix}{key}-{vm}"
+
+
+def vm_dir(req: CloneRequest, vm: str) -> Path:
+    return req.workdir / vm
+
+
+def plan_networks(req: CloneRequest, config: EngineConfig) -> Topology:
+    """The clone's networks and NICs: the template's MACs and addresses, pinned."""
+    macs = {(vm.name, n.name): n.mac for vm in req.vms for n in vm.nics}
+    ips = {(vm.name, n.name): n.ip for vm in req.vms for n in vm.nics if n.ip}
+    return plan_topology(
+        req.manifest,
+        owner=req.key,
+        prefix=config.name_prefix,
+        allow_internet=config.allow_internet,
+        macs=macs,
+        ips=ips,
+        metadata={**req.tags, **req.owner},
+        # A template NIC always has a MAC; a NIC the manifest gained since is a bug upstream.
+        new_mac=random_mac,
+    )
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _efi(vm: TemplateVM, folder: Path) -> tuple[EfiSpec | None, str]:
+    """UEFI firmware with fresh variables for the clone, and the machine type it needs."""
+    if not vm.efi:
+        return None, "pc"
+    secure = bool(vm.efi.get("secure_boot"))
+    code = "OVMF_CODE_4M.ms.fd" if secure else "OVMF_CODE_4M.fd"
+    varstore = "OVMF_VARS_4M.ms.fd" if secure else "OVMF_VARS_4M.fd"
+    spec = EfiSpec(
+        loader=OVMF / code,
+        nvram=folder / "efivars.fd",
+        nvram_template=OVMF / varstore,
+        secure_boot=secure,
+    )
+    return spec, "q35" if secure else "pc"
+
+
+def domain_spec(
+    req: CloneRequest, config: EngineConfig, vm: TemplateVM, nics: Sequence[NicPlan], port: int
+) -> DomainSpec:
+    folder = vm_dir(req, vm.name)
+    efi, machine = _efi(vm, folder)
+    return DomainSpec(
+        name=domain_name(config, req.key, vm.name),
+        vcpus=vm.cpu,
+        memory_bytes=vm.memory,
+        domain_type=config.domain_type,
+        disks=tuple(
+            DiskSpec(path=path, target_bus=disk.bus, boot_order=1 if i == 0 else None)
+            for i, (disk, path) in enumerate(zip(vm.disks, disk_paths(req, vm), strict=True))
+        ),
+        nics=tuple(
+            NicSpec(mac=n.mac, network=n.network, model=n.model, pci_slot=n.slot) for n in nics
+        ),
+        mgmt=MgmtForward(host_port=port, mac=vm.mgmt_mac),
+        efi=efi,
+        machine=machine,
+        serial_log=folder / "serial.log",
+        metadata={**req.tags, **req.owner, "vm": vm.name},
+        title=f"{req.title} VM {vm.name}".strip()[:200] if req.title else None,
+    )
+
+
+def disk_paths(req: CloneRequest, vm: TemplateVM) -> list[Path]:
+    folder = vm_dir(req, vm.name)
+    return [folder / f"disk{i}-{d.name}.qcow2" for i, d in enumerate(vm.disks)]
+
+
+# --- disks -----------------------------------------------------------------------------
+def make_disks(req: CloneRequest) -> dict[str, list[Path]]:
+    """Overlays on (or full copies of) every template disk. Existing files are an error:
+    a clone's disks are only ever made fresh."""
+    made: dict[str, list[Path]] = {}
+    for vm in req.vms:
+        folder = vm_dir(req, vm.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = disk_paths(req, vm)
+        for disk, path in zip(vm.disks, paths, strict=True):
+            if not disk.path.is_file():
+                raise CloneError(f"VM {vm.name}: template disk {disk.path} is missing")
+            if req.full_copy:
+                qimg.copy_full(disk.path, path)
+            else:
+                qimg.create_overlay(disk.path, path, backing_format="qcow2")
+        made[vm.name] = paths
+    return made
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes actually allocated under `path` (a file or a folder), as `du` counts them."""
+    if path.is_file():
+        return path.stat().st_blocks * 512
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+# --- networks --------------------------------------------------------------------------
+def ensure_networks(hv, config: EngineConfig, key: str, topology: Topology) -> list[str]:
+    """Define every network of the clone that is missing and start them all; idempotent
+    (a clone started after a host reboot finds its networks defined but inactive, and
+    starting an active network repairs its gateway)."""
+    defined = {n.name for n in hv.list_networks(f"{config.name_prefix}{key}-")}
+    for spec in topology.networks:
+        if spec.name not in defined:
+            hv.define_network(spec)
+        hv.start_network(spec.name)
+    return [n.name for n in topology.networks]
+
+
+# --- lifecycle -------------------------------------------------------------------------
+def create_clone(req: CloneRequest, *, hv, config: EngineConfig, start: bool = True) -> CloneResult:
+    """Disks, networks and domains of a fresh clone, started unless `start` is False.
+
+    Management ports in `req.ports` are reused when still free. On any failure everything
+    of the clone is removed (disks included) and CloneError raised."""
+    try:
+        topology = plan_networks(req, config)
+        make_disks(req)
+        networks = ensure_networks(hv, config, req.key, topology)
+        if start:
+            ports = start_clone(
+                req, hv=hv, config=config, ports=req.ports, topology=topology, networks_ready=True
+            )
+        else:
+            ports = {}
+            for vm in req.vms:
+                port = _pick_port(req.ports.get(vm.name))
+                hv.define(domain_spec(req, config, vm, topology.nics[vm.name], port))
+                ports[vm.name] = port
+    except Exception as exc:
+        try:
+            delete_clone(req, hv=hv, config=config)
+        except Exception as cleanup_exc:  # report both: the cause first
+            raise CloneError(f"{_reason(exc)} (and cleaning up failed: {cleanup_exc})") from exc
+        if isinstance(exc, CloneError):
+            raise
+        raise CloneError(_reason(exc)) from exc
+    return CloneResult(
+        vms=tuple(
+            ClonedVM(
+                name=vm.name,
+                domain=domain_name(config, req.key, vm.name),
+                disks=tuple(disk_paths(req, vm)),
+                mgmt_port=ports[vm.name],
+                nics=topology.nics[vm.name],
+                invisible=vm.invisible,
+            )
+            for vm in req.vms
+        ),
+        networks=tuple(networks),
+        warnings=topology.warnings,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or exc.__class__.__name__
+
+
+def start_clone(
+    req: CloneRequest,
+    *,
+    hv,
+    config: EngineConfig,
+    ports: Mapping[str, int],
+    vms: Iterable[str] | None = None,
+    topology: Topology | None = None,
+    networks_ready: bool = False,
+    just_defined: bool = False,
+    paused: bool = False,
+) -> dict[str, int]:
+    """Start the clone's VMs (all, or those named in `vms`); returns the management port of
+    each VM started. Networks are brought up first, unless the caller just did. Each domain
+    is redefined first (with its port in `ports` when still free), unless the caller has
+    just defined it with that port; a port taken meanwhile is replaced by a free one.
+    `paused` starts them with stopped vCPUs (see can_start_paused; resume them later)."""
+    topology = topology or plan_networks(req, config)
+    if not networks_ready:
+        ensure_networks(hv, config, req.key, topology)
+    wanted = set(vms) if vms is not None else None
+    started: dict[str, int] = {}
+    for vm in req.vms:
+        if wanted is not None and vm.name not in wanted:
+            continue
+        name = domain_name(config, req.key, vm.name)
+        if hv.state(name) in (DomainState.RUNNING, DomainState.PAUSED):
+            started[vm.name] = ports.get(vm.name) or 0
+            continue
+        started[vm.name] = _start_vm(
+            hv,
+            name,
+            lambda port, vm=vm: domain_spec(req, config, vm, topology.nics[vm.name], port),
+            ports.get(vm.name),
+            defined=just_defined,
+            paused=paused,
+        )
+    return started
+
+
+def _pick_port(wanted: int | None) -> int:
+    """`wanted` when it is still free (a clone keeps its port), else any free one."""
+    return wanted if wanted and port_is_free(wanted) else free_loopback_port()
+
+
+def can_start_paused(hv) -> bool:
+    """Whether the driver offers the optional start_paused / resume pair."""
+    return callable(getattr(hv, "start_paused", None)) and callable(getattr(hv, "resume", None))
+
+
+def _start_vm(
+    hv,
+    name: str,
+    spec_for: Callable[[int], DomainSpec],
+    port: int | None,
+    *,
+    defined: bool,
+    paused: bool = False,
+) -> int:
+    """(Re)define `name` with a management port and start it; on a port clash (someone took
+    it between our check and QEMU's bind), retry with another port. Defining every time
+    also heals a definition changed outside the portal; `defined` skips that when the
+    domain was just defined with `port`."""
+    last: Exception | None = None
+    for attempt in range(START_ATTEMPTS):
+        if not (defined and attempt == 0 and port):
+            port = _pick_port(port if attempt == 0 else None)
+            hv.define(spec_for(port))
+        try:
+            (hv.start_paused if paused else hv.start)(name)
+            return port
+        except HypervisorError as exc:
+            last = exc
+            if "hostfwd" not in str(exc) and "host forwarding" not in str(exc):
+                raise CloneError(f"{name} did not start: {exc}") from exc
+    raise CloneError(f"{name} did not start: {last}")
+
+
+def stop_clone(
+    hv, domains: Sequence[str], *, timeout: float, force: bool = False
+) -> dict[str, str]:
+    """Power the domains off: the ACPI button for all at once, then a forced stop for those
+    still running after `timeout` (at once with `force`). Returns how each one went down."""
+    how: dict[str, str] = {}
+    running = [d for d in domains if hv.state(d) not in OFF_STATES]
+    if force:
+        for name in running:
+            hv.destroy(name)
+            how[name] = "forced off"
+        return how
+    for name in running:
+        hv.shutdown(name)
+    deadline = time.monotonic() + timeout
+    for name in running:
+        try:
+            hv.wait_for_state(name, OFF_STATES, max(deadline - time.monotonic(), 0.01))
+            how[name] = "powered off"
+        except DomainNotFound:
+            how[name] = "gone"
+        except WaitTimedOut:
+            hv.destroy(name)
+            how[name] = "forced off after the guest ignored the power button"
+    return how
+
+
+def delete_clone(req: CloneRequest, *, hv, config: EngineConfig) -> list[str]:
+    """Remove the clone's domains and networks (found by metadata) and its folder.
+    The template disks are never touched. Returns what went."""
+    # Listing only this clone's names keeps removing many clones at once linear.
+    removed = cleanup.remove_owned(hv, f"{config.name_prefix}{req.key}-", req.owner)
+    if req.workdir.exists():
+        shutil.rmtree(req.workdir)
+        removed.append(f"folder {req.workdir}")
+    return removed
+
+
+def create_many(
+    requests: Sequence[CloneRequest],
+    *,
+    hv,
+    config: EngineConfig,
+    workers: int = 8,
+    timings: dict[str, float] | None = None,
+) -> list[CloneResult | CloneError]:
+    """Make and start many clones, `workers` at a time, in waves: every clone's disks,
+    networks and domains first, then every start. Guests burn CPU from the moment they run
+    (under TCG a whole core each while they boot), so when the driver can, domains start
+    paused and are all resumed at the end: the starts do not compete with booting guests.
+    Results in request order; a clone that failed is removed and its CloneError returned
+    in its place. `timings` (when given) receives the seconds of each wave: "prepare",
+    "start" and "resume"."""
+    if not requests:
+        return []
+    size = max(1, min(workers, len(requests)))
+    paused = can_start_paused(hv)
+
+    def prepare(req: CloneRequest) -> CloneResult | CloneError:
+        try:
+            return create_clone(req, hv=hv, config=config, start=False)
+        except CloneError as exc:
+            return exc
+
+    def start(pair: tuple[CloneRequest, CloneResult | CloneError]) -> CloneResult | CloneError:
+        req, made = pair
+        if isinstance(made, CloneError):
+            return made
+        try:
+            ports = start_clone(
+                req, hv=hv, config=config, ports={v.name: v.mgmt_port for v in made.vms},
+                networks_ready=True, just_defined=True, paused=paused,
+            )  # fmt: skip
+        except Exception as exc:
+            return _discard(req, hv, config, exc)
+        return replace(made, vms=tuple(replace(v, mgmt_port=ports[v.name]) for v in made.vms))
+
+    def resume(pair: tuple[CloneRequest, CloneResult | CloneError]) -> CloneResult | CloneError:
+        req, made = pair
+        if isinstance(made, CloneError) or not paused:
+            return made
+        try:
+            for vm in made.vms:
+                hv.resume(vm.domain)
+        except Exception as exc:
+            return _discard(req, hv, config, exc)
+        return made
+
+    timings = timings if timings is not None else {}
+    with ThreadPoolExecutor(max_workers=size) as pool:
+        began = time.monotonic()
+        made = list(pool.map(prepare, requests))
+        timings["prepare"] = time.monotonic() - began
+        for wave, step in (("start", start), ("resume", resume)):
+            began = time.monotonic()
+            made = list(pool.map(step, zip(requests, made, strict=True)))
+            timings[wave] = time.monotonic() - began
+    return made
+
+
+def _discard(req: CloneRequest, hv, config: EngineConfig, exc: Exception) -> CloneError:
+    """Remove a clone that failed after it was made; its error, for the caller."""
+    error = exc if isinstance(exc, CloneError) else CloneError(_reason(exc))
+    try:
+        delete_clone(req, hv=hv, config=config)
+    except Exception as cleanup_exc:
+        return CloneError(f"{error} (and cleaning up failed: {cleanup_exc})")
+    return error

@@ -1,0 +1,83 @@
+"""launch_class and clone_action, run in-process against the fake hypervisor."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from clones.models import Class, Clone, CloneStatus
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def no_workers(monkeypatch):
+    """Whatever runs on this machine's Redis, these commands clone in their own process."""
+    monkeypatch.setattr("clones.management.commands.launch_class.workers_listening", lambda q: 0)
+
+
+def launch(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    try:
+        call_command("launch_class", *args, stdout=out)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, out.getvalue()
+
+
+def test_launch_class_waits_and_ends_with_json(version, admin_user, fake_hv):
+    code, out = launch("--module", "lab@1", "--students", "ann,ben,cy", "--wait", "--json")
+    assert code == 0, out
+    data = json.loads(out.strip().splitlines()[-1])
+    assert Class.objects.get(pk=data["class"]).adhoc
+    assert sorted(c["student"] for c in data["clones"]) == ["ann", "ben", "cy"]
+    assert {c["status"] for c in data["clones"]} == {"Running"}
+    vms = data["clones"][0]["vms"]
+    assert [v["name"] for v in vms] == ["web", "dc"] and all(v["ssh_port"] for v in vms)
+
+
+def test_launch_class_uses_or_makes_the_named_class(version, admin_user, fake_hv):
+    launch("--module", "lab", "--students", "ann", "--class", "Monday")
+    code, _ = launch("--module", "lab", "--students", "ben", "--class", "Monday")
+    assert code == 0
+    monday = Class.objects.get(name="Monday")
+    assert not monday.adhoc
+    assert sorted(monday.students.values_list("username", flat=True)) == ["ann", "ben"]
+
+
+def test_launch_class_without_wait_only_queues(version, admin_user, fake_hv, monkeypatch):
+    queued = []
+    monkeypatch.setattr("clones.services.enqueue", lambda pk, action, vm=None: queued.append(pk))
+    code, _ = launch("--module", "lab", "--students", "ann")
+    assert code == 0 and len(queued) == 1
+    assert Clone.objects.get(pk=queued[0]).status == CloneStatus.PENDING
+
+
+def test_launch_class_names_an_unknown_module(admin_user):
+    with pytest.raises(CommandError, match="no module 'nothing'"):
+        call_command("launch_class", "--module", "nothing", "--students", "ann")
+
+
+def test_launch_class_refuses_a_class_that_does_not_fit(version, admin_user, settings):
+    settings.RUDDERVIRT_HOST_MEMORY_RESERVE = 10**15
+    with pytest.raises(CommandError, match="refused: not enough memory"):
+        call_command("launch_class", "--module", "lab", "--students", "ann,ben")
+    assert not Clone.objects.exists()
+
+
+def test_clone_action_stops_starts_and_deletes(version, admin_user, fake_hv):
+    _, out = launch("--module", "lab", "--students", "ann", "--wait", "--json")
+    clone_id = json.loads(out.strip().splitlines()[-1])["clones"][0]["id"]
+    for action, expected in (("stop", "Stopped"), ("start", "Running"), ("reprovision", "Running")):
+        out = io.StringIO()
+        call_command("clone_action", str(clone_id), action, stdout=out)
+        assert out.getvalue().strip() == f"clone {clone_id}: {expected}"
+    out = io.StringIO()
+    call_command("clone_action", str(clone_id), "delete", stdout=out)
+    assert out.getvalue().strip() == f"clone {clone_id}: deleted"
+    assert not fake_hv.domains
