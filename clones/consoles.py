@@ -29,3 +29,11 @@ def resolve(user, clone_id: int, vm_name: str) -> str:
     if vm.invisible and not teacher:
         raise PermissionDenied(f"VM {vm_name} has no console for students")
     return vm.domain_name
+
+
+def note_activity(clone_id: int) -> None:
+    """Someone used one of the clone's consoles (consoles.registry calls this, throttled):
+    postpones the clone's inactivity shutdown."""
+    from clones.services import note_console_activity
+
+    note_console_activity(clone_id)

@@ -66,7 +66,8 @@ def sync_states(hv) -> list[str]:
         if not states:
             continue
         gone = sorted(name for name, state in states.items() if state is DomainState.ABSENT)
-        running = any(state is DomainState.RUNNING for state in states.values())
+        on = (DomainState.RUNNING, DomainState.PAUSED)  # paused is not off
+        running = any(state in on for state in states.values())
         try:
             if gone:
                 reason = f"VM(s) {', '.join(gone)} were removed outside the portal"

@@ -8,6 +8,7 @@ is done by clones.runner, in an RQ job on the "clones" queue or in-process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -195,11 +196,21 @@ def _create_clone_rows(klass, version, student, by, full_copy, expires_at, inact
 
 
 def enqueue(clone_id: int, action: str, vm: str | None = None) -> None:
+    """Queue the job; a clone whose job cannot be queued (Redis down) fails with the reason
+    instead of waiting for nothing."""
     import django_rq
 
     from clones.jobs import QUEUE, run_clone_job
 
-    job = django_rq.get_queue(QUEUE).enqueue(run_clone_job, clone_id, action, vm)
+    try:
+        job = django_rq.get_queue(QUEUE).enqueue(run_clone_job, clone_id, action, vm)
+    except Exception as exc:
+        log.exception("clone %s: cannot queue %s", clone_id, action)
+        clone = Clone.objects.filter(pk=clone_id).first()
+        if clone is not None:
+            with contextlib.suppress(InvalidTransition):  # moved meanwhile: nothing to say
+                transition(clone, CloneStatus.FAILED, error=f"could not queue the {action}: {exc}")
+        return
     Clone.objects.filter(pk=clone_id).update(job_id=job.id)
 
 

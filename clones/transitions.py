@@ -13,8 +13,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     S.PENDING: frozenset({S.PROVISIONING, S.FAILED, S.DELETING}),
     S.PROVISIONING: frozenset({S.RUNNING, S.STOPPED, S.FAILED}),
     S.STARTING: frozenset({S.RUNNING, S.STOPPED, S.FAILED}),
-    # Running -> Stopped/Failed also when reconcile finds the VMs off or gone.
-    S.RUNNING: frozenset({S.STOPPING, S.PROVISIONING, S.DELETING, S.STOPPED, S.FAILED}),
+    # Running -> Stopped/Failed also when reconcile finds the VMs off or gone; Running ->
+    # Starting powers on a VM that was powered off alone.
+    S.RUNNING: frozenset({S.STARTING, S.STOPPING, S.PROVISIONING, S.DELETING, S.STOPPED, S.FAILED}),
     # Stopping -> Starting: a restart.
     S.STOPPING: frozenset({S.STOPPED, S.STARTING, S.RUNNING, S.FAILED}),
     S.STOPPED: frozenset({S.STARTING, S.PROVISIONING, S.DELETING, S.RUNNING, S.FAILED}),

@@ -334,7 +334,10 @@ def start_clone(
         if wanted is not None and vm.name not in wanted:
             continue
         name = domain_name(config, req.key, vm.name)
-        if hv.state(name) in (DomainState.RUNNING, DomainState.PAUSED):
+        state = hv.state(name)
+        if state is DomainState.PAUSED and not paused and can_start_paused(hv):
+            hv.resume(name)  # left paused by a batch that never got to resume it
+        if state in (DomainState.RUNNING, DomainState.PAUSED):
             started[vm.name] = ports.get(vm.name) or 0
             continue
         started[vm.name] = _start_vm(

@@ -165,3 +165,22 @@ def test_the_console_page_has_power_buttons_and_a_switch_between_the_vms(
     assert f"/console/clone/{mine.pk}/dc/" not in page  # invisible VMs: no console for students
     teacher_page = client_for(instructor).get(f"/console/clone/{mine.pk}/web/").content.decode()
     assert f"/console/clone/{mine.pk}/dc/" in teacher_page
+
+
+def test_the_instructor_sets_limits_for_one_clone_and_the_student_sees_them(
+    instructor, student, clones
+):
+    mine = clones["carol"]
+    response = csrf_post(
+        client_for(instructor),
+        f"/clones/{mine.pk}/limits/",
+        {"expires_at": "2099-01-02T03:04", "inactivity_min": "45"},
+    )
+    assert response.status_code == 302
+    mine.refresh_from_db()
+    assert mine.inactivity_timeout_s == 45 * 60 and mine.expires_at.year == 2099
+    assert Clone.objects.get(pk=clones["dave"].pk).expires_at is None
+    page = client_for(student).get("/labs/").content.decode()
+    assert "Available until 2099-01-02" in page
+    assert "Shuts down after 45 minutes without console input" in page
+    assert csrf_post(client_for(student), f"/clones/{mine.pk}/limits/", {}).status_code == 403

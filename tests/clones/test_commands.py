@@ -81,3 +81,14 @@ def test_clone_action_stops_starts_and_deletes(version, admin_user, fake_hv):
     call_command("clone_action", str(clone_id), "delete", stdout=out)
     assert out.getvalue().strip() == f"clone {clone_id}: deleted"
     assert not fake_hv.domains
+
+
+def test_launch_class_makes_the_clones_itself_when_the_listening_worker_never_comes(
+    version, admin_user, fake_hv, monkeypatch
+):
+    monkeypatch.setattr("clones.management.commands.launch_class.workers_listening", lambda q: 1)
+    monkeypatch.setattr("clones.management.commands.launch_class.UNCLAIMED_S", 0.5)
+    monkeypatch.setattr("clones.services.enqueue", lambda pk, action, vm=None: None)  # lost
+    code, out = launch("--module", "lab", "--students", "ann", "--wait", "--json")
+    assert code == 0, out
+    assert json.loads(out.strip().splitlines()[-1])["clones"][0]["status"] == "Running"

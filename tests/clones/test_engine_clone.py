@@ -177,3 +177,12 @@ def test_create_many_returns_the_error_of_a_clone_that_failed(tmp_path, hv, conf
     assert isinstance(results[0], engine.CloneResult)
     assert isinstance(results[1], engine.CloneError) and "gone.qcow2 is missing" in str(results[1])
     assert not [d for d in hv.domains if d.startswith(f"{PREFIX}c2-")]
+
+
+def test_starting_a_clone_left_paused_resumes_it(tmp_path, hv, config, templates):
+    req = request(tmp_path, templates)
+    engine.create_clone(req, hv=hv, config=config, start=False)
+    hv.start_paused(f"{PREFIX}c1-web")  # a batch that died before its resume wave
+    engine.start_clone(req, hv=hv, config=config, ports={})
+    assert hv.state(f"{PREFIX}c1-web") is DomainState.RUNNING
+    assert hv.state(f"{PREFIX}c1-dc") is DomainState.RUNNING

@@ -103,6 +103,9 @@ def test_one_vm_can_be_powered_off_alone(klass, version, instructor, fake_hv):
     assert after.status == CloneStatus.RUNNING  # dc still runs
     assert fake_hv.state(f"{prefix()}c{clone.pk}-web") is DomainState.SHUTOFF
     assert fake_hv.state(f"{prefix()}c{clone.pk}-dc") is DomainState.RUNNING
+    services.request_action(clone, "start", user=clone.student, vm="web", queue=False)
+    assert execute(clone.pk, "start", vm="web").status == CloneStatus.RUNNING
+    assert fake_hv.state(f"{prefix()}c{clone.pk}-web") is DomainState.RUNNING
 
 
 def test_students_cannot_reprovision_delete_or_power_invisible_vms(
@@ -227,3 +230,18 @@ def test_console_activity_is_recorded_at_most_every_few_seconds(
     first = Clone.objects.get(pk=clone.pk).last_activity_at
     services.note_console_activity(clone.pk)
     assert first is not None and Clone.objects.get(pk=clone.pk).last_activity_at == first
+
+
+def test_a_job_that_cannot_be_queued_fails_the_clone_with_the_reason(
+    klass, version, instructor, monkeypatch
+):
+    import django_rq
+
+    def broken(_name):
+        raise ConnectionError("Redis is not answering")
+
+    monkeypatch.setattr(django_rq, "get_queue", broken)
+    made = services.launch(klass, version, by=instructor)  # queued after commit
+    clone = Clone.objects.get(pk=made[0].pk)
+    assert clone.status == CloneStatus.FAILED
+    assert "could not queue the provision: Redis is not answering" in clone.error

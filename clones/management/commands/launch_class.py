@@ -18,6 +18,7 @@ from clones.models import BUSY, Class, Clone, CloneStatus
 from clones.runner import run_inline
 
 FOLLOW_TIMEOUT_S = 1800
+UNCLAIMED_S = 60
 
 
 class Command(BaseCommand):
@@ -92,10 +93,19 @@ class Command(BaseCommand):
         return list(User.objects.filter(pk__in=[a.user.pk for a in result.added]))
 
     def follow(self, ids: list[int]) -> None:
-        deadline = time.monotonic() + FOLLOW_TIMEOUT_S
-        while time.monotonic() < deadline:
+        """Wait for the workers. Clones no worker has touched after UNCLAIMED_S (a worker
+        that died without unregistering looks alive to RQ for minutes) are made here; the
+        claim on each clone keeps a late worker from doing it twice."""
+        started = time.monotonic()
+        while time.monotonic() - started < FOLLOW_TIMEOUT_S:
             if not Clone.objects.filter(pk__in=ids, status__in=BUSY).exists():
                 return
+            if time.monotonic() - started > UNCLAIMED_S:
+                waiting = Clone.objects.filter(pk__in=ids, status=CloneStatus.PENDING, worker="")
+                stuck = list(waiting.values_list("pk", flat=True))
+                if stuck:
+                    self.stderr.write(f"no worker took {len(stuck)} clone(s): making them here")
+                    run_inline(stuck, "provision")
             time.sleep(0.5)
 
     @staticmethod
