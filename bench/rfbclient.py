@@ -71,7 +71,10 @@ class WebSocketChannel:
             ws.receive_data(data)
             for event in ws.events():
                 if isinstance(event, AcceptConnection):
-                    return cls(reader, writer, ws)
+                    channel = cls(reader, writer, ws)
+                    # The server may have sent its first bytes with the 101 response.
+                    channel._take_events()
+                    return channel
                 if isinstance(event, RejectConnection):
                     raise ConnectionError(f"{path}: refused with HTTP {event.status_code}")
 
@@ -79,19 +82,23 @@ class WebSocketChannel:
         self.writer.write(self.ws.send(Message(data=data)))
         await self.writer.drain()
 
+    def _take_events(self) -> None:
+        """Move every message wsproto has parsed so far into the byte buffer."""
+        for event in self.ws.events():
+            if isinstance(event, BytesMessage):
+                self.buffer += event.data
+            elif isinstance(event, Ping):
+                self.writer.write(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                raise ConnectionError(f"the WebSocket closed ({event.code})")
+
     async def read(self, count: int) -> bytes:
         while len(self.buffer) < count:
             data = await self.reader.read(READ_CHUNK)
             if not data:
                 raise ConnectionError("the WebSocket closed")
             self.ws.receive_data(data)
-            for event in self.ws.events():
-                if isinstance(event, BytesMessage):
-                    self.buffer += event.data
-                elif isinstance(event, Ping):
-                    self.writer.write(self.ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    raise ConnectionError(f"the WebSocket closed ({event.code})")
+            self._take_events()
         data = bytes(self.buffer[:count])
         del self.buffer[:count]
         return data
