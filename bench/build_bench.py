@@ -178,24 +178,39 @@ class Bench:
         )
 
     def cleanup(self) -> list[str]:
-        """Remove every domain and network under our prefix, then the temporary folder."""
-        left: list[str] = []
-        if self.hv is not None:
-            from ruddervirt.engine.cleanup import remove_domain
+        """Remove every domain and network under our prefix, then the temporary folder.
+        Returns what was removed; problems are printed, never raised (the folder goes anyway)."""
+        removed: list[str] = []
+        try:
+            if self.hv is not None:
+                removed = self._remove_vms_and_networks()
+                from django.db import connections
 
-            for domain in self.hv.list_domains(self.prefix):
+                connections.close_all()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return removed
+
+    def _remove_vms_and_networks(self) -> list[str]:
+        from ruddervirt.engine.cleanup import remove_domain
+        from ruddervirt.hypervisor.driver import HypervisorError
+
+        removed = []
+        for domain in self.hv.list_domains(self.prefix):
+            try:
                 remove_domain(self.hv, domain.name)
-                left.append(domain.name)
-            for network in self.hv.list_networks(self.prefix):
+                removed.append(domain.name)
+            except HypervisorError as exc:
+                print(f"could not remove {domain.name}: {exc}", file=sys.stderr)
+        for network in self.hv.list_networks(self.prefix):
+            try:
                 if network.active:
                     self.hv.destroy_network(network.name)
                 self.hv.undefine_network(network.name)
-                left.append(network.name)
-            from django.db import connections
-
-            connections.close_all()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        return left
+                removed.append(network.name)
+            except HypervisorError as exc:
+                print(f"could not remove {network.name}: {exc}", file=sys.stderr)
+        return removed
 
     # --- the machine -------------------------------------------------------------------
     def quiet(self) -> Quiet:
@@ -344,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         status = 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop cleanup
-        left = bench.cleanup()
-        if left:
-            print("removed left-overs: " + ", ".join(left), file=sys.stderr)
+        removed = bench.cleanup()
+        if removed:
+            print("removed: " + ", ".join(removed), file=sys.stderr)
     return status
 
 

@@ -15,6 +15,7 @@ is turned into a cancel the engine obeys (it stops the VM and removes what it ma
 from __future__ import annotations
 
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,8 @@ def _in_thread(fn: Callable[[], RudderRun], timeline: Timeline, config: EngineCo
     watch = GuestWatch(console, f"guest={config.name_prefix}".encode())
     watch.start()
 
+    done = threading.Event()
+
     def body() -> None:
         try:
             box["result"] = fn()
@@ -69,15 +72,18 @@ def _in_thread(fn: Callable[[], RudderRun], timeline: Timeline, config: EngineCo
             box["error"] = exc
         finally:
             connections.close_all()  # this thread's database connection
+            done.set()
 
-    thread = threading.Thread(target=body, name="bench-build", daemon=True)
-    thread.start()
+    # Waiting on an Event, not Thread.join(): a join interrupted by Ctrl-C can leave the
+    # thread looking finished (CPython before 3.13), and cleanup would race the build's own.
+    threading.Thread(target=body, name="bench-build", daemon=True).start()
     try:
-        while thread.is_alive():
-            thread.join(0.2)
+        while not done.wait(0.2):
+            pass
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the build finish its cleanup
         timeline.interrupted.set()
-        thread.join(STOP_WAIT_S)
+        done.wait(STOP_WAIT_S)
         raise
     finally:
         watch.stop()
