@@ -32,6 +32,11 @@ CONSOLE_PHASES = frozenset(
 )
 
 
+# Phases in which the build page shows the VM's screen by itself: the boot command being
+# typed, and the wait for SSH (an installer at work, or a guest that never comes up).
+LIVE_CONSOLE_PHASES = frozenset({VMPhase.BOOT_COMMAND, VMPhase.WAITING_FOR_SSH})
+
+
 def resolve(user: Any, build_id: int, vm_name: str) -> str:
     """The domain of VM `vm_name` of build `build_id`, for its module's owner and for
     administrators (PermissionDenied for everyone else). Http404 when there is no such
@@ -119,9 +124,13 @@ def _attempt_start(build: Build) -> datetime | None:
 
 
 def page_extras(build: Build) -> dict[str, Any]:
-    """What the live build page needs beyond build_summary: console links per VM, and the
-    handbuild steps waiting (instructions, deadline, seconds left), with the server's time."""
+    """What the live build page needs beyond build_summary: console links per VM, the VMs
+    whose screen the page shows by itself (typing the boot command, waiting for SSH), and
+    the handbuild steps waiting (instructions, deadline, seconds left), with the server's
+    time."""
     now = timezone.now()
-    vms = {vm.name: console_url(build, vm) for vm in BuildVM.objects.filter(build=build)}
+    vms = list(BuildVM.objects.filter(build=build))
+    urls = {vm.name: console_url(build, vm) for vm in vms}
+    live = {vm.name for vm in vms if urls[vm.name] and vm.phase in LIVE_CONSOLE_PHASES}
     waits = {(w.vm, w.index): w.as_json(now) for w in handbuild_waits(build)}
-    return {"now": now.isoformat(), "console_urls": vms, "waits": waits}
+    return {"now": now.isoformat(), "console_urls": urls, "live_consoles": live, "waits": waits}

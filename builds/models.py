@@ -130,6 +130,9 @@ class BuildStep(models.Model):
         ordering = ["vm", "index"]
         constraints = [models.UniqueConstraint(fields=["vm", "index"], name="unique_vm_step")]
 
+    def __str__(self) -> str:
+        return f"{self.vm.name} step {self.index + 1} ({self.name})"
+
 
 class BuildLogLine(models.Model):
     build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="log_lines")
@@ -142,6 +145,9 @@ class BuildLogLine(models.Model):
     class Meta:
         ordering = ["build", "seq"]
         constraints = [models.UniqueConstraint(fields=["build", "seq"], name="unique_log_seq")]
+
+    def __str__(self) -> str:
+        return f"build {self.build_id} #{self.seq}: {self.text[:60]}"
 
 
 class ModuleVersion(models.Model):
@@ -179,3 +185,6 @@ class TemplateVM(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["version", "name"], name="unique_template_vm")
         ]
+
+    def __str__(self) -> str:
+        return f"{self.version} {self.name}"

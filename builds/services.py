@@ -5,6 +5,7 @@ Views and management commands call these functions; the RQ job calls execute_bui
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import traceback
@@ -137,10 +138,9 @@ def request_cancel(build: Build, *, user) -> Build:
     Build.objects.filter(pk=build.pk).update(cancel_requested=True)
     build.refresh_from_db()
     if build.status == BuildStatus.PENDING and build.attempt == 1 and not build.started_at:
-        try:
+        # The worker may have picked it up meanwhile; it will see cancel_requested.
+        with contextlib.suppress(InvalidTransition):
             transition(build, BuildStatus.CANCELLED, error=f"cancelled by {user} before it started")
-        except InvalidTransition:
-            pass  # the worker picked it up meanwhile; it will see cancel_requested
     append_log(build, f"cancel requested by {user}")
     return build
 

@@ -74,12 +74,14 @@ def status(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 def _add_console_fields(data: dict, build: Build) -> None:
-    """Per VM its console page while it runs; per waiting handbuild step its instructions,
-    deadline and seconds left; and the server's clock, for the page's countdown."""
+    """Per VM its console page while it runs and whether the page shows it live; per waiting
+    handbuild step its instructions, deadline and seconds left; and the server's clock, for
+    the page's countdown."""
     extras = consoles.page_extras(build)
     data["now"] = extras["now"]
     for vm in data["vms"]:
         vm["console_url"] = extras["console_urls"].get(vm["name"])
+        vm["live_console"] = vm["name"] in extras["live_consoles"]
         for index, step in enumerate(vm["steps"]):
             step.update(extras["waits"].get((vm["name"], index), {}))
 

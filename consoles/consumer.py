@@ -51,12 +51,16 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
     last_activity = float("-inf")
 
     async def connect(self) -> None:
-        token = self.scope["url_route"]["kwargs"]["token"]
-        self.label = services.redacted(token)
+        token = self.scope["url_route"]["kwargs"].get("token") or services.token_from_subprotocols(
+            self.scope.get("subprotocols", [])
+        )
+        self.label = services.redacted(token or "")
         self.opened = time.monotonic()
         self.bytes_up = self.bytes_down = 0
         self.target: services.Target | None = None
         try:
+            if not token:
+                raise services.TokenRefused("no token (path or subprotocol)")
             self.target = await database_sync_to_async(services.redeem_token)(
                 token, self.scope.get("user")
             )
@@ -79,7 +83,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         self.pump = asyncio.create_task(self._vnc_to_browser())
 
     def _subprotocol(self) -> str | None:
-        """noVNC offers none by default; older clients and websockify's ask for 'binary'."""
+        """'binary' when offered (our page, websockify's clients). Never the token one: the
+        token stays out of the response."""
         return "binary" if "binary" in self.scope.get("subprotocols", []) else None
 
     async def _vnc_to_browser(self) -> None:

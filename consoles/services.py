@@ -25,7 +25,10 @@ from ruddervirt.hypervisor.driver import ConsoleAddress
 log = logging.getLogger(__name__)
 
 TOKEN_TTL_S = 60
-WS_PATH = "/ws/console/{token}"
+# Browsers send the token as a WebSocket subprotocol, so it never appears in a URL (access
+# logs, proxies). Scripts may put it in the path instead: /ws/console/<token>.
+WS_PATH = "/ws/console/"
+SUBPROTOCOL_PREFIX = "rudder.token."
 # Spent and expired tokens are kept this long (who opened which console, and when).
 KEEP_SPENT = timedelta(days=1)
 
@@ -36,8 +39,18 @@ class IssuedToken:
     ws_path: str
     expires_in: int
 
+    @property
+    def subprotocols(self) -> list[str]:
+        """What the browser offers: RFB's 'binary', and the token."""
+        return ["binary", SUBPROTOCOL_PREFIX + self.token]
+
     def as_json(self) -> dict[str, Any]:
-        return {"token": self.token, "ws_path": self.ws_path, "expires_in": self.expires_in}
+        return {
+            "token": self.token,
+            "ws_path": self.ws_path,
+            "subprotocols": self.subprotocols,
+            "expires_in": self.expires_in,
+        }
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,15 @@ def issue_token(user: Any, kind: str, object_id: int, vm: str) -> IssuedToken:
         expires_at=now + timedelta(seconds=TOKEN_TTL_S),
     )
     ConsoleToken.objects.filter(expires_at__lt=now - KEEP_SPENT).delete()
-    return IssuedToken(token=token, ws_path=WS_PATH.format(token=token), expires_in=TOKEN_TTL_S)
+    return IssuedToken(token=token, ws_path=WS_PATH, expires_in=TOKEN_TTL_S)
+
+
+def token_from_subprotocols(offered: list[str]) -> str | None:
+    """The token a browser offered as a subprotocol, if any."""
+    for protocol in offered:
+        if protocol.startswith(SUBPROTOCOL_PREFIX):
+            return protocol.removeprefix(SUBPROTOCOL_PREFIX)
+    return None
 
 
 def redeem_token(token: str, user: Any) -> Target:

@@ -172,9 +172,13 @@ RUDDERVIRT_ALLOW_INTERNET = env_bool("RUDDERVIRT_ALLOW_INTERNET", True)
 # Capacity check before a class launch: what the host keeps for itself, and what each clone
 # is expected to use beyond its VMs' memory and its overlays' initial size.
 RUDDERVIRT_HOST_MEMORY_RESERVE = int(os.environ.get("RUDDERVIRT_HOST_MEMORY_RESERVE", str(1 << 30)))
-RUDDERVIRT_CLONE_MEMORY_OVERHEAD = int(os.environ.get("RUDDERVIRT_CLONE_MEMORY_OVERHEAD", str(64 << 20)))
+RUDDERVIRT_CLONE_MEMORY_OVERHEAD = int(
+    os.environ.get("RUDDERVIRT_CLONE_MEMORY_OVERHEAD", str(64 << 20))
+)
 RUDDERVIRT_HOST_DISK_RESERVE = int(os.environ.get("RUDDERVIRT_HOST_DISK_RESERVE", str(2 << 30)))
-RUDDERVIRT_CLONE_DISK_ALLOWANCE = int(os.environ.get("RUDDERVIRT_CLONE_DISK_ALLOWANCE", str(512 << 20)))
+RUDDERVIRT_CLONE_DISK_ALLOWANCE = int(
+    os.environ.get("RUDDERVIRT_CLONE_DISK_ALLOWANCE", str(512 << 20))
+)
 # How long a failed build's disks are kept for inspection.
 RUDDERVIRT_FAILED_BUILD_KEEP_S = int(os.environ.get("RUDDERVIRT_FAILED_BUILD_KEEP_S", "1800"))
 

@@ -9,6 +9,7 @@ import pytest
 from accounts.roles import INSTRUCTORS, STUDENTS
 from tests.helpers import client_for, make_user
 
+
 def pytest_configure(config):
     """Every test run names its domains and networks with a prefix of its own, so cleaning
     up after one test run can never touch another's (or a developer's) VMs."""

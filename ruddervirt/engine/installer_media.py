@@ -9,6 +9,7 @@ cannot be typed.
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 
 from ruddervirt.engine import bootcmd, isos
@@ -16,6 +17,8 @@ from ruddervirt.engine.errors import BuildError
 from ruddervirt.hypervisor.driver import HypervisorError
 from ruddervirt.hypervisor.floppy import FloppyError, make_floppy
 from ruddervirt.proc import ExternalCommandError
+
+SCREENSHOT_TIMEOUT_S = 20.0
 
 
 class InstallerMedia:
@@ -99,10 +102,20 @@ class InstallerMedia:
         self.save_screenshot()
 
     def save_screenshot(self) -> None:
-        try:
-            image = self.hv.screenshot(self.domain)
-        except (HypervisorError, OSError):
+        """Keep the console picture in the VM's folder. Best effort and bounded in time: a
+        wedged guest must not hold up the build's failure."""
+        taken: list[bytes] = []
+
+        def take() -> None:
+            with contextlib.suppress(HypervisorError, OSError):
+                taken.append(self.hv.screenshot(self.domain))
+
+        worker = threading.Thread(target=take, name=f"screenshot-{self.vm.name}", daemon=True)
+        worker.start()
+        worker.join(SCREENSHOT_TIMEOUT_S)
+        if not taken:
             return
+        image = taken[0]
         suffix = "png" if image.startswith(b"\x89PNG") else "ppm"
         path = self.dir / f"console.{suffix}"
         path.write_bytes(image)

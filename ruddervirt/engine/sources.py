@@ -60,7 +60,7 @@ def _open(url: str, timeout: float):
             raise SourceError(f"cannot read {url}: {exc.strerror}") from exc
     if scheme not in {"http", "https"}:
         raise SourceError(f"unsupported URL scheme {scheme!r} in {url}")
-    request = urllib.request.Request(url, headers={"User-Agent": "RudderVirt"})
+    request = urllib.request.Request(url, headers={"User-Agent": "RudderVirt"})  # noqa: S310
     try:
         return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (scheme checked)
     except urllib.error.HTTPError as exc:

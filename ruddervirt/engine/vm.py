@@ -33,6 +33,8 @@ POWEROFF_POSIX = (
 )
 POWEROFF_POWERSHELL = "shutdown /s /t 0 /f"
 OFF_STATES = (DomainState.SHUTOFF, DomainState.ABSENT)
+# How long a quick command may take to tell whether an SSH session still works.
+PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -388,7 +390,7 @@ class VMRunner(InstallerMedia):
                 return self.reboot(session, step, timeout, output), None
             if step.type == "handbuild":
                 self.wait_for_person(index, step, timeout, fail)
-                return session, None
+                return self.session_after_person(session), None
             raise fail(f"provisioner type {step.type!r} is not supported by this engine")
         except ssh.CommandTimeout as exc:
             raise fail(f"timed out after {timeout:.0f}s ({why})") from exc
@@ -441,6 +443,19 @@ class VMRunner(InstallerMedia):
                 raise fail(f"nobody pressed Continue within {timeout:.0f}s")
             if self.stopper.wait(0.25):
                 raise BuildCancelled(self.stopper.reason)
+
+    def session_after_person(self, session: ssh.SSHSession) -> ssh.SSHSession:
+        """The SSH session to go on with after a handbuild step: the same one when it still
+        works, else a new one (the person may have rebooted the guest from its console)."""
+        try:
+            session.run_capture("true", timeout=PROBE_TIMEOUT_S, cancel=self.stopper.event)
+            return session
+        except ssh.Cancelled as exc:
+            raise BuildCancelled(self.stopper.reason) from exc
+        except ssh.GuestError as exc:
+            self.log(f"the SSH connection did not survive the step ({exc}); reconnecting")
+        session.close()
+        return self.wait_for_ssh()
 
     # --- shutdown ---------------------------------------------------------------------
     def shutdown(self, session: ssh.SSHSession) -> None:

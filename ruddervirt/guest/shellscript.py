@@ -71,6 +71,9 @@ class PreparedScript:
     command: str
     cleanup_command: str
     header_lines: int = 0
+    # POSIX guests: one command that writes the script from stdin, runs `command` and removes
+    # the file, so a step costs one SSH round trip instead of three (upload, run, remove).
+    one_shot_command: str | None = None
 
 
 def build_shell_command(
@@ -126,12 +129,26 @@ def _posix(
         wrapped = render_execute_command(
             execute_command, path=path, vars_text=" ".join(assignments)
         )
+    command = prefix + wrapped
     return PreparedScript(
         remote_path=path,
         script_bytes=script,
-        command=prefix + wrapped,
+        command=command,
         cleanup_command=f"rm -f {path}",
         header_lines=header_lines,
+        one_shot_command=_one_shot(path, command),
+    )
+
+
+def _one_shot(path: str, command: str) -> str:
+    """Write stdin to `path` (created under umask 077, then made 0755), run `command`, and
+    remove the file on the way out, whatever the command does (the EXIT trap keeps the
+    command's exit status)."""
+    return (
+        f"trap 'rm -f {path}' EXIT\n"
+        f"(umask 077 && cat > {path} && chmod 0755 {path}) || "
+        f'{{ echo "RudderVirt: cannot write the script to {path}" >&2; exit 125; }}\n'
+        f"{command}\n"
     )
 
 
@@ -188,6 +205,7 @@ def run_shell_script(
     cancel: threading.Event | None = None,
 ) -> int:
     """Upload, run and (best-effort) remove a prepared script; return the run's exit status.
+    POSIX scripts do all three in one command (``one_shot_command``, the script on stdin).
 
     ``timeout`` bounds upload and run together. Raises what SSHSession.upload/run raise.
     """
@@ -196,6 +214,18 @@ def run_shell_script(
     def left() -> float | None:
         return None if deadline is None else max(deadline - time.monotonic(), 0.1)
 
+    if prepared.one_shot_command is not None:
+        try:
+            return session.run(
+                prepared.one_shot_command,
+                stdin=prepared.script_bytes,
+                on_output=on_output,
+                timeout=left(),
+                cancel=cancel,
+            )
+        except BaseException:
+            _cleanup(session, prepared)  # interrupted before the command removed the file
+            raise
     try:
         session.upload(
             prepared.script_bytes, prepared.remote_path, mode=0o755, timeout=left(), cancel=cancel

@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 
 OutputCallback = Callable[[str, str], None]
 CONNECT_TIMEOUT = 2.0
-BANNER_TIMEOUT = 5.0
+BANNER_TIMEOUT = 5.0  # how long one connection may wait for the server's first line
+STAGGER = 1.0  # a fresh connection this often while earlier ones still wait for a banner
+_MAX_PENDING = 8
 HANDSHAKE_TIMEOUT = 30.0  # key exchange, and separately authentication, of one attempt
 _CHUNK = 256 * 1024
 _MAX_LINE = 64 * 1024  # a "line" longer than this (progress bars, binary noise) is emitted as is
@@ -218,8 +220,12 @@ def wait_for_ssh(
     on_attempt: Callable[[int, AttemptFailure], None] | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
     banner_timeout: float = BANNER_TIMEOUT,
+    stagger: float = STAGGER,
 ) -> SSHSession:
     """Poll until an authenticated session exists and return it.
+
+    Connections that wait for a banner overlap (see _BannerRace): a new one starts every
+    ``stagger`` seconds while older ones keep waiting up to ``banner_timeout``.
 
     Raises SSHWaitTimeout (message: the most informative failure and the elapsed time),
     Cancelled as soon as ``cancel`` is set, HostKeyMismatch when the target pins another key.
@@ -229,23 +235,28 @@ def wait_for_ssh(
     best: AttemptFailure | None = None
     last: AttemptFailure | None = None
     attempt = 0
-    while True:
-        _check_cancel(cancel)
-        attempt += 1
-        # Every attempt gets at least a moment, even when it starts right at the deadline.
-        deadline = max(started + timeout, time.monotonic() + 0.1)
-        try:
-            return _connect(target, deadline, connect_timeout, banner_timeout, cancel)
-        except _AttemptFailed as exc:
-            last = exc.failure
-            if best is None or _RANK[last.kind] >= _RANK[best.kind]:
-                best = last
-            if on_attempt is not None:
-                on_attempt(attempt, last)
-        elapsed = time.monotonic() - started
-        if elapsed >= timeout:
-            raise _wait_timeout(target, best, last, elapsed, attempt)
-        _sleep(min(poll_interval, timeout - elapsed), cancel)
+    race = _BannerRace(target, connect_timeout, banner_timeout, stagger)
+    try:
+        while True:
+            _check_cancel(cancel)
+            attempt += 1
+            # Every attempt gets at least a moment, even when it starts right at the deadline.
+            deadline = max(started + timeout, time.monotonic() + 0.1)
+            try:
+                return _connect(target, race, deadline, cancel)
+            except _AttemptFailed as exc:
+                last = exc.failure
+                if best is None or _RANK[last.kind] >= _RANK[best.kind]:
+                    best = last
+                if on_attempt is not None:
+                    on_attempt(attempt, last)
+            elapsed = time.monotonic() - started
+            if elapsed >= timeout:
+                raise _wait_timeout(target, best, last, elapsed, attempt)
+            if not race.waiting:  # connections still in the race are being watched already
+                _sleep(min(poll_interval, timeout - elapsed), cancel)
+    finally:
+        race.close()
 
 
 def _wait_timeout(
@@ -262,20 +273,19 @@ def _wait_timeout(
 
 def _connect(
     target: SSHTarget,
+    race: _BannerRace,
     deadline: float,
-    connect_timeout: float,
-    banner_timeout: float,
     cancel: threading.Event | None,
 ) -> SSHSession:
-    """One attempt (TCP connect, banner, handshake, authentication), bounded by ``deadline``."""
+    """One attempt (a connection with a banner, handshake, authentication), bounded by
+    ``deadline``."""
 
     def left() -> float:
         return max(deadline - time.monotonic(), 0.01)
 
-    sock = _tcp_connect(target, min(connect_timeout, left()))
+    sock, banner = race.next_banner(deadline, cancel)
     transport: paramiko.Transport | None = None
     try:
-        banner = _await_banner(sock, min(banner_timeout, left()), cancel)
         transport = paramiko.Transport(sock)
         transport.banner_timeout = left()
         # Capped so that a wedged connection is given up and retried rather than waited on.
@@ -357,30 +367,80 @@ def _tcp_connect(target: SSHTarget, timeout: float) -> socket.socket:
     raise _AttemptFailed("tcp", f"no TCP connection to {target.address} ({detail})")
 
 
-def _await_banner(sock: socket.socket, timeout: float, cancel: threading.Event | None) -> str:
-    """Wait until the server sends something, without consuming it (paramiko reads it later).
+class _BannerRace:
+    """Connections waiting for the guest's SSH banner, overlapping in time.
 
-    With QEMU hostfwd the host port accepts even when the guest is down, so "connected" means
-    nothing: only bytes from the guest's SSH server do.
+    Through QEMU's hostfwd the host port accepts at once even while the guest is down, and
+    QEMU's user-mode stack then retries the guest with a growing back-off, so one connection
+    may hear the banner seconds after the guest's SSH server is up. A fresh connection is
+    therefore opened every ``stagger`` seconds while older ones keep waiting (each up to
+    ``banner_timeout``): the first to hear a banner wins. A server that came up is noticed
+    within about ``stagger``, and a slow but live one is never given up early. The banner is
+    only peeked at: paramiko reads it again.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        _check_cancel(cancel)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _AttemptFailed("banner", f"TCP connects but no SSH banner within {timeout:.1f}s")
-        sock.settimeout(min(_SLICE * 4, left))
-        try:
-            data = sock.recv(256, socket.MSG_PEEK)
-        except TimeoutError:
-            continue
-        except OSError as exc:
-            data, reason = b"", exc.strerror or str(exc)
-        else:
-            reason = "closed by the other side"
-        if not data:
-            raise _AttemptFailed("banner", f"TCP connects but no SSH banner ({reason})")
-        return data.split(b"\n", 1)[0].strip().decode("ascii", "replace")
+
+    def __init__(
+        self, target: SSHTarget, connect_timeout: float, banner_timeout: float, stagger: float
+    ) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self.banner_timeout = banner_timeout
+        self.stagger = stagger
+        self.pending: list[tuple[socket.socket, float]] = []  # (socket, opened at), oldest first
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self.pending)
+
+    def close(self) -> None:
+        for sock, _opened in self.pending:
+            sock.close()
+        self.pending.clear()
+
+    def _drop(self, sock: socket.socket) -> None:
+        self.pending = [(s, t) for s, t in self.pending if s is not sock]
+        sock.close()
+
+    def next_banner(
+        self, deadline: float, cancel: threading.Event | None
+    ) -> tuple[socket.socket, str]:
+        """A connected socket whose server has sent its first line, and that line. Raises
+        _AttemptFailed for the first connection that fails (refused, closed, silent for
+        ``banner_timeout``); the others stay in the race for the next call."""
+        while True:
+            _check_cancel(cancel)
+            now = time.monotonic()
+            due = not self.pending or now - self.pending[-1][1] >= self.stagger
+            if due and len(self.pending) < _MAX_PENDING:
+                timeout = min(self.connect_timeout, max(deadline - now, 0.01))
+                self.pending.append((_tcp_connect(self.target, timeout), time.monotonic()))
+                now = time.monotonic()
+            oldest, opened = self.pending[0]
+            if now - opened >= self.banner_timeout or now >= deadline:
+                self._drop(oldest)
+                waited = min(self.banner_timeout, now - opened)
+                raise _AttemptFailed(
+                    "banner", f"TCP connects but no SSH banner within {waited:.1f}s"
+                )
+            wait = min(
+                _SLICE * 4,
+                self.pending[-1][1] + self.stagger - now,
+                opened + self.banner_timeout - now,
+                deadline - now,
+            )
+            readable, _, _ = select.select([s for s, _ in self.pending], [], [], max(wait, 0))
+            for sock in readable:
+                try:
+                    data = sock.recv(256, socket.MSG_PEEK)
+                except OSError as exc:
+                    data, reason = b"", exc.strerror or str(exc)
+                else:
+                    reason = "closed by the other side"
+                if not data:
+                    self._drop(sock)
+                    raise _AttemptFailed("banner", f"TCP connects but no SSH banner ({reason})")
+                self.pending = [(s, t) for s, t in self.pending if s is not sock]
+                return sock, data.split(b"\n", 1)[0].strip().decode("ascii", "replace")
 
 
 def _check_pinned(expected: str | None, key: paramiko.PKey, target: SSHTarget) -> None:

@@ -60,7 +60,23 @@
       link.hidden = !vm.console_url;
       if (vm.console_url) link.href = vm.console_url;
       renderHandbuild(vm, waiting, data.now);
+      renderLiveConsole(card, vm, waiting);
     });
+  }
+
+  // While the boot command is typed and the VM waits for SSH (an installer at work), its
+  // screen shows in its card; it closes when provisioning starts (the Console link stays).
+  function renderLiveConsole(card, vm, waiting) {
+    const box = card.querySelector(".live-console");
+    if (!box) return;
+    const frame = box.querySelector("iframe.console-frame");
+    const show = Boolean(vm.live_console && vm.console_url && !waiting);
+    box.hidden = !show;
+    if (!show) {
+      if (frame.getAttribute("src")) frame.removeAttribute("src");
+    } else if (!frame.getAttribute("src")) {
+      frame.src = vm.console_url + "?embed=1";
+    }
   }
 
   // A handbuild step waiting: its instructions beside the live console, Continue / Fail,

@@ -44,6 +44,7 @@ def test_validate_marks_each_error_on_its_line_and_save_keeps_the_text(
     texts = [w.text for w in widgets]
     assert any("vms[0].provisioners[0].file.fileRef" in t for t in texts), texts
     assert any("vms[0].provisioners[0].file.destination" in t for t in texts), texts
+
     # The message sits right under line 8, the line of the broken reference, with a marker
     # in the gutter; line 7 has none.
     def line_widgets(index):

@@ -23,20 +23,26 @@ def module(instructor, good_manifest):
 @pytest.fixture
 def build(module, instructor):
     build = start_build(module=module, user=instructor, queue=False)
-    BuildLogLine.objects.create(build=build, seq=1, created_at=timezone.now(), vm="web", text="a log line")
+    BuildLogLine.objects.create(
+        build=build, seq=1, created_at=timezone.now(), vm="web", text="a log line"
+    )
     return build
 
 
 def test_owner_sees_the_build_page_with_vms_and_steps(build, instructor):
     page = client_for(instructor).get(f"/builds/{build.pk}/").content.decode()
     assert "web" in page and "a log line" not in page  # the log arrives through status.json
-    assert 'data-status-url="/builds/%d/status.json"' % build.pk in page
+    assert f'data-status-url="/builds/{build.pk}/status.json"' in page
 
 
 def test_other_instructor_and_student_get_403_everywhere(build, other_instructor, student):
     for user in (other_instructor, student):
         client = client_for(user)
-        for url in (f"/builds/{build.pk}/", f"/builds/{build.pk}/status.json", f"/builds/{build.pk}/log.txt"):
+        for url in (
+            f"/builds/{build.pk}/",
+            f"/builds/{build.pk}/status.json",
+            f"/builds/{build.pk}/log.txt",
+        ):
             assert client.get(url).status_code == 403, (user, url)
         assert csrf_post(client, f"/builds/{build.pk}/cancel/", {}).status_code == 403
 
@@ -51,8 +57,12 @@ def test_status_json_has_phases_steps_and_new_log_lines(build, instructor):
     assert data["status"] == "Pending" and data["terminal"] is False
     assert data["vms"][0]["name"] == "web"
     assert data["vms"][0]["steps"][0] == {
-        "name": "hello", "type": "shell", "status": "Pending", "exit_code": None,
-        "duration_s": None, "message": "",
+        "name": "hello",
+        "type": "shell",
+        "status": "Pending",
+        "exit_code": None,
+        "duration_s": None,
+        "message": "",
     }
     assert [line["text"] for line in data["log"]] == ["a log line"]
     assert client.get(f"/builds/{build.pk}/status.json?after=1").json()["log"] == []
@@ -106,13 +116,22 @@ def test_module_page_lists_versions_with_a_manifest_diff(module, build, instruct
     second = start_build(module=module, user=instructor, revision=revision, queue=False)
     for number, b in ((1, build), (2, second)):
         ModuleVersion.objects.create(
-            module=module, number=number, build=b, manifest_text=b.manifest_text,
-            manifest_sha256=b.manifest_sha256, storage_path="/nonexistent",
+            module=module,
+            number=number,
+            build=b,
+            manifest_text=b.manifest_text,
+            manifest_sha256=b.manifest_sha256,
+            storage_path="/nonexistent",
         )
     client = client_for(instructor)
     page = client.get("/modules/lab/").content.decode()
     assert "lab@1" in page and "lab@2" in page
     diff = client.get("/modules/lab/versions/2/").content.decode()
-    assert "-        shell: {inline: echo hello}" in diff and "+        shell: {inline: echo bye}" in diff
-    kinds = dict((line, kind) for kind, line in manifest_diff(None, ModuleVersion.objects.get(number=1)))
+    assert (
+        "-        shell: {inline: echo hello}" in diff
+        and "+        shell: {inline: echo bye}" in diff
+    )
+    kinds = dict(
+        (line, kind) for kind, line in manifest_diff(None, ModuleVersion.objects.get(number=1))
+    )
     assert kinds["+vms:"] == "add"

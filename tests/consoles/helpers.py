@@ -19,7 +19,11 @@ def session_of(user) -> str:
 
 
 def communicator(
-    path: str, *, session: str | None = None, origin: bytes | None = ORIGIN
+    path: str,
+    *,
+    session: str | None = None,
+    origin: bytes | None = ORIGIN,
+    subprotocols: list[str] | None = None,
 ) -> WebsocketCommunicator:
     """A browser-like WebSocket client of the real application (ruddervirt.asgi)."""
     from ruddervirt.asgi import application
@@ -29,7 +33,7 @@ def communicator(
         headers.append((b"origin", origin))
     if session is not None:
         headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode()))
-    return WebsocketCommunicator(application, path, headers=headers)
+    return WebsocketCommunicator(application, path, headers=headers, subprotocols=subprotocols)
 
 
 @contextlib.asynccontextmanager

@@ -104,6 +104,36 @@ def test_a_token_works_only_in_the_session_of_its_user(request, running_build, i
     assert services.redeem_token(token, instructor).vm == "web"  # still the owner's
 
 
+def test_browsers_send_the_token_as_a_subprotocol_and_it_is_not_echoed(
+    running_build, instructor, vnc_at
+):
+    issued = services.issue_token(instructor, "build", running_build.pk, "web")
+    session = session_of(instructor)
+
+    async def scenario():
+        async with fake_vnc(width=64, height=48) as server:
+            vnc_at.append(ConsoleAddress(host="127.0.0.1", port=server.port))
+            client = communicator(issued.ws_path, session=session, subprotocols=issued.subprotocols)
+            connected, chosen = await client.connect(timeout=TIMEOUT)
+            assert connected
+            assert chosen == "binary"  # the token stays out of the response
+            init = await rfb_handshake(client)
+            assert struct.unpack(">HH", init[:4]) == (64, 48)
+            await client.disconnect()
+            # Spent: the same offer is refused.
+            again = communicator(issued.ws_path, session=session, subprotocols=issued.subprotocols)
+            connected, _ = await again.connect(timeout=TIMEOUT)
+            assert not connected
+
+    asyncio.run(scenario())
+
+
+def test_a_websocket_without_any_token_is_refused(running_build, instructor):
+    client = communicator("/ws/console/", session=session_of(instructor), subprotocols=["binary"])
+    connected, _ = asyncio.run(client.connect(timeout=TIMEOUT))
+    assert not connected
+
+
 def test_anonymous_websockets_are_refused(running_build, instructor):
     token = token_for(instructor, running_build)
     _, connected = asyncio.run(connect(f"/ws/console/{token}"))

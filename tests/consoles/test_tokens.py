@@ -21,7 +21,8 @@ def test_a_token_is_random_and_only_its_digest_is_stored(running_build, instruct
     second = services.issue_token(instructor, "build", running_build.pk, "web")
     assert first.token != second.token
     assert len(first.token) >= 40
-    assert first.ws_path == f"/ws/console/{first.token}"
+    assert first.ws_path == "/ws/console/"  # the token never goes into a URL
+    assert first.subprotocols == ["binary", f"rudder.token.{first.token}"]
     assert first.expires_in == 60
     stored = set(ConsoleToken.objects.values_list("digest", flat=True))
     assert stored == {services.digest(first.token), services.digest(second.token)}

@@ -54,8 +54,9 @@ def test_only_the_owner_and_administrators_get_a_token(request, running_build, w
     assert response["Cache-Control"].startswith("max-age=0")
     body = json.loads(response.content)
     if status == 200:
-        assert set(body) == {"token", "ws_path", "expires_in"}
-        assert body["ws_path"] == f"/ws/console/{body['token']}"
+        assert set(body) == {"token", "ws_path", "subprotocols", "expires_in"}
+        assert body["ws_path"] == "/ws/console/"
+        assert body["subprotocols"] == ["binary", f"rudder.token.{body['token']}"]
         assert body["expires_in"] == 60
     else:
         assert "token" not in body
@@ -162,3 +163,24 @@ def test_finished_builds_offer_no_console(running_build, instructor):
     Build.objects.filter(pk=running_build.pk).update(status=BuildStatus.FAILED)
     assert client.get(url).json()["vms"][0]["console_url"] is None
     assert client.get(page_url(running_build)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("phase", "live"),
+    [
+        (VMPhase.SOURCE_IMPORTING, False),
+        (VMPhase.BOOT_COMMAND, True),
+        (VMPhase.WAITING_FOR_SSH, True),
+        (VMPhase.PROVISIONING, False),
+    ],
+)
+def test_the_page_shows_the_screen_while_the_boot_command_is_typed_and_ssh_awaited(
+    running_build, instructor, phase, live
+):
+    BuildVM.objects.filter(build=running_build).update(phase=phase)
+    vm = status_of(instructor, running_build)["vms"][0]
+    assert vm["live_console"] is live
+    if live:
+        assert vm["console_url"] == f"/console/build/{running_build.pk}/web/"
+    html = client_for(instructor).get(f"/builds/{running_build.pk}/").content.decode()
+    assert 'class="live-console" hidden' in html  # the script shows it while it applies

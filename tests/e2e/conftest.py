@@ -4,10 +4,10 @@ libvirt, an isolated storage root, and a check that nothing is left on the host.
 from __future__ import annotations
 
 import functools
-import os
-import re
 import hashlib
 import http.server
+import os
+import re
 import shutil
 import threading
 from pathlib import Path

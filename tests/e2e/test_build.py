@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 
@@ -105,6 +106,54 @@ def test_build_from_url_runs_every_provisioner_and_captures_a_template(image_ser
     assert not build_workdir(done.pk).exists()
 
 
+BUS_OF_EACH_DISK = """\
+      - name: label-disks
+        type: shell
+        shell:
+          inline: |
+            for dev in /sys/block/vd* /sys/block/sd*; do
+              [ -e "$dev" ] || continue
+              name=${dev##*/}
+              path=$(readlink -f "$dev/device")
+              case "$path" in
+                */usb*) bus=usb ;;
+                */ata*) bus=sata ;;
+                */virtio*/host*) bus=scsi ;;
+                */virtio*) bus=virtio ;;
+                *) bus=unknown ;;
+              esac
+              echo "disk $name on $bus: $path"
+              if [ "$name" != vda ]; then
+                printf 'rudder-disk-on-%s\\n' "$bus" | dd of="/dev/$name" conv=notrunc 2>/dev/null
+              fi
+            done
+            sync
+"""
+
+
+def test_extra_disks_are_blank_and_sit_on_the_bus_the_manifest_names(image_server, tmp_path):
+    text = manifest(image_server, BUS_OF_EACH_DISK).replace(
+        "disks: [{name: root, size: 1Gi}]",
+        "disks: [{name: root, size: 1Gi}, {name: data-scsi, size: 8Mi, bus: scsi},"
+        " {name: data-sata, size: 8Mi, bus: sata}, {name: data-usb, size: 8Mi, bus: usb}]",
+    )
+    done = build(text)
+    assert done.status == BuildStatus.SUCCEEDED, done.error
+    log = log_text(done)
+    assert "disk vda on virtio" in log
+    disks = ModuleVersion.objects.get(build=done).vms.get().spec["disks"]
+    assert [d["bus"] for d in disks] == ["virtio", "scsi", "sata", "usb"]
+    for disk in disks[1:]:
+        raw = tmp_path / f"{disk['bus']}.raw"
+        subprocess.run(
+            ["qemu-img", "convert", "-O", "raw", disk["path"], str(raw)],
+            check=True, timeout=120, capture_output=True,
+        )  # fmt: skip
+        assert raw.stat().st_size == 8 * 1024 * 1024
+        # What the guest wrote to the disk it saw on that bus is on the manifest's disk.
+        assert raw.read_bytes()[:32].split(b"\n")[0] == f"rudder-disk-on-{disk['bus']}".encode()
+
+
 def test_wrong_checksum_fails_before_anything_boots(image_server, hv):
     wrong = "0" * 64
     done = build(
@@ -160,7 +209,8 @@ def test_layered_build_sees_its_parents_files(image_server):
     parent = build(
         manifest(
             image_server,
-            "      - {name: mark, type: shell, shell: {inline: 'echo from-parent > /root/parent.txt'}}\n",
+            "      - {name: mark, type: shell,"
+            " shell: {inline: 'echo from-parent > /root/parent.txt'}}\n",
         ),
         name="base",
     )
@@ -192,7 +242,10 @@ def test_build_ref_to_a_module_without_a_succeeded_build_fails_at_once(image_ser
 
 
 def test_the_same_manifest_built_twice_gives_the_same_files(image_server):
-    recipe = "      - {name: make, type: shell, shell: {inline: 'mkdir -p /srv/app && echo v1 > /srv/app/version && cp /etc/os-release /srv/app/'}}\n"
+    recipe = (
+        "      - {name: make, type: shell, shell: {inline: 'mkdir -p /srv/app"
+        " && echo v1 > /srv/app/version && cp /etc/os-release /srv/app/'}}\n"
+    )
     text = manifest(image_server, recipe)
     first = build(text, name="twice")
     second = build(text, name="twice")
@@ -204,7 +257,10 @@ def test_the_same_manifest_built_twice_gives_the_same_files(image_server):
 
 
 def test_cancel_stops_a_running_build_and_cleans_up(image_server, hv):
-    recipe = "      - {name: forever, type: shell, shell: {inline: 'echo started-sleeping; sleep 600'}}\n"
+    recipe = (
+        "      - {name: forever, type: shell,"
+        " shell: {inline: 'echo started-sleeping; sleep 600'}}\n"
+    )
     user = make_user("canceller", superuser=True)
     submitted = submit_manifest(
         text=manifest(image_server, recipe), module_name="cancel-me", user=user, queue=False
@@ -226,7 +282,7 @@ def test_cancel_stops_a_running_build_and_cleans_up(image_server, hv):
     submitted.refresh_from_db()
     assert submitted.status == BuildStatus.CANCELLED
     assert not build_workdir(submitted.pk).exists()
-    assert not [d for d in hv.list_domains("") if "b%d-" % submitted.pk in d.name]
+    assert not [d for d in hv.list_domains("") if f"b{submitted.pk}-" in d.name]
 
 
 def test_ssh_password_without_a_seed(image_server):
@@ -252,8 +308,14 @@ def test_ssh_private_key_file_is_used_and_kept(image_server):
     private, public = generate_keypair(comment="instructor-key")
     indented = "\n".join("      " + line for line in private.strip().splitlines())
     extra = f"  - name: mykey\n    inline: |\n{indented}\n"
-    text = manifest(image_server, "      - {name: hi, type: shell, shell: {inline: 'echo key-ok'}}\n", extra=extra)
-    text = text.replace("    cloudInit: {}\n", "    cloudInit: {}\n    communicator: {sshPrivateKeyFile: mykey}\n")
+    text = manifest(
+        image_server,
+        "      - {name: hi, type: shell, shell: {inline: 'echo key-ok'}}\n",
+        extra=extra,
+    )
+    text = text.replace(
+        "    cloudInit: {}\n", "    cloudInit: {}\n    communicator: {sshPrivateKeyFile: mykey}\n"
+    )
     done = build(text, name="keyfile")
     assert done.status == BuildStatus.SUCCEEDED, done.error
     keys = read_file(template_disk(done), "/root/.ssh/authorized_keys").decode()
@@ -266,11 +328,24 @@ def test_a_raw_cloud_image_is_accepted(image_server, tmp_path):
 
     raw = tmp_path / "tiny.raw"
     subprocess.run(
-        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image_server.folder / "tiny-20250101.qcow2"), str(raw)],
-        check=True, timeout=120,
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            str(image_server.folder / "tiny-20250101.qcow2"),
+            str(raw),
+        ],
+        check=True,
+        timeout=120,
     )
     image_server.put("tiny-20250101.raw", raw.read_bytes())
-    text = manifest(image_server, "      - {name: hi, type: shell, shell: {inline: 'echo raw-ok > /root/raw'}}\n")
+    text = manifest(
+        image_server,
+        "      - {name: hi, type: shell, shell: {inline: 'echo raw-ok > /root/raw'}}\n",
+    )
     text = text.replace("tiny-20250101.qcow2", "tiny-20250101.raw").replace(
         image_server.sha256("tiny-20250101.qcow2"), image_server.sha256("tiny-20250101.raw")
     )
@@ -286,7 +361,10 @@ def test_kept_disks_of_a_failed_build_go_when_their_time_is_up(image_server, hv)
 
     from builds.recovery import reconcile
 
-    done = build(manifest(image_server, "      - {name: nope, type: shell, shell: {inline: 'exit 2'}}\n"), name="expire")
+    done = build(
+        manifest(image_server, "      - {name: nope, type: shell, shell: {inline: 'exit 2'}}\n"),
+        name="expire",
+    )
     assert done.status == BuildStatus.FAILED and build_workdir(done.pk).exists()
     reconcile(hv)
     assert build_workdir(done.pk).exists()  # still within the inspection time

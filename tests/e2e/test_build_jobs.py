@@ -43,7 +43,9 @@ def wait_for(predicate, timeout: float, what: str):
 def test_a_worker_process_runs_a_queued_build(image_server):
     user = make_user("alice", superuser=True)
     recipe = "      - {name: hi, type: shell, shell: {inline: 'echo from-the-worker'}}\n"
-    outcome = create_module(name="queued", description="", text=manifest(image_server, recipe), user=user)
+    outcome = create_module(
+        name="queued", description="", text=manifest(image_server, recipe), user=user
+    )
     build = start_build(module=outcome.module, user=user)
     assert Build.objects.get(pk=build.pk).job_id  # enqueued once the transaction committed
     worker = start_worker("builds", burst=True)
@@ -56,14 +58,17 @@ def test_a_worker_process_runs_a_queued_build(image_server):
 def test_a_crashed_worker_leaves_a_failed_build_and_nothing_on_the_host(image_server, hv):
     user = make_user("alice", superuser=True)
     recipe = "      - {name: long, type: shell, shell: {inline: 'sleep 600'}}\n"
-    outcome = create_module(name="crashy", description="", text=manifest(image_server, recipe), user=user)
+    outcome = create_module(
+        name="crashy", description="", text=manifest(image_server, recipe), user=user
+    )
     build = start_build(module=outcome.module, user=user)
     worker = start_worker("builds")
     horse = 0
     try:
         wait_for(
             lambda: BuildStep.objects.filter(vm__build=build, status=StepStatus.RUNNING).exists(),
-            240, "the build to reach its step",
+            240,
+            "the build to reach its step",
         )
         assert [d for d in hv.list_domains("") if d.metadata.get("build") == f"b{build.pk}"]
         horse = int(Build.objects.get(pk=build.pk).worker.rsplit(":", 1)[1])
@@ -94,23 +99,39 @@ def test_build_command_waits_streams_and_reports_json(image_server, tmp_path):
     assert any("streamed-line" in line for line in lines)
     summary = json.loads(lines[-1])
     assert summary == {
-        "build": build_id, "status": "Succeeded", "module": "cli-lab", "version": 1,
+        "build": build_id,
+        "status": "Succeeded",
+        "module": "cli-lab",
+        "version": 1,
         "duration_s": summary["duration_s"],
     }
     assert summary["duration_s"] > 0
     status = json.loads(manage("build_status", str(build_id), "--json").stdout)
     assert status["vms"] == [
-        {"name": "web", "phase": "Succeeded", "message": "", "steps": [
-            {"name": "hi", "type": "shell", "status": "Succeeded", "exit_code": 0,
-             "duration_s": status["vms"][0]["steps"][0]["duration_s"], "message": status["vms"][0]["steps"][0]["message"]},
-        ]},
+        {
+            "name": "web",
+            "phase": "Succeeded",
+            "message": "",
+            "steps": [
+                {
+                    "name": "hi",
+                    "type": "shell",
+                    "status": "Succeeded",
+                    "exit_code": 0,
+                    "duration_s": status["vms"][0]["steps"][0]["duration_s"],
+                    "message": status["vms"][0]["steps"][0]["message"],
+                },
+            ],
+        },
     ]
 
 
 def test_build_command_exits_1_when_the_build_fails(image_server, tmp_path):
     make_user("root-admin", superuser=True)
     path = tmp_path / "broken.yaml"
-    path.write_text(manifest(image_server, "      - {name: nope, type: shell, shell: {inline: 'exit 7'}}\n"))
+    path.write_text(
+        manifest(image_server, "      - {name: nope, type: shell, shell: {inline: 'exit 7'}}\n")
+    )
     result = manage("build", str(path), "--wait", "--json")
     assert result.returncode == 1
     summary = json.loads(result.stdout.splitlines()[-1])
@@ -122,7 +143,9 @@ def test_retries_run_a_failed_build_again(image_server):
     from builds.services import execute_build, submit_manifest
 
     user = make_user("alice", superuser=True)
-    text = "retries: 1\n" + manifest(image_server, "      - {name: nope, type: shell, shell: {inline: 'exit 3'}}\n")
+    text = "retries: 1\n" + manifest(
+        image_server, "      - {name: nope, type: shell, shell: {inline: 'exit 3'}}\n"
+    )
     build = submit_manifest(text=text, module_name="retry", user=user, queue=False)
     done = execute_build(build.pk)
     assert done.status == BuildStatus.FAILED

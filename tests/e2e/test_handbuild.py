@@ -4,25 +4,22 @@ then presses Continue (or Fail)."""
 from __future__ import annotations
 
 import io
-import threading
 import time
 
 import pytest
 import requests
 import websocket
 from django.core.management import call_command
-from django.db import connection
-from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
-from builds.models import Build, BuildLogLine, BuildStatus, BuildStep, StepStatus
-from builds.services import execute_build, submit_manifest
+from builds.models import Build, BuildLogLine, BuildStatus, StepStatus
+from builds.services import submit_manifest
 from ruddervirt.engine import bootcmd
 from tests.browser.live import browser, live_portal  # noqa: F401  (fixtures)
-from tests.browser.screens import canvas_stats, console_state, diagnosis, save_screenshot
+from tests.browser.screens import canvas_stats, console_state, save_screenshot
 from tests.consoles.rfbclient import RFBClient
 from tests.e2e.guestfs import read_file
+from tests.e2e.livebuild import BuildInBackground, until
 from tests.helpers import make_user
 
 pytestmark = [
@@ -58,43 +55,6 @@ vms:
 """
 
 
-class BuildInBackground:
-    """execute_build in a thread, as a worker would run it."""
-
-    def __init__(self, build: Build) -> None:
-        self.build = build
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            execute_build(self.build.pk)
-        finally:
-            connection.close()
-
-    def step(self, name: str) -> BuildStep:
-        return BuildStep.objects.get(vm__build=self.build, name=name)
-
-    def wait_for_step(self, name: str, status: str, timeout: float) -> BuildStep:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            step = self.step(name)
-            if step.status == status:
-                return step
-            if not self.thread.is_alive():
-                break
-            time.sleep(0.1)
-        self.build.refresh_from_db()
-        why = f"{self.build.status}: {self.build.error}"
-        pytest.fail(f"step {name!r} never became {status} ({why})")
-
-    def finish(self, timeout: float = 600) -> Build:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the build did not finish"
-        self.build.refresh_from_db()
-        return self.build
-
-
 def portal_session(portal, user) -> requests.Session:
     """An HTTP session of `user` on the live portal, with its CSRF cookie."""
     http = requests.Session()
@@ -110,8 +70,10 @@ def open_console(portal, http: requests.Session, build: Build) -> RFBClient:
         timeout=30,
     )
     token.raise_for_status()
+    issued = token.json()
     ws = websocket.create_connection(
-        portal.ws_url(token.json()["ws_path"]),
+        portal.ws_url(issued["ws_path"]),
+        subprotocols=issued["subprotocols"],  # the token goes here, as the console page does
         cookie=f"sessionid={http.cookies['sessionid']}",
         origin=portal.base,
         timeout=60,
@@ -188,6 +150,7 @@ def test_a_person_works_in_the_console_and_presses_continue(
     assert read_file(disk, "/root/from-console") == b"typed-through-vnc\n"
     log = "\n".join(BuildLogLine.objects.filter(build=done).values_list("text", flat=True))
     assert "continue pressed by alice-hb" in log
+    assert "did not survive the step" not in log  # the build's SSH session was kept
     assert "typed-through-vnc" in log  # the next step read the file
 
 
@@ -211,13 +174,6 @@ def test_fail_from_the_command_line_fails_the_build_with_the_reason(image_server
     log = "\n".join(BuildLogLine.objects.filter(build=done).values_list("text", flat=True))
     assert "fail pressed by root-hb: licence server down" in log
     assert running.step("check").status == StepStatus.PENDING
-
-
-def until(driver, condition, timeout: float, what: str, portal=None):
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.25).until(condition)
-    except TimeoutException:
-        pytest.fail(f"{what}\n" + diagnosis(driver, portal))
 
 
 def paste_into_console(driver, text: str) -> None:
@@ -288,6 +244,12 @@ def test_an_instructor_finishes_a_handbuild_step_in_the_browser(
     browser.switch_to.default_content()
     browser.execute_script("document.querySelector('.handbuild-panel').scrollIntoView()")
     save_screenshot(browser, "handbuild-step.png", tmp_path)
+    # People reboot from the console: the build must go on over a new SSH connection.
+    browser.switch_to.frame(panel.find_element(By.CSS_SELECTOR, "iframe.console-frame"))
+    paste_into_console(browser, "reboot\n")
+    time.sleep(2)
+    assert console_state(browser) == "connected"  # QEMU keeps its VNC server over a reboot
+    browser.switch_to.default_content()
 
     panel.find_element(By.XPATH, ".//button[normalize-space()='Continue the build']").click()
     until(
@@ -302,3 +264,5 @@ def test_an_instructor_finishes_a_handbuild_step_in_the_browser(
     assert done.status == BuildStatus.SUCCEEDED, done.error
     disk = done.version.vms.get().spec["disks"][0]["path"]
     assert read_file(disk, "/root/from-console") == b"typed-through-vnc\n"
+    log = "\n".join(BuildLogLine.objects.filter(build=done).values_list("text", flat=True))
+    assert "did not survive the step" in log and "SSH is up" in log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,7 +29,11 @@ def command_env() -> dict[str, str]:
 def manage(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
-        cwd=ROOT, env=command_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=command_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -37,8 +42,13 @@ def start_worker(*queues: str, burst: bool = False) -> subprocess.Popen:
     if burst:
         args.append("--burst")
     return subprocess.Popen(
-        args, cwd=ROOT, env=command_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        args,
+        cwd=ROOT,
+        env=command_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -46,12 +56,8 @@ def kill_hard(process: subprocess.Popen, *extra_pids: int) -> None:
     """SIGKILL the worker and the work horse it forked (RQ puts the horse in a session of
     its own, so it is named separately): a crash, not a shutdown."""
     for pid in extra_pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait(timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -129,3 +130,43 @@ def test_step_timeout_fires_and_the_script_is_still_removed(server, keys) -> Non
         with pytest.raises(CommandTimeout):
             run_shell_script(session, prepared, timeout=0.4)
         assert not Path(prepared.remote_path).exists()
+
+
+def test_a_posix_step_is_one_command_with_the_script_on_stdin(session, monkeypatch) -> None:
+    """Write, run and remove in one SSH exec (no SFTP channel, no second exec)."""
+    seen: list[str] = []
+    real_exec = type(session)._exec
+
+    def counting_exec(self, command, *args, **kwargs):
+        seen.append(command)
+        return real_exec(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(type(session), "_exec", counting_exec)
+    monkeypatch.setattr(
+        type(session), "upload", lambda *a, **k: pytest.fail("the one-shot path must not upload")
+    )
+    prepared = build_shell_command(
+        'read line || echo stdin-is-empty\nls -l "$0" | cut -c1-10\necho done\nexit 3\n',
+        env={"X": "1"},
+    )
+    lines: list[str] = []
+    status = run_shell_script(session, prepared, on_output=lambda _s, line: lines.append(line))
+    assert status == 3  # the script's own status, through the EXIT trap
+    assert lines == ["stdin-is-empty", "-rwxr-xr-x", "done"]
+    assert len(seen) == 1
+    assert not Path(prepared.remote_path).exists()
+
+
+def test_a_script_that_cannot_be_written_says_so(session) -> None:
+    prepared = build_shell_command("echo never\n")
+    broken = dataclasses.replace(
+        prepared,
+        one_shot_command=prepared.one_shot_command.replace(
+            prepared.remote_path, "/nonexistent-dir/script.sh"
+        ),
+    )
+    lines: list[str] = []
+    status = run_shell_script(session, broken, on_output=lambda _s, line: lines.append(line))
+    assert status == 125
+    assert "RudderVirt: cannot write the script to /nonexistent-dir/script.sh" in lines
+    assert "never" not in lines

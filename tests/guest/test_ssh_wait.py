@@ -217,3 +217,76 @@ def test_cancel_during_the_handshake_is_prompt() -> None:
         with pytest.raises(Cancelled):
             wait_for_ssh(target, timeout=30, cancel=cancel)
     assert time.monotonic() - started < 1.0
+
+
+@contextlib.contextmanager
+def hostfwd_like(upstream_port: int, *, live_after: float, delay: float = 0.0) -> Iterator[dict]:
+    """A port that behaves like QEMU's hostfwd while a guest boots: connections accepted in
+    the first ``live_after`` seconds stay silent for ever (their SYN to the guest is lost);
+    later ones are relayed to the real SSH server at ``upstream_port``, after ``delay``
+    seconds (a slow guest). Records when each connection came and which one was relayed."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: dict = {"accepted": [], "relayed": [], "spoke": set()}
+    opened: list[socket.socket] = []
+    started = time.monotonic()
+
+    def pipe(src: socket.socket, dst: socket.socket, index: int | None = None) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if index is not None:
+                    seen["spoke"].add(index)  # the client talked SSH over this one
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def relay(conn: socket.socket, index: int) -> None:
+        time.sleep(delay)
+        upstream = socket.create_connection(("127.0.0.1", upstream_port), timeout=5)
+        upstream.settimeout(None)
+        opened.append(upstream)
+        seen["relayed"].append(index)
+        threading.Thread(target=pipe, args=(conn, upstream, index), daemon=True).start()
+        pipe(upstream, conn)
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            opened.append(conn)
+            index = len(seen["accepted"])
+            seen["accepted"].append(time.monotonic() - started)
+            if time.monotonic() - started >= live_after:
+                threading.Thread(target=relay, args=(conn, index), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    try:
+        seen["port"] = listener.getsockname()[1]
+        yield seen
+    finally:
+        listener.close()
+        for sock in opened:
+            sock.close()
+
+
+def test_a_fresh_connection_wins_while_an_early_one_stays_silent(server, keys) -> None:
+    with hostfwd_like(server.port, live_after=0.5) as seen:
+        target = SSHTarget(port=seen["port"], username="root", private_key=keys.private)
+        started = time.monotonic()
+        with wait_for_ssh(target, timeout=30, banner_timeout=20, stagger=0.3):
+            took = time.monotonic() - started
+    assert seen["spoke"] and 0 not in seen["spoke"]  # not over the first, silent connection
+    # The silent first connection was not waited out (it had 20 s): a later one won.
+    assert took < 20
+    assert len(seen["accepted"]) >= 2
+
+
+def test_a_slow_but_live_server_is_not_given_up_early(server, keys) -> None:
+    """The banner takes longer than the stagger on every connection: the first connection,
+    kept open, still wins."""
+    with hostfwd_like(server.port, live_after=0.0, delay=1.0) as seen:
+        target = SSHTarget(port=seen["port"], username="root", private_key=keys.private)
+        with wait_for_ssh(target, timeout=30, banner_timeout=5, stagger=0.3) as session:
+            assert session.run("true", timeout=10) == 0
+    assert seen["spoke"] == {0}  # the first connection was kept and won

@@ -208,7 +208,11 @@ def stage_iso(workdir: Path, kernel: Kernel, libs: list[str]) -> Path:
     shutil.copyfile(kernel.vmlinuz, iso / "boot/vmlinuz")
     write_file(iso / "boot/installer.gz", installer_initramfs(workdir, kernel, applets))
     pack_system(system, iso / "system.tgz")
-    disk_cfg = (FILES / "grub-disk.cfg").read_text().replace("@CMDLINE@", build.KERNEL_CMDLINE)
+    disk_cfg = (
+        (FILES / "grub-disk.cfg")
+        .read_text()
+        .replace("@CMDLINE@", build.KERNEL_CMDLINE.replace(" quiet", ""))
+    )
     grub_efi(disk_cfg, iso / "efi/tiny-bootx64.efi", workdir)
     grub_efi((FILES / "grub-iso.cfg").read_text(), workdir / "iso-bootx64.efi", workdir)
     efi_boot_image(workdir / "iso-bootx64.efi", iso / "efi/efiboot.img")

@@ -16,8 +16,9 @@ KERNEL_PACKAGES = {"generic": "linux-image-amd64", "cloud": "linux-image-cloud-a
 # Loaded in this order by the initramfs. Missing ones are left out (the cloud kernel has no
 # e1000, e1000e, 8139cp/8139too or ahci); built-in ones need no loading.
 MODULES = (
-    # disks and CD-ROMs: virtio, virtio-scsi, IDE (i440fx) and SATA (AHCI) buses
+    # disks and CD-ROMs: virtio, virtio-scsi, IDE (i440fx), SATA (AHCI) and USB (xHCI) buses
     "virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "sr_mod", "ata_piix", "ahci",
+    "xhci_pci", "usb_storage", "uas",
     # the root file system is ext2, mounted by the ext4 driver; NoCloud seeds are ISO 9660/vfat
     "ext4", "crc32c_generic", "isofs", "vfat", "nls_cp437", "nls_utf8",
     # NIC models of the manifest: virtio, e1000, e1000e, rtl8139 (QEMU's is the 8139C+)
@@ -36,6 +37,7 @@ DISK_BUS_MODULES = {
     "scsi": "virtio_scsi",
     "sata": "ahci",
     "ide": "ata_piix",
+    "usb": "usb_storage",
 }
 
 

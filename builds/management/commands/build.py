@@ -15,7 +15,6 @@ from builds.reporting import format_line
 from modules.models import dns_label
 from modules.services import ManifestRejected, ModuleNameTaken
 
-
 UNCLAIMED_GRACE_S = 30
 
 
@@ -53,9 +52,8 @@ class Command(BaseCommand):
             )
         except ManifestRejected as exc:
             for problem in exc.result.errors:
-                self.stderr.write(
-                    f"{path}:{problem.line}:{problem.column}: error: {problem.path}: {problem.message}"
-                )
+                where = f"{path}:{problem.line}:{problem.column}"
+                self.stderr.write(f"{where}: error: {problem.path}: {problem.message}")
             raise SystemExit(1) from exc
         except ModuleNameTaken as exc:
             raise CommandError(f"module {name} exists already") from exc
@@ -109,10 +107,17 @@ class Command(BaseCommand):
             for line in BuildLogLine.objects.filter(build=build, seq__gt=after).order_by("seq"):
                 self.echo(format_line(line.created_at, line.vm, line.stream, line.text))
                 after = line.seq
-            if build.is_terminal and not BuildLogLine.objects.filter(build=build, seq__gt=after).exists():
+            if (
+                build.is_terminal
+                and not BuildLogLine.objects.filter(build=build, seq__gt=after).exists()
+            ):
                 return build
             unclaimed = build.status == BuildStatus.PENDING and not build.worker
-            if unclaimed and time.monotonic() - started > UNCLAIMED_GRACE_S and not workers_listening():
+            if (
+                unclaimed
+                and time.monotonic() - started > UNCLAIMED_GRACE_S
+                and not workers_listening()
+            ):
                 self.echo("no worker picked the build up: running it in this process")
                 return self.run_here(build)
             time.sleep(0.5)

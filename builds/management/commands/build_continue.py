@@ -27,5 +27,6 @@ class Command(BaseCommand):
         except BuildNotAllowed as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(
-            f"build {build_id}: {decision} sent to VM {step.vm.name}, step {step.index + 1} ({step.name})"
+            f"build {build_id}: {decision} sent to VM {step.vm.name}, "
+            f"step {step.index + 1} ({step.name})"
         )

@@ -95,6 +95,7 @@ class ConsoleView {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     const rfb = new this.RFB(this.screen, scheme + location.host + issued.ws_path, {
       shared: true, // other viewers (an instructor, a student) stay connected
+      wsProtocols: issued.subprotocols, // the token travels here, never in a URL
     });
     rfb.scaleViewport = this.$(".console-scale").checked;
     rfb.resizeSession = false;

@@ -1,0 +1,60 @@
+"""A build running in the background of a test, as a worker would run it, and waiting on a
+browser with a useful failure message."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.support.ui import WebDriverWait
+
+from builds.models import Build, BuildStep
+from builds.services import execute_build
+from tests.browser.screens import diagnosis
+
+
+class BuildInBackground:
+    """execute_build in a thread, as a worker would run it."""
+
+    def __init__(self, build: Build) -> None:
+        self.build = build
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            execute_build(self.build.pk)
+        finally:
+            connection.close()
+
+    def step(self, name: str) -> BuildStep:
+        return BuildStep.objects.get(vm__build=self.build, name=name)
+
+    def wait_for_step(self, name: str, status: str, timeout: float) -> BuildStep:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            step = self.step(name)
+            if step.status == status:
+                return step
+            if not self.thread.is_alive():
+                break
+            time.sleep(0.1)
+        self.build.refresh_from_db()
+        why = f"{self.build.status}: {self.build.error}"
+        pytest.fail(f"step {name!r} never became {status} ({why})")
+
+    def finish(self, timeout: float = 600) -> Build:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the build did not finish"
+        self.build.refresh_from_db()
+        return self.build
+
+
+def until(driver, condition, timeout: float, what: str, portal=None):
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.25).until(condition)
+    except TimeoutException:
+        pytest.fail(f"{what}\n" + diagnosis(driver, portal))
