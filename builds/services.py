@@ -51,6 +51,8 @@ def engine_config() -> EngineConfig:
         domain_type=settings.RUDDERVIRT_DOMAIN_TYPE,
         name_prefix=settings.RUDDERVIRT_NAME_PREFIX,
         allow_internet=settings.RUDDERVIRT_ALLOW_INTERNET,
+        boot_key_interval_s=settings.RUDDERVIRT_BOOT_KEY_INTERVAL_MS / 1000,
+        boot_key_hold_ms=settings.RUDDERVIRT_BOOT_KEY_HOLD_MS,
     )
 
 

@@ -27,8 +27,8 @@ def page(request: HttpRequest, kind: str, object_id: int, vm: str) -> HttpRespon
 @require_POST
 @never_cache
 def token(request: HttpRequest, kind: str, object_id: int, vm: str) -> JsonResponse:
-    """JSON {token, ws_path, expires_in}; 403/404 JSON {error} otherwise (never a login
-    redirect: the caller is a script that must know it was refused)."""
+    """JSON {token, ws_path, subprotocols, expires_in}; 403/404 JSON {error} otherwise
+    (never a login redirect: the caller is a script that must know it was refused)."""
     try:
         issued = services.issue_token(request.user, kind, object_id, vm)
     except PermissionDenied as exc:

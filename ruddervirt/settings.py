@@ -181,6 +181,10 @@ RUDDERVIRT_CLONE_DISK_ALLOWANCE = int(
 )
 # How long a failed build's disks are kept for inspection.
 RUDDERVIRT_FAILED_BUILD_KEEP_S = int(os.environ.get("RUDDERVIRT_FAILED_BUILD_KEEP_S", "1800"))
+# bootCommand pace: the pause after each key sent to a console, and how long a key is held
+# (0: the hypervisor's default). Installers under TCG on a busy host drop keys sent faster.
+RUDDERVIRT_BOOT_KEY_INTERVAL_MS = int(os.environ.get("RUDDERVIRT_BOOT_KEY_INTERVAL_MS", "100"))
+RUDDERVIRT_BOOT_KEY_HOLD_MS = int(os.environ.get("RUDDERVIRT_BOOT_KEY_HOLD_MS", "0"))
 
 LOGGING = {
     "version": 1,

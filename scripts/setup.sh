@@ -15,7 +15,7 @@ mkdir -p var
 # --- System packages ----------------------------------------------------------------
 PACKAGES=(
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config gcc
-  redis-server genisoimage ovmf dnsmasq-base
+  redis-server genisoimage ovmf dnsmasq-base tini
   nodejs npm
   # the tiny test guest and installer images are built from these
   linux-image-amd64 linux-image-cloud-amd64 busybox-static dropbear-bin openssh-sftp-server extlinux syslinux-common
@@ -41,7 +41,15 @@ fi
 
 # --- Daemons (no systemd here: start them ourselves when not running) ----------------
 if ! pgrep -x virtlogd >/dev/null; then say "Starting virtlogd"; virtlogd -d; fi
-if ! pgrep -x libvirtd >/dev/null; then say "Starting libvirtd"; libvirtd -d; fi
+# libvirtd runs under `tini -s`, a child subreaper: QEMU processes, which libvirt daemonizes,
+# become tini's orphans and are reaped the moment they exit. Without it they are PID 1's, and
+# an init that reaps lazily (this machine's reaps about once a second) delays every VM stop,
+# since libvirt reports a domain off only once its QEMU is gone. A libvirtd already running
+# is left alone.
+if ! pgrep -x libvirtd >/dev/null; then
+  say "Starting libvirtd (under tini, which reaps its QEMU processes at once)"
+  setsid tini -s -- libvirtd >>"$ROOT/var/libvirtd.log" 2>&1 </dev/null &
+fi
 for _ in $(seq 1 50); do
   timeout 5 virsh -c qemu:///system version >/dev/null 2>&1 && break
   sleep 0.2

@@ -26,8 +26,10 @@ from ruddervirt.engine.topology import plan as plan_topology
 from ruddervirt.engine.vm import VMRunner
 from ruddervirt.guest.ssh import generate_keypair, load_private_key
 from ruddervirt.hypervisor import disks as qimg
+from ruddervirt.hypervisor.driver import HypervisorError
 
 POLL_INTERVAL_S = 0.5
+NETWORK_TEARDOWN_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) 
     metadata = {"kind": "build", "build": plan.key}
     plan.workdir.mkdir(parents=True, exist_ok=True)
     http: BuildHTTPServer | None = None
+    teardown: threading.Thread | None = None
     try:
         reporter.build_phase("Networking")
         topology = plan_topology(
@@ -156,6 +159,8 @@ def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) 
             http.stop()
             reporter.log(f"HTTP server stopped after {len(http.requests)} request(s)")
             http = None
+        # Every VM is off: their networks go while the disks are captured.
+        teardown = _tear_down_networks(hv, config.name_prefix, metadata, reporter)
         reporter.build_phase("CapturingDisks")
         return _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper)
     finally:
@@ -163,9 +168,29 @@ def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) 
             http.stop()
         monitor.done.set()
         monitor.join(timeout=5)
+        if teardown is not None:
+            teardown.join(timeout=NETWORK_TEARDOWN_TIMEOUT_S)
         removed = cleanup.remove_owned(hv, config.name_prefix, metadata)
         if removed:
             reporter.log("removed " + ", ".join(removed))
+
+
+def _tear_down_networks(hv, prefix: str, owner: dict, reporter: Reporter) -> threading.Thread:
+    """Remove the build's networks in a thread of their own (the final cleanup removes
+    whatever this leaves, and reports it)."""
+
+    def work() -> None:
+        try:
+            removed = cleanup.remove_owned_networks(hv, prefix, owner)
+        except HypervisorError as exc:
+            reporter.log(f"could not remove the build's networks yet: {exc}", stream="stderr")
+            return
+        if removed:
+            reporter.log("removed " + ", ".join(removed))
+
+    thread = threading.Thread(target=work, name="network-teardown", daemon=True)
+    thread.start()
+    return thread
 
 
 def _evict_isos(config: EngineConfig, reporter: Reporter) -> None:

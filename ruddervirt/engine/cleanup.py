@@ -31,8 +31,8 @@ def remove_domain(hv, name: str) -> None:
 def remove_owned(hv, prefix: str, owner: Mapping[str, str]) -> list[str]:
     """Destroy and undefine every domain and network under `prefix` whose metadata
     matches all of `owner` (e.g. {"kind": "build", "build": "b42"}). Returns what went."""
-    removed = []
-    errors = []
+    removed: list[str] = []
+    errors: list[str] = []
     for domain in hv.list_domains(prefix):
         if _owned(domain.metadata, owner):
             try:
@@ -40,6 +40,25 @@ def remove_owned(hv, prefix: str, owner: Mapping[str, str]) -> list[str]:
                 removed.append(f"domain {domain.name}")
             except HypervisorError as exc:
                 errors.append(f"domain {domain.name}: {exc}")
+    _remove_networks(hv, prefix, owner, removed, errors)
+    if errors:
+        raise HypervisorError("cleanup left things behind: " + "; ".join(errors))
+    return removed
+
+
+def remove_owned_networks(hv, prefix: str, owner: Mapping[str, str]) -> list[str]:
+    """Like remove_owned, for the networks only (a build's, once its VMs are off)."""
+    removed: list[str] = []
+    errors: list[str] = []
+    _remove_networks(hv, prefix, owner, removed, errors)
+    if errors:
+        raise HypervisorError("cleanup left things behind: " + "; ".join(errors))
+    return removed
+
+
+def _remove_networks(
+    hv, prefix: str, owner: Mapping[str, str], removed: list[str], errors: list[str]
+) -> None:
     for network in hv.list_networks(prefix):
         if _owned(network.metadata, owner):
             try:
@@ -49,6 +68,3 @@ def remove_owned(hv, prefix: str, owner: Mapping[str, str]) -> list[str]:
                 removed.append(f"network {network.name}")
             except HypervisorError as exc:
                 errors.append(f"network {network.name}: {exc}")
-    if errors:
-        raise HypervisorError("cleanup left things behind: " + "; ".join(errors))
-    return removed
