@@ -14,6 +14,7 @@ import logging
 import time
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from consoles import registry, services
@@ -49,6 +50,26 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
     pump: asyncio.Task | None = None
     activity: asyncio.Task | None = None
     last_activity = float("-inf")
+
+    async def __call__(self, scope, receive, send) -> None:
+        """Channels' consumer loop, minus its per-message task: a console has one source of
+        messages (the browser; no channel layer), so they are awaited one after the other."""
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):
+            while True:
+                await self.dispatch(await receive())
+
+    async def dispatch(self, message: dict) -> None:
+        # RFB bytes touch no database: skip Channels' close_old_connections before each
+        # message, a hop to its one thread-sensitive worker thread, shared by every console.
+        # (connect and the activity note run their queries through database_sync_to_async,
+        # which closes stale connections itself.)
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
 
     async def connect(self) -> None:
         token = self.scope["url_route"]["kwargs"].get("token") or services.token_from_subprotocols(

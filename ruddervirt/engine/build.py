@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -130,7 +131,16 @@ def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) 
     metadata = {"kind": "build", "build": plan.key}
     plan.workdir.mkdir(parents=True, exist_ok=True)
     http: BuildHTTPServer | None = None
-    teardown: threading.Thread | None = None
+    teardown: list[threading.Thread] = []
+
+    def networks_no_longer_needed() -> None:
+        # Every VM is provisioned: from here on they only shut down, which they do over
+        # their management NIC. The build's networks (and the HTTP server in them) go
+        # meanwhile, instead of after the capture.
+        if http is not None:
+            http.stop()
+        teardown.append(_tear_down_networks(hv, config.name_prefix, metadata, reporter))
+
     try:
         reporter.build_phase("Networking")
         topology = plan_topology(
@@ -152,15 +162,15 @@ def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) 
         files = FileStore(manifest.files, config.files_cache_dir, log=reporter.log)
         http = _start_http(manifest, topology, files, reporter)
         reporter.build_phase("Building")
+        provisioned = _Countdown(len(manifest.vms), networks_no_longer_needed)
         outcomes = _run_vms(
-            plan, manifest, topology, hv, config, reporter, stopper, deadline, metadata, files, http
-        )
+            plan, manifest, topology, hv, config, reporter, stopper, deadline, metadata, files,
+            http, provisioned,
+        )  # fmt: skip
         if http is not None:
             http.stop()
             reporter.log(f"HTTP server stopped after {len(http.requests)} request(s)")
             http = None
-        # Every VM is off: their networks go while the disks are captured.
-        teardown = _tear_down_networks(hv, config.name_prefix, metadata, reporter)
         reporter.build_phase("CapturingDisks")
         return _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper)
     finally:
@@ -168,11 +178,27 @@ def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) 
             http.stop()
         monitor.done.set()
         monitor.join(timeout=5)
-        if teardown is not None:
-            teardown.join(timeout=NETWORK_TEARDOWN_TIMEOUT_S)
+        for thread in teardown:
+            thread.join(timeout=NETWORK_TEARDOWN_TIMEOUT_S)
         removed = cleanup.remove_owned(hv, config.name_prefix, metadata)
         if removed:
             reporter.log("removed " + ", ".join(removed))
+
+
+class _Countdown:
+    """Calls `then` (once) when it has been called `count` times, from any threads."""
+
+    def __init__(self, count: int, then: Callable[[], None]) -> None:
+        self.left = count
+        self.then = then
+        self.lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self.lock:
+            self.left -= 1
+            if self.left != 0:
+                return
+        self.then()
 
 
 def _tear_down_networks(hv, prefix: str, owner: dict, reporter: Reporter) -> threading.Thread:
@@ -267,7 +293,7 @@ def _keys(manifest, files: FileStore, manifest_key: str) -> dict[str, tuple[str,
 
 def _run_vms(
     plan, manifest, topology: Topology, hv, config, reporter, stopper, deadline, metadata, files,
-    http,
+    http, on_provisioned,
 ):  # fmt: skip
     keys = _keys(manifest, files, plan.key)
     runners = [
@@ -288,6 +314,7 @@ def _run_vms(
             deadline=deadline,
             metadata=metadata,
             http=http,
+            on_provisioned=on_provisioned,
         )
         for vm in manifest.vms
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +82,11 @@ class VMRunner(InstallerMedia):
         deadline: float,
         metadata: dict[str, str],
         http: BuildHTTPServer | None = None,
+        on_provisioned: Callable[[], None] | None = None,
     ) -> None:
         self.vm = vm
+        # Called once this VM's provisioners are done, before it shuts down.
+        self.on_provisioned = on_provisioned
         self.key = build_key
         self.dir = workdir / vm.name
         self.parent_disks = parent_disks
@@ -154,6 +158,8 @@ class VMRunner(InstallerMedia):
         try:
             self.phase("Provisioning", f"{len(self.vm.provisioners)} step(s)")
             session = self.provision(session)
+            if self.on_provisioned is not None:
+                self.on_provisioned()
             self.phase("ShuttingDown")
             self.shutdown(session)
         finally:
