@@ -36,6 +36,15 @@ def workers_listening(queue_name: str = QUEUE) -> int:
     return sum(1 for w in workers if w.hostname != host or process_alive(w.pid))
 
 
+def worker_alive(identity: str) -> bool | None:
+    """Whether the worker `identity` ("host:pid", as recorded on a build or clone) is alive:
+    True/False when it ran on this host; None when we cannot tell."""
+    host, _, pid = identity.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    return process_alive(int(pid))
+
+
 def process_alive(pid: int | None) -> bool:
     """Whether `pid` runs on this host (a zombie, killed but not reaped, does not count)."""
     if not pid:

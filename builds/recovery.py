@@ -10,12 +10,11 @@ disks of failed builds once their inspection time has passed.
 from __future__ import annotations
 
 import logging
-import socket
 from datetime import timedelta
 
 from django.utils import timezone
 
-from builds.jobs import process_alive
+from builds.jobs import worker_alive
 from builds.models import ACTIVE, Build, BuildStatus
 from builds.services import append_log, engine_config, remove_build_disks
 from builds.transitions import InvalidTransition, transition
@@ -25,19 +24,11 @@ log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(seconds=90)
 
 
-def _worker_alive(identity: str) -> bool | None:
-    """True/False when the worker ran on this host; None when we cannot tell."""
-    host, _, pid = identity.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    return process_alive(int(pid))
-
-
 def dead_builds() -> list[tuple[Build, str]]:
     now = timezone.now()
     found = []
     for build in Build.objects.filter(status__in=ACTIVE).exclude(worker=""):
-        alive = _worker_alive(build.worker)
+        alive = worker_alive(build.worker)
         stale = build.heartbeat_at is None or now - build.heartbeat_at > STALE_AFTER
         if alive is False:
             found.append((build, f"the worker running it ({build.worker}) is gone"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from builds.recovery import _worker_alive
+from builds.jobs import worker_alive
 from builds.services import engine_config
 from clones.models import BUSY, Clone, CloneStatus
 from clones.runner import record_states, run_inline
@@ -46,7 +46,7 @@ def reconcile_clones(hv) -> list[str]:
 def fail_interrupted() -> list[str]:
     actions = []
     for clone in Clone.objects.filter(status__in=BUSY).exclude(worker=""):
-        if _worker_alive(clone.worker) is not False:
+        if worker_alive(clone.worker) is not False:
             continue
         reason = f"interrupted: the worker running it ({clone.worker}) is gone"
         try:
