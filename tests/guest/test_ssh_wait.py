@@ -241,12 +241,13 @@ def hostfwd_like(upstream_port: int, *, live_after: float, delay: float = 0.0) -
 
     def relay(conn: socket.socket, index: int) -> None:
         time.sleep(delay)
-        upstream = socket.create_connection(("127.0.0.1", upstream_port), timeout=5)
-        upstream.settimeout(None)
-        opened.append(upstream)
-        seen["relayed"].append(index)
-        threading.Thread(target=pipe, args=(conn, upstream, index), daemon=True).start()
-        pipe(upstream, conn)
+        with contextlib.suppress(OSError):  # the test may be over and everything closed
+            upstream = socket.create_connection(("127.0.0.1", upstream_port), timeout=5)
+            upstream.settimeout(None)
+            opened.append(upstream)
+            seen["relayed"].append(index)
+            threading.Thread(target=pipe, args=(conn, upstream, index), daemon=True).start()
+            pipe(upstream, conn)
 
     def loop() -> None:
         while True:
