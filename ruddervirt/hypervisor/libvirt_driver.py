@@ -221,8 +221,15 @@ class LibvirtHypervisor:
                     raise InvalidState(f"cannot undefine {name!r} while it is running")
                 dom.undefineFlags(_UNDEFINE_FLAGS | nvram)
             except libvirt.libvirtError as exc:
-                if not _is(exc, libvirt.VIR_ERR_NO_DOMAIN):  # gone meanwhile: fine
-                    raise
+                if not _is(exc, libvirt.VIR_ERR_NO_DOMAIN) and self._domain_exists(name):
+                    raise  # not merely gone meanwhile (another cleaner got there first)
+
+    def _domain_exists(self, name: str) -> bool:
+        try:
+            self._domain(name)
+        except DomainNotFound:
+            return False
+        return True
 
     def state(self, name: str) -> DomainState:
         """See :meth:`Hypervisor.state`."""
@@ -350,9 +357,22 @@ class LibvirtHypervisor:
         except NetworkNotFound:
             return
         with _errors(f"undefine network {name!r}"):
-            if net.isActive():
-                raise InvalidState(f"cannot undefine network {name!r} while active")
-            net.undefine()
+            try:
+                if net.isActive():
+                    raise InvalidState(f"cannot undefine network {name!r} while active")
+                net.undefine()
+            except libvirt.libvirtError:
+                # Two cleaners at once (a build's own cleanup and reconcile): the loser
+                # sees the other's half-done removal ("cannot remove config file").
+                if self._network_exists(name):
+                    raise
+
+    def _network_exists(self, name: str) -> bool:
+        try:
+            self._network(name)
+        except NetworkNotFound:
+            return False
+        return True
 
     def list_networks(self, prefix: str) -> list[NetworkInfo]:
         """See :meth:`Hypervisor.list_networks`."""

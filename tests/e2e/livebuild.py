@@ -8,7 +8,11 @@ import time
 
 import pytest
 from django.db import connection
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.support.ui import WebDriverWait
 
 from builds.models import Build, BuildStep
@@ -55,6 +59,31 @@ class BuildInBackground:
 
 def until(driver, condition, timeout: float, what: str, portal=None):
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.25).until(condition)
+        # A form post reloads the page: an element found just before is stale, not missing.
+        waiting = WebDriverWait(
+            driver,
+            timeout,
+            poll_frequency=0.25,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        )
+        return waiting.until(condition)
     except TimeoutException:
         pytest.fail(f"{what}\n" + diagnosis(driver, portal))
+
+
+@pytest.fixture
+def in_background():
+    """Start builds in the background; a test that ends (or fails) with one still running
+    cancels it and waits for its cleanup, so the host checks that follow see a quiet host."""
+    started: list[BuildInBackground] = []
+
+    def start(build: Build) -> BuildInBackground:
+        running = BuildInBackground(build)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.thread.is_alive():
+            Build.objects.filter(pk=running.build.pk).update(cancel_requested=True)
+            running.thread.join(timeout=180)

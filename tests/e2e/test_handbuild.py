@@ -19,7 +19,7 @@ from tests.browser.live import browser, live_portal  # noqa: F401  (fixtures)
 from tests.browser.screens import canvas_stats, console_state, save_screenshot
 from tests.consoles.rfbclient import RFBClient
 from tests.e2e.guestfs import read_file
-from tests.e2e.livebuild import BuildInBackground, until
+from tests.e2e.livebuild import in_background, until  # noqa: F401  (fixture)
 from tests.helpers import make_user
 
 pytestmark = [
@@ -98,13 +98,14 @@ def test_a_person_works_in_the_console_and_presses_continue(
     image_server,
     live_portal,  # noqa: F811  (the fixture imported above)
     hv,
+    in_background,  # noqa: F811
 ):
     alice = make_user("alice-hb", superuser=False)
     from accounts.roles import INSTRUCTORS, add_to_role
 
     add_to_role(alice, INSTRUCTORS)
     build = submit_manifest(text=manifest(image_server), module_name="hb", user=alice, queue=False)
-    running = BuildInBackground(build)
+    running = in_background(build)
     running.wait_for_step("by hand", StepStatus.WAITING_FOR_USER, timeout=300)
 
     http = portal_session(live_portal, alice)
@@ -154,10 +155,13 @@ def test_a_person_works_in_the_console_and_presses_continue(
     assert "typed-through-vnc" in log  # the next step read the file
 
 
-def test_fail_from_the_command_line_fails_the_build_with_the_reason(image_server):
+def test_fail_from_the_command_line_fails_the_build_with_the_reason(
+    image_server,
+    in_background,  # noqa: F811  (the fixture imported above)
+):
     admin = make_user("root-hb", superuser=True)
     build = submit_manifest(text=manifest(image_server), module_name="hb2", user=admin, queue=False)
-    running = BuildInBackground(build)
+    running = in_background(build)
     waiting = running.wait_for_step("by hand", StepStatus.WAITING_FOR_USER, timeout=300)
     assert waiting.user_decision == ""
 
@@ -196,6 +200,7 @@ def test_an_instructor_finishes_a_handbuild_step_in_the_browser(
     live_portal,  # noqa: F811  (the fixtures imported above)
     browser,  # noqa: F811
     tmp_path,
+    in_background,  # noqa: F811
 ):
     """The whole story in Chromium: the build page shows the step's instructions beside the
     live console; the instructor types in the console and presses Continue; the build ends."""
@@ -206,7 +211,7 @@ def test_an_instructor_finishes_a_handbuild_step_in_the_browser(
     build = submit_manifest(text=manifest(image_server), module_name="hb3", user=alice, queue=False)
     live_portal.login(browser, alice)
     browser.get(live_portal.url(f"/builds/{build.pk}/"))
-    running = BuildInBackground(build)
+    running = in_background(build)
 
     panel = until(
         browser,

@@ -26,7 +26,7 @@ from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, MgmtForward
 from tests.browser.live import browser, live_portal  # noqa: F401  (fixtures)
 from tests.browser.screens import canvas_stats, console_state, save_screenshot
 from tests.e2e.conftest import IMAGE_CACHE
-from tests.e2e.livebuild import BuildInBackground, until
+from tests.e2e.livebuild import in_background, until  # noqa: F401  (fixture)
 from tests.helpers import make_user
 
 pytestmark = [
@@ -210,6 +210,7 @@ def test_the_build_page_shows_the_installer_screen_while_the_vm_waits_for_ssh(
     browser,  # noqa: F811
     tmp_path,
     hv,
+    in_background,  # noqa: F811
 ):
     """No boot command: the installer sits at its prompt and SSH never answers. The build
     page shows that screen live in the VM's card, and Cancel ends the build cleanly."""
@@ -221,7 +222,7 @@ def test_the_build_page_shows_the_installer_screen_while_the_vm_waits_for_ssh(
     submitted = submit_manifest(text=text, module_name="iso-watch", user=alice, queue=False)
     live_portal.login(browser, alice)
     browser.get(live_portal.url(f"/builds/{submitted.pk}/"))
-    running = BuildInBackground(submitted)
+    running = in_background(submitted)
 
     card = browser.find_element(By.CSS_SELECTOR, '.vm[data-vm="web"]')
     until(
