@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ruddervirt.engine import clone as engine  # noqa: E402
-from ruddervirt.engine.cleanup import remove_domain  # noqa: E402
+from ruddervirt.engine.cleanup import remove_owned  # noqa: E402
 from ruddervirt.engine.config import EngineConfig  # noqa: E402
 from ruddervirt.hypervisor import disks as qimg  # noqa: E402
 from ruddervirt.hypervisor.libvirt_driver import LibvirtHypervisor  # noqa: E402
@@ -191,12 +191,7 @@ def markdown(rounds: list[Round]) -> str:
 
 
 def cleanup(hv, prefix: str, folder: Path) -> None:
-    for domain in hv.list_domains(prefix):
-        remove_domain(hv, domain.name)
-    for network in hv.list_networks(prefix):
-        if network.active:
-            hv.destroy_network(network.name)
-        hv.undefine_network(network.name)
+    remove_owned(hv, prefix, {})  # every domain and network of this benchmark run
     shutil.rmtree(folder, ignore_errors=True)
 
 

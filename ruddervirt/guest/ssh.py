@@ -397,8 +397,11 @@ class _BannerRace:
             sock.close()
         self.pending.clear()
 
-    def _drop(self, sock: socket.socket) -> None:
+    def _forget(self, sock: socket.socket) -> None:
         self.pending = [(s, t) for s, t in self.pending if s is not sock]
+
+    def _drop(self, sock: socket.socket) -> None:
+        self._forget(sock)
         sock.close()
 
     def next_banner(
@@ -439,7 +442,7 @@ class _BannerRace:
                 if not data:
                     self._drop(sock)
                     raise _AttemptFailed("banner", f"TCP connects but no SSH banner ({reason})")
-                self.pending = [(s, t) for s, t in self.pending if s is not sock]
+                self._forget(sock)  # the caller owns it now
                 return sock, data.split(b"\n", 1)[0].strip().decode("ascii", "replace")
 
 

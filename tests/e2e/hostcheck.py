@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ruddervirt.engine.cleanup import remove_domain
+from ruddervirt.engine.cleanup import remove_owned
 
 
 def build_leftovers(hv, prefix: str) -> list[str]:
@@ -16,9 +16,4 @@ def build_leftovers(hv, prefix: str) -> list[str]:
 
 
 def remove_everything(hv, prefix: str) -> None:
-    for domain in hv.list_domains(prefix):
-        remove_domain(hv, domain.name)
-    for network in hv.list_networks(prefix):
-        if network.active:
-            hv.destroy_network(network.name)
-        hv.undefine_network(network.name)
+    remove_owned(hv, prefix, {})  # no owner to match: every domain and network under prefix

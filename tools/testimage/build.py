@@ -15,7 +15,6 @@ Building needs root: the boot loader is installed through a loop mount. See READ
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -30,11 +29,11 @@ import time
 from pathlib import Path
 
 try:  # imported as the package tools.testimage
-    from .buildutil import BuildError, log, run, write_file
+    from .buildutil import BuildError, command_line, log, run, write_file
     from .cpioarchive import CpioWriter
     from .kernels import Kernel, capabilities, find_kernel, install_modules, is_installed
 except ImportError:  # run as a script: python tools/testimage/build.py
-    from buildutil import BuildError, log, run, write_file  # type: ignore[no-redef]
+    from buildutil import BuildError, command_line, log, run, write_file  # type: ignore[no-redef]
     from cpioarchive import CpioWriter  # type: ignore[no-redef]
     from kernels import (  # type: ignore[no-redef]
         Kernel,
@@ -379,17 +378,7 @@ def build_image(out_dir: Path, *, kernel: str = "auto") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, required=True, help="the cache folder")
-    parser.add_argument("--kernel", choices=("auto", "generic", "cloud"), default="auto")
-    args = parser.parse_args(argv)
-    try:
-        path = build_image(args.out_dir, kernel=args.kernel)
-    except BuildError as exc:
-        log(f"error: {exc}")
-        return 1
-    print(path)
-    return 0
+    return command_line(__doc__.split("\n\n")[0], build_image, argv)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -35,3 +37,21 @@ def write_file(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data.encode() if isinstance(data, str) else data)
     path.chmod(mode)
+
+
+def command_line(
+    description: str, build: Callable[..., Path], argv: list[str] | None = None
+) -> int:
+    """The scripts' shared command line: build into --out-dir with --kernel, print the path
+    of the result; exit status 1 (and the reason on stderr) when the build fails."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out-dir", type=Path, required=True, help="the cache folder")
+    parser.add_argument("--kernel", choices=("auto", "generic", "cloud"), default="auto")
+    args = parser.parse_args(argv)
+    try:
+        path = build(args.out_dir, kernel=args.kernel)
+    except BuildError as exc:
+        log(f"error: {exc}")
+        return 1
+    print(path)
+    return 0

@@ -19,7 +19,6 @@ setuid sudo is owned by group sudo).
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -34,14 +33,14 @@ from pathlib import Path
 
 try:  # imported as the package tools.testimage
     from . import build
-    from .buildutil import BuildError, log, run, write_file
+    from .buildutil import BuildError, command_line, log, run, write_file
     from .cpioarchive import CpioWriter
-    from .kernels import MODULES, Kernel, find_kernel, read_modules_dep
+    from .kernels import Kernel, find_kernel, install_modules
 except ImportError:  # run as a script
     import build  # type: ignore[no-redef]
-    from buildutil import BuildError, log, run, write_file  # type: ignore[no-redef]
+    from buildutil import BuildError, command_line, log, run, write_file  # type: ignore[no-redef]
     from cpioarchive import CpioWriter  # type: ignore[no-redef]
-    from kernels import MODULES, Kernel, find_kernel, read_modules_dep  # type: ignore[no-redef]
+    from kernels import Kernel, find_kernel, install_modules  # type: ignore[no-redef]
 
 __all__ = ["ISO_NAME", "BuildError", "build_installer_iso"]
 
@@ -118,26 +117,11 @@ def pack_system(root: Path, dest: Path) -> None:
 # --------------------------------------------------------------------------- the installer
 
 
-def install_modules(target: Path, kernel: Kernel) -> list[str]:
-    """The image's modules plus EXTRA_MODULES with their dependencies; returns those to load."""
-    deps = read_modules_dep(kernel)
-    wanted = [m for m in (*MODULES, *EXTRA_MODULES) if m in deps]
-    paths = {p for name in wanted for p in deps[name]}
-    release = target / "lib/modules" / kernel.release
-    for rel in sorted(paths):
-        write_file(release / rel, (kernel.modules_dir / rel).read_bytes())
-    for extra in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
-        if (kernel.modules_dir / extra).exists():
-            shutil.copyfile(kernel.modules_dir / extra, release / extra)
-    run(["depmod", "-b", str(target), kernel.release], timeout=60)
-    return wanted
-
-
 def installer_initramfs(workdir: Path, kernel: Kernel, applets: list[str]) -> bytes:
     """busybox, the installer's /init, extlinux and mkfs.fat (with their libraries), modules,
     MBR code."""
     staged = workdir / "installer-root"
-    modules = install_modules(staged, kernel)
+    modules, _missing = install_modules(staged, kernel, extra=EXTRA_MODULES)
     cpio = CpioWriter()
     for name in ("bin", "usr", "usr/bin", "dev", "proc", "sys", "tmp", "etc", "etc/installer",
                  "lib", "lib64", "lib/modules"):  # fmt: skip
@@ -285,17 +269,7 @@ def iso_info(iso: Path) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, required=True, help="the cache folder")
-    parser.add_argument("--kernel", choices=("auto", "generic", "cloud"), default="auto")
-    args = parser.parse_args(argv)
-    try:
-        path = build_installer_iso(args.out_dir, kernel=args.kernel)
-    except BuildError as exc:
-        log(f"error: {exc}")
-        return 1
-    print(path)
-    return 0
+    return command_line((__doc__ or "").split("\n\n")[0], build_installer_iso, argv)
 
 
 if __name__ == "__main__":

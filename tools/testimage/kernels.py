@@ -97,13 +97,16 @@ def read_modules_dep(kernel: Kernel) -> dict[str, list[str]]:
     return deps
 
 
-def install_modules(root: Path, kernel: Kernel) -> tuple[list[str], list[str]]:
-    """Copy the wanted modules and their dependencies, run depmod; return (to load, missing)."""
+def install_modules(
+    root: Path, kernel: Kernel, extra: tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
+    """Copy MODULES (then `extra`) and their dependencies, run depmod; return (to load,
+    missing)."""
     deps = read_modules_dep(kernel)
     builtin_text = (kernel.modules_dir / "modules.builtin").read_text()
     builtin = {Path(p).name.split(".ko")[0].replace("-", "_") for p in builtin_text.split()}
     load, missing, paths = [], [], set()
-    for name in MODULES:
+    for name in dict.fromkeys((*MODULES, *extra)):
         if name in deps:
             load.append(name)
             paths.update(deps[name])
