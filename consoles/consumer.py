@@ -41,10 +41,6 @@ async def open_vnc(address: ConsoleAddress) -> tuple[asyncio.StreamReader, async
 
 
 class ConsoleConsumer(AsyncWebsocketConsumer):
-    # Consoles talk to nobody but their VNC server: without a channel layer each connection
-    # saves a channel, its queue and a listener task.
-    channel_layer_alias = "consoles-use-no-channel-layer"
-
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
     pump: asyncio.Task | None = None
@@ -53,7 +49,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
 
     async def __call__(self, scope, receive, send) -> None:
         """Channels' consumer loop, minus its per-message task: a console has one source of
-        messages (the browser; no channel layer), so they are awaited one after the other."""
+        messages, the browser. It joins no channel layer (it talks to nobody but its VNC
+        server), which saves a channel, its queue and a listener task per connection."""
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
