@@ -22,8 +22,11 @@ run: setup
 # Tests always use TCG and never give VMs internet, whatever the host.
 test: export RUDDERVIRT_DOMAIN_TYPE = qemu
 test: export RUDDERVIRT_ALLOW_INTERNET = false
-test: export REDIS_URL = redis://127.0.0.1:6379/15
+# RudderVirt's own Redis (scripts/redis.sh), database 15; the password comes from var/.
+test: export REDIS_URL = unix://$(CURDIR)/var/redis.sock?db=15
 test: export RUDDERVIRT_NAME_PREFIX = rvt-
+# The e2e tests serve images from a loopback HTTP server (docs/security.md).
+test: export RUDDERVIRT_FETCH_ALLOW_NETS = 127.0.0.0/8
 test:
 	@scripts/setup.sh --for-tests
 	.venv/bin/ruff check .
@@ -31,6 +34,8 @@ test:
 
 test-fast: export RUDDERVIRT_DOMAIN_TYPE = qemu
 test-fast: export RUDDERVIRT_ALLOW_INTERNET = false
+test-fast: export REDIS_URL = unix://$(CURDIR)/var/redis.sock?db=15
+test-fast: export RUDDERVIRT_FETCH_ALLOW_NETS = 127.0.0.0/8
 test-fast:
 	.venv/bin/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)
 

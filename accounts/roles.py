@@ -46,6 +46,14 @@ def is_student(user: Any) -> bool:
     return _in_group(user, STUDENTS)
 
 
+def is_privileged(user: Any) -> bool:
+    """Administrators, staff (admin-site users) and instructors: accounts an instructor
+    may never make a student of a class, nor touch through one (clones.students)."""
+    if not user.is_authenticated:
+        return False
+    return bool(user.is_superuser or user.is_staff or is_instructor(user))
+
+
 def add_to_role(user: Any, group: str) -> None:
     if group not in ROLE_GROUPS:
         raise ValueError(f"unknown role {group!r}")

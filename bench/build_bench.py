@@ -96,6 +96,9 @@ def configure_environment(tmp: Path, prefix: str) -> None:
             "RUDDERVIRT_ALLOW_INTERNET": "false",
             "RUDDERVIRT_NAME_PREFIX": prefix,
             "RUDDERVIRT_LOG_LEVEL": "WARNING",
+            # The recipe's image and blob are file:// URLs in the temporary folder.
+            "RUDDERVIRT_FILE_SOURCE_DIRS": str(tmp),
+            "RUDDERVIRT_FETCH_ALLOW_NETS": "127.0.0.0/8",
         }
     )
 
@@ -172,10 +175,10 @@ class Bench:
         self.recipe = make_recipe(build_image(ROOT / "var" / "cache" / "testimage"), self.tmp)
         # Warm RudderVirt's caches (Packer reads the file:// image in place): a first build
         # must not be charged for copying the image once into the cache.
-        fetch(self.recipe.image_url, f"sha256:{self.recipe.image_sha256}", self.config.cache_dir)
-        fetch(
-            self.recipe.blob_url, f"sha256:{self.recipe.blob_sha256}", self.config.files_cache_dir
-        )
+        policy = self.config.fetch_policy
+        image, blob = self.recipe.image_url, self.recipe.blob_url
+        fetch(image, f"sha256:{self.recipe.image_sha256}", self.config.cache_dir, policy=policy)
+        fetch(blob, f"sha256:{self.recipe.blob_sha256}", self.config.files_cache_dir, policy=policy)
 
     def cleanup(self) -> list[str]:
         """Remove every domain and network under our prefix, then the temporary folder.

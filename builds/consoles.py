@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from builds.models import Build, BuildStep, BuildVM, StepStatus, VMPhase
 from modules.services import can_manage
-from ruddervirt.manifest import Manifest, parse
+from ruddervirt.manifest import NO_LIMITS, Manifest, parse
 
 # Phases in which a build VM's domain is (normally) running and has a console.
 CONSOLE_PHASES = frozenset(
@@ -89,7 +89,7 @@ def handbuild_waits(build: Build) -> list[HandbuildWait]:
     )
     if not steps:
         return []
-    manifest = parse(build.manifest_text)
+    manifest = parse(build.manifest_text, limits=NO_LIMITS)  # accepted when submitted
     attempt_start = _attempt_start(build)
     return [_wait(manifest, step, attempt_start) for step in steps]
 

@@ -11,7 +11,7 @@ from rq import Worker
 
 from builds.models import Build
 
-QUEUE = "builds"
+QUEUE = "builds"  # served by build workers only (scripts/run.sh), never by clone workers
 
 
 @job(QUEUE, timeout=24 * 3600)
@@ -57,7 +57,7 @@ def process_alive(pid: int | None) -> bool:
 
 
 def job_timeout_for(build: Build) -> int:
-    from ruddervirt.manifest import parse
+    from ruddervirt.manifest import NO_LIMITS, parse
 
-    manifest = parse(build.manifest_text)
+    manifest = parse(build.manifest_text, limits=NO_LIMITS)  # accepted when submitted
     return int(manifest.timeout * (manifest.retries + 1)) + 900

@@ -3,6 +3,12 @@
 Called from several engine threads at once. Log lines are buffered and written in
 batches (a chatty `apt-get` must not mean one INSERT per line), at most a fraction of a
 second late, so the build page still shows them as they happen.
+
+A build's log keeps at most RUDDERVIRT_BUILD_LOG_MAX_LINES lines (every attempt together)
+of at most RUDDERVIRT_BUILD_LOG_MAX_LINE_CHARS characters each: `yes` in a shell step must
+not fill the database. Lines past the cap are counted, and the count is the last line of
+the attempt. The engine's own phase and error lines are kept past the cap (there are a
+few per VM and step, bounded by the manifest), so the log still says how the build ended.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
+from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection
 from django.db.models import Max
 from django.utils import timezone
@@ -18,7 +25,7 @@ from builds.models import Build, BuildLogLine, BuildStep, BuildVM, StepStatus, V
 from builds.transitions import transition
 
 FLUSH_INTERVAL_S = 0.25
-MAX_LINE_CHARS = 8000
+ALWAYS_KEPT = frozenset({"phase", "error"})  # streams kept past the line cap
 
 
 class DBReporter:
@@ -27,8 +34,12 @@ class DBReporter:
         self.attempt = build.attempt
         self._lock = threading.RLock()
         self._pending: list[BuildLogLine] = []
-        last = BuildLogLine.objects.filter(build_id=build.pk).aggregate(m=Max("seq"))["m"]
-        self._seq = last or 0
+        lines = BuildLogLine.objects.filter(build_id=build.pk)
+        self._seq = lines.aggregate(m=Max("seq"))["m"] or 0
+        self._kept = lines.count()  # earlier attempts' lines count against the cap
+        self._dropped = 0
+        self._max_lines = settings.RUDDERVIRT_BUILD_LOG_MAX_LINES
+        self._max_chars = settings.RUDDERVIRT_BUILD_LOG_MAX_LINE_CHARS
         self._vm_ids = dict(BuildVM.objects.filter(build_id=build.pk).values_list("name", "id"))
         self._echo = echo  # optional callable(line) for `build --wait` in-process runs
         self._stop = threading.Event()
@@ -103,19 +114,47 @@ class DBReporter:
         now = timezone.now()
         with self._lock:
             for line in text.splitlines() or [""]:
-                self._seq += 1
-                self._pending.append(
-                    BuildLogLine(
-                        build_id=self.build_id,
-                        seq=self._seq,
-                        created_at=now,
-                        vm=vm,
-                        stream=stream,
-                        text=line[:MAX_LINE_CHARS],
-                    )
-                )
-                if self._echo:
-                    self._echo(format_line(now, vm, stream, line))
+                if self._kept >= self._max_lines and stream not in ALWAYS_KEPT:
+                    self._dropped += 1
+                    continue
+                self._append(now, vm, stream, self._clipped(line))
+
+    def _append(self, now: datetime, vm: str, stream: str, line: str) -> None:
+        """Queue one line for the database (the caller holds the lock)."""
+        self._seq += 1
+        self._kept += 1
+        self._pending.append(
+            BuildLogLine(
+                build_id=self.build_id,
+                seq=self._seq,
+                created_at=now,
+                vm=vm,
+                stream=stream,
+                text=line,
+            )
+        )
+        if self._echo:
+            self._echo(format_line(now, vm, stream, line))
+
+    def _clipped(self, line: str) -> str:
+        extra = len(line) - self._max_chars
+        if extra <= 0:
+            return line
+        return f"{line[: self._max_chars]} ... [{extra} more characters not kept]"
+
+    def _note_dropped(self) -> None:
+        """The count of the lines past the cap, as the attempt's last line."""
+        with self._lock:
+            if not self._dropped:
+                return
+            self._append(
+                timezone.now(),
+                "",
+                "stderr",
+                f"... {self._dropped} more lines not kept (a build log keeps at most "
+                f"{self._max_lines} lines: RUDDERVIRT_BUILD_LOG_MAX_LINES)",
+            )
+            self._dropped = 0
 
     def poll(self) -> str | None:
         def check():
@@ -180,6 +219,7 @@ class DBReporter:
     def close(self) -> None:
         self._stop.set()
         self._flusher.join(timeout=5)
+        self._note_dropped()
         self.flush()
 
 

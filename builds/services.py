@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from builds import admission, refs
 from builds.models import (
     Build,
     BuildStatus,
@@ -29,13 +30,15 @@ from builds.models import (
 )
 from builds.reporting import DBReporter
 from builds.transitions import InvalidTransition, transition
+from modules.limits import manifest_limits
 from modules.models import ManifestRevision, Module
-from modules.services import create_module, save_manifest
+from modules.services import ModuleNameTaken, can_manage, create_module, save_manifest
 from ruddervirt.engine.build import BuildPlan, BuildResult, run_build
 from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.templates import define_templates, remove_templates
-from ruddervirt.manifest import Manifest, parse
+from ruddervirt.fetch_settings import portal_fetch_policy
+from ruddervirt.manifest import NO_LIMITS, Manifest, ManifestInvalid, parse
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ def engine_config() -> EngineConfig:
         allow_internet=settings.RUDDERVIRT_ALLOW_INTERNET,
         boot_key_interval_s=settings.RUDDERVIRT_BOOT_KEY_INTERVAL_MS / 1000,
         boot_key_hold_ms=settings.RUDDERVIRT_BOOT_KEY_HOLD_MS,
+        fetch_policy=portal_fetch_policy(),
     )
 
 
@@ -92,12 +96,24 @@ def start_build(
 ) -> Build:
     """Create a build of `revision` (default: the module's newest manifest) and queue it
     for the workers once the transaction commits. With queue=False the caller runs it
-    (`manage.py build --wait` on a host without workers)."""
+    (`manage.py build --wait` on a host without workers). BuildNotAllowed, with the path
+    and line, when a buildRef names a module version `user` may not use (builds.refs),
+    when the text is over this host's caps, and when the build may not start now
+    (builds.admission: the user's concurrent builds, the host's memory and disk)."""
     revision = revision or module.latest_revision
     if revision is None:
         raise BuildNotAllowed(f"module {module.name} has no manifest yet")
-    manifest = parse(revision.text)
+    try:
+        manifest = parse(revision.text, limits=manifest_limits())
+    except ManifestInvalid as exc:
+        raise BuildNotAllowed(f"{revision} is not valid on this host: {exc.problems[0]}") from None
+    refused = refs.refused_refs(manifest, user, revision.text)
+    if refused:
+        raise BuildNotAllowed("; ".join(str(p) for p in refused))
     with transaction.atomic():
+        reason = admission.refusal(manifest, user=user)
+        if reason:
+            raise BuildNotAllowed(reason)
         build = Build.objects.create(
             module=module,
             revision=revision,
@@ -112,8 +128,11 @@ def start_build(
 
 
 def submit_manifest(*, text: str, module_name: str, user, queue: bool = True) -> Build:
-    """Save `text` as the module's newest manifest (creating the module) and build it."""
+    """Save `text` as the module's newest manifest (creating the module) and build it.
+    Another instructor's module is refused as a name that is taken (ModuleNameTaken)."""
     module = Module.objects.filter(name=module_name).first()
+    if module is not None and not can_manage(user, module):
+        raise ModuleNameTaken(module_name)
     if module is None:
         outcome = create_module(name=module_name, description="", text=text, user=user)
     else:
@@ -194,48 +213,20 @@ def build_workdir(build_id: int) -> Path:
     return engine_config().storage_root / "builds" / str(build_id)
 
 
-def resolve_parents(manifest: Manifest) -> dict[str, list[Path]]:
+def resolve_parents(manifest: Manifest, *, user) -> dict[str, list[Path]]:
     """For each VM whose source is a buildRef: the disk paths of the referenced template VM.
 
-    Fails at once, before anything boots, when the reference is not a succeeded build."""
+    Fails at once, before anything boots, when a reference is not a succeeded build of a
+    module `user` (who asked for the build) may use now (builds.refs: the uniform refusal
+    for other instructors' modules, the precise reason for the user's own)."""
     parents: dict[str, list[Path]] = {}
     for vm in manifest.vms:
-        ref = vm.source.build_ref
-        if ref is None:
+        if vm.source.build_ref is None:
             continue
-        module = Module.objects.filter(name=ref.module).first()
-        if module is None:
-            raise BuildError(f"VM {vm.name}: buildRef {ref.module!r}: no such module")
-        versions = ModuleVersion.objects.filter(module=module)
-        if ref.version is not None:
-            version = versions.filter(number=ref.version).first()
-            if version is None:
-                raise BuildError(
-                    f"VM {vm.name}: buildRef {ref.module}@{ref.version}: the module has no "
-                    f"succeeded build with that version"
-                )
-        else:
-            version = versions.order_by("-number").first()
-            if version is None:
-                raise BuildError(
-                    f"VM {vm.name}: buildRef {ref.module!r}: the module has no succeeded build yet"
-                )
-        templates = list(version.vms.all())
-        if ref.vm_name:
-            chosen = [t for t in templates if t.name == ref.vm_name]
-            if not chosen:
-                names = ", ".join(t.name for t in templates)
-                raise BuildError(
-                    f"VM {vm.name}: buildRef {version}: no VM {ref.vm_name!r} (it has {names})"
-                )
-            template = chosen[0]
-        elif len(templates) == 1:
-            template = templates[0]
-        else:
-            names = ", ".join(t.name for t in templates)
-            raise BuildError(
-                f"VM {vm.name}: buildRef {version} has several VMs ({names}): set vmName"
-            )
+        try:
+            template = refs.template_for(user, vm)
+        except refs.RefRefused as exc:
+            raise BuildError(f"VM {vm.name}: buildRef {exc}") from None
         parents[vm.name] = [Path(d["path"]) for d in template.spec["disks"]]
     return parents
 
@@ -254,7 +245,7 @@ def execute_build(build_id: int, *, hypervisor=None, echo=None) -> Build:
         return build
     hv = hypervisor or get_hypervisor()
     config = engine_config()
-    base = parse(build.manifest_text)
+    base = parse(build.manifest_text, limits=NO_LIMITS)  # accepted when submitted
     attempts = base.retries + 1
     while True:
         reporter = DBReporter(build, echo=echo)
@@ -287,7 +278,7 @@ def _run_attempt(
             f"build {build.pk} of module {build.module.name}, attempt {build.attempt}, "
             f"manifest sha256:{build.manifest_sha256}"
         )
-        parents = resolve_parents(base)
+        parents = resolve_parents(base, user=build.requested_by)
         plan = BuildPlan(
             key=f"b{build.pk}",
             manifest=base,

@@ -1,15 +1,23 @@
-"""Will a class fit on this host? Memory and disk, estimated before anything is created.
+"""Will a class, or a build, fit on this host? Memory and disk, before anything is created.
 
-Memory: every VM of the version (its memory plus a per-VM allowance for QEMU itself),
-times the number of clones, against the host's MemAvailable minus a reserve, minus what
-clones already being made will take (they are not in MemAvailable yet).
+Memory: every VM (its memory plus a per-VM allowance for QEMU itself) against the host's
+MemAvailable minus a reserve, minus what is promised but not in MemAvailable yet: clones
+being made, and every VM of every build that is queued or running (a build VM's memory is
+counted in full while the build lasts: QEMU touches it as the guest runs).
 
-Disk: a linked clone starts at a few hundred KiB but grows as the guest writes, so each of
-its disks is counted at a per-disk allowance; a full copy is counted at the template disk's
-size on disk plus that allowance. Against the free space of the storage root minus a reserve.
+Disk: a linked clone starts at a few hundred KiB but grows as the guest writes. Each of
+its disks has a budget of RUDDERVIRT_CLONE_DISK_ALLOWANCE; a full copy's budget is the
+template disk's size on disk plus that allowance. A new clone needs its whole budget; an
+existing clone (not failed or being deleted) still holds the part of its budget it has
+not written yet (budget minus what its folder allocates now, at least 0), because what it
+did write is already gone from the free space. A build's disks can grow to their full
+declared size (and are then flattened), so a build is counted at the sum of its disk
+sizes, less what its folder allocates already. All against the storage root's free space
+minus a reserve. A clone that writes beyond its allowance is not stopped (that needs
+quotas); the reserve is what absorbs it.
 
-Settings (bytes): RUDDERVIRT_HOST_MEMORY_RESERVE, RUDDERVIRT_CLONE_MEMORY_OVERHEAD,
-RUDDERVIRT_HOST_DISK_RESERVE, RUDDERVIRT_CLONE_DISK_ALLOWANCE.
+Settings (bytes): RUDDERVIRT_HOST_MEMORY_RESERVE, RUDDERVIRT_CLONE_MEMORY_OVERHEAD (per
+VM, builds' VMs too), RUDDERVIRT_HOST_DISK_RESERVE, RUDDERVIRT_CLONE_DISK_ALLOWANCE.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from pathlib import Path
 
 from django.conf import settings
 
-from builds.models import ModuleVersion
+from builds.models import ACTIVE, Build, ModuleVersion
+from ruddervirt.engine.clone import disk_usage
+from ruddervirt.manifest import NO_LIMITS, Manifest, ManifestInvalid, parse
 
 MIB = 1024**2
 GIB = 1024**3
@@ -50,6 +60,11 @@ def mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no MemAvailable in {meminfo}")
+
+
+def disk_free(root: Path) -> int:
+    """Bytes free for new files in the file system holding `root`."""
+    return shutil.disk_usage(root).free
 
 
 @dataclass(frozen=True)
@@ -87,8 +102,9 @@ class Estimate:
         }
 
 
+# --- what one clone or one build is counted at -------------------------------------------
 def per_clone(version: ModuleVersion, *, full_copy: bool) -> tuple[int, int]:
-    """(memory, disk) bytes one clone of `version` is counted at."""
+    """(memory, disk budget) bytes one clone of `version` is counted at."""
     overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
     allowance = setting("RUDDERVIRT_CLONE_DISK_ALLOWANCE")
     memory = disk = 0
@@ -102,40 +118,94 @@ def per_clone(version: ModuleVersion, *, full_copy: bool) -> tuple[int, int]:
     return memory, disk
 
 
+def per_build(manifest: Manifest) -> tuple[int, int]:
+    """(memory, disk) bytes a build of `manifest` is counted at: its VMs at their build-time
+    memory (buildOverrides applied) plus the per-VM overhead, its disks at their full size."""
+    built = manifest.for_build()
+    overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
+    memory = sum(vm.resources.memory + overhead for vm in built.vms)
+    disk = sum(d.size for vm in built.vms for d in vm.disks)
+    return memory, disk
+
+
+# --- what is promised already ------------------------------------------------------------
+def _active_builds() -> list[tuple[Build, Manifest]]:
+    builds = Build.objects.filter(status__in=ACTIVE).only("manifest_text")
+    found = []
+    for build in builds:
+        try:  # accepted when submitted: not held to today's caps again
+            found.append((build, parse(build.manifest_text, limits=NO_LIMITS)))
+        except ManifestInvalid:
+            continue
+    return found
+
+
 def committed_memory() -> int:
-    """Memory of clones that are being made or started: not in MemAvailable yet."""
+    """Memory of clones being made or started, and of every queued or running build's VMs:
+    not (or not all) in MemAvailable yet."""
     from clones.models import Clone, CloneStatus
 
     waiting = Clone.objects.filter(
         status__in=[CloneStatus.PENDING, CloneStatus.PROVISIONING, CloneStatus.STARTING]
-    ).select_related("version")
+    ).prefetch_related("version__vms")
     overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
     total = 0
     for clone in waiting:
         total += sum(int(vm.spec["memory"]) + overhead for vm in clone.version.vms.all())
+    return total + sum(per_build(m)[0] for _, m in _active_builds())
+
+
+def committed_disk() -> int:
+    """Disk that existing clones and queued or running builds may still write: each one's
+    budget minus what its folder allocates now (never below 0)."""
+    from builds.services import build_workdir
+    from clones.models import Clone, CloneStatus
+
+    total = 0
+    clones = Clone.objects.exclude(status__in=[CloneStatus.FAILED, CloneStatus.DELETING])
+    for clone in clones.select_related("version").prefetch_related("version__vms"):
+        budget = per_clone(clone.version, full_copy=clone.full_copy)[1]
+        folder = Path(clone.storage_path) if clone.storage_path else None
+        used = disk_usage(folder) if folder is not None and folder.exists() else 0
+        total += max(0, budget - used)
+    for build, manifest in _active_builds():
+        folder = build_workdir(build.pk)
+        used = disk_usage(folder) if folder.exists() else 0
+        total += max(0, per_build(manifest)[1] - used)
     return total
 
 
+def free_now() -> tuple[int, int, Path]:
+    """(memory, disk) bytes free for new work after the reserves and every promise, and the
+    storage root the disk figure is about."""
+    memory = mem_available() - setting("RUDDERVIRT_HOST_MEMORY_RESERVE")
+    memory -= committed_memory()
+    root = Path(settings.RUDDERVIRT_STORAGE_ROOT)
+    root.mkdir(parents=True, exist_ok=True)
+    disk = disk_free(root) - setting("RUDDERVIRT_HOST_DISK_RESERVE")
+    disk -= committed_disk()
+    return max(memory, 0), max(disk, 0), root
+
+
+# --- the checks --------------------------------------------------------------------------
 def estimate(version: ModuleVersion, clones: int, *, full_copy: bool = False) -> Estimate:
     """The memory and disk `clones` new clones of `version` need, against the host."""
     memory_one, disk_one = per_clone(version, full_copy=full_copy)
-    memory_free = mem_available() - setting("RUDDERVIRT_HOST_MEMORY_RESERVE") - committed_memory()
-    root = Path(settings.RUDDERVIRT_STORAGE_ROOT)
-    root.mkdir(parents=True, exist_ok=True)
-    disk_free = shutil.disk_usage(root).free - setting("RUDDERVIRT_HOST_DISK_RESERVE")
-    memory_free, disk_free = max(memory_free, 0), max(disk_free, 0)
+    memory_free, disk_free, root = free_now()
     problems = []
     if memory_one * clones > memory_free:
         problems.append(
             f"not enough memory: {clones} clone(s) of {version} need "
             f"{human(memory_one * clones)} ({human(memory_one)} each), but the host has "
-            f"{human(memory_free)} available after its reserve and the clones being made"
+            f"{human(memory_free)} available after its reserve, the clones being made and "
+            "the builds queued or running"
         )
     if disk_one * clones > disk_free:
         kind = "full copies" if full_copy else "linked clones"
         problems.append(
             f"not enough disk: {clones} {kind} of {version} need {human(disk_one * clones)} "
-            f"({human(disk_one)} each), but {root} has {human(disk_free)} free after its reserve"
+            f"({human(disk_one)} each), but {root} has {human(disk_free)} free after its "
+            "reserve and what existing clones and builds may still write"
         )
     return Estimate(
         clones=clones,
@@ -147,3 +217,25 @@ def estimate(version: ModuleVersion, clones: int, *, full_copy: bool = False) ->
         disk_available=disk_free,
         problems=tuple(problems),
     )
+
+
+def build_problems(manifest: Manifest) -> list[str]:
+    """Why a build of `manifest` does not fit on the host now (empty when it does): every
+    VM of a build runs at once, so the whole build must fit."""
+    memory, disk = per_build(manifest)
+    memory_free, disk_free, root = free_now()
+    problems = []
+    if memory > memory_free:
+        problems.append(
+            f"not enough memory for this build: its {len(manifest.vms)} VM(s) need "
+            f"{human(memory)} while building, but the host has {human(memory_free)} "
+            "available after its reserve, the clones being made and the other builds "
+            f"({human(memory - memory_free)} short)"
+        )
+    if disk > disk_free:
+        problems.append(
+            f"not enough disk for this build: its disks can grow to {human(disk)}, but "
+            f"{root} has {human(disk_free)} free after its reserve and what clones and "
+            f"other builds may still write ({human(disk - disk_free)} short)"
+        )
+    return problems

@@ -6,22 +6,25 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
 from clones.models import Clone
-from clones.services import can_teach
+from clones.services import can_teach, is_enrolled_student
 
 
 def resolve(user, clone_id: int, vm_name: str) -> str:
     """The libvirt domain name of VM `vm_name` of clone `clone_id` when `user` may open its
-    console: the clone's student (not for VMs marked invisible), the instructors of its
-    class, administrators. PermissionDenied (403) otherwise; Http404 when the clone or VM
-    does not exist. Whether the user may see the clone is decided before the VM is looked
-    up, so a 404 never tells a stranger which VMs a clone has."""
+    console: the clone's student while in its class (not for VMs marked invisible), the
+    instructors of its class, administrators. PermissionDenied (403) otherwise; Http404
+    when the clone or VM does not exist. Whether the user may see the clone is decided
+    before the VM is looked up, so a 404 never tells a stranger which VMs a clone has.
+    The console consumer asks again while a console is open (consoles.services.recheck)."""
     if not getattr(user, "is_authenticated", False):
         raise PermissionDenied("log in to open a console")
     clone = Clone.objects.select_related("klass").filter(pk=clone_id).first()
     if clone is None:
         raise Http404("no such clone")
     teacher = can_teach(user, clone.klass)
-    if not teacher and clone.student_id != user.pk:
+    if not teacher and not is_enrolled_student(user, clone):
+        if clone.student_id == user.pk:
+            raise PermissionDenied("you are no longer a student of this lab's class")
         raise PermissionDenied("this lab belongs to another student")
     vm = clone.vms.filter(name=vm_name).first()
     if vm is None:

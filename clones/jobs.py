@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django_rq import job
 
-QUEUE = "clones"
+QUEUE = "clones"  # served by clone workers only (scripts/run.sh): builds never delay a clone
 
 
 @job(QUEUE, timeout=1800)

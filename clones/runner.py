@@ -26,7 +26,7 @@ from ruddervirt.engine import clone as engine
 from ruddervirt.engine.clone import CloneError, CloneRequest, TemplateVM
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.hypervisor.driver import DomainState
-from ruddervirt.manifest import parse
+from ruddervirt.manifest import NO_LIMITS, parse
 
 log = logging.getLogger(__name__)
 S = CloneStatus
@@ -65,7 +65,7 @@ def clone_request(clone: Clone) -> CloneRequest:
     ports = {vm.name: vm.mgmt_port for vm in clone.vms.all() if vm.mgmt_port}
     return CloneRequest(
         key=clone.key,
-        manifest=parse(version.manifest_text),
+        manifest=parse(version.manifest_text, limits=NO_LIMITS),  # accepted when built
         vms=tuple(vms),
         workdir=clone_workdir(clone),
         full_copy=clone.full_copy,

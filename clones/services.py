@@ -18,11 +18,11 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.roles import is_admin
+from builds import refs
 from builds.models import ModuleVersion
 from clones import capacity
-from clones.models import AT_REST, Class, Clone, CloneStatus, CloneVM
+from clones.models import AT_REST, Class, ClassMembership, Clone, CloneStatus, CloneVM
 from clones.transitions import InvalidTransition, transition
-from modules.models import Module
 from modules.services import can_manage
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,21 @@ def can_teach(user, klass: Class) -> bool:
     return klass.instructors.filter(pk=user.pk).exists()
 
 
+def is_enrolled_student(user, clone: Clone) -> bool:
+    """`user` is the clone's student, with an active account, and still in its class: a
+    student removed from the class keeps no access to the clone (nor its consoles)."""
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return False
+    if clone.student_id != user.pk:
+        return False
+    return ClassMembership.objects.filter(klass_id=clone.klass_id, student_id=user.pk).exists()
+
+
 def can_use(user, clone: Clone) -> bool:
-    """The clone's student, and whoever teaches its class."""
+    """The clone's student (while in its class), and whoever teaches its class."""
     if not getattr(user, "is_authenticated", False):
         return False
-    return clone.student_id == user.pk or can_teach(user, clone.klass)
+    return is_enrolled_student(user, clone) or can_teach(user, clone.klass)
 
 
 def classes_visible_to(user) -> QuerySet[Class]:
@@ -75,9 +85,9 @@ def classes_visible_to(user) -> QuerySet[Class]:
 
 
 def clones_of(user) -> QuerySet[Clone]:
-    """A student's own clones (My labs)."""
+    """A student's own clones (My labs), in the classes they are still in."""
     return (
-        Clone.objects.filter(student=user)
+        Clone.objects.filter(student=user, klass__memberships__student=user)
         .select_related("version__module", "klass")
         .prefetch_related("vms")
         .order_by("-created_at")
@@ -100,24 +110,16 @@ def create_class(*, name: str, owner, adhoc: bool = False) -> Class:
     return Class.objects.create(name=name[:100], owner=owner, adhoc=adhoc)
 
 
-def resolve_version(ref: str) -> ModuleVersion:
-    """`name` (its newest version) or `name@N`."""
+def resolve_version(ref: str, *, user) -> ModuleVersion:
+    """`name` (its newest version) or `name@N`, of a module `user` may manage. For any
+    other module, existing or not, the same refusal (builds.refs.UNUSABLE)."""
     name, _, number = ref.partition("@")
-    module = Module.objects.filter(name=name).first()
-    if module is None:
-        raise CloneNotAllowed(f"no module {name!r}")
-    versions = ModuleVersion.objects.filter(module=module)
-    if number:
-        if not number.isdigit():
-            raise CloneNotAllowed(f"{ref!r}: the version is a number, as in {name}@2")
-        version = versions.filter(number=int(number)).first()
-        if version is None:
-            raise CloneNotAllowed(f"module {name} has no version {number}")
-        return version
-    version = versions.order_by("-number").first()
-    if version is None:
-        raise CloneNotAllowed(f"module {name} has no version yet: build it first")
-    return version
+    if number and not number.isdigit():
+        raise CloneNotAllowed(f"{ref!r}: the version is a number, as in {name}@2")
+    try:
+        return refs.find_version(user, name, int(number) if number else None)
+    except refs.RefRefused as exc:
+        raise CloneNotAllowed(str(exc)) from None
 
 
 def version_in_use(version: ModuleVersion) -> bool:
@@ -226,7 +228,7 @@ def request_action(
         raise CloneNotAllowed(f"unknown action {action!r}")
     teacher = can_teach(user, clone.klass)
     if not teacher:
-        if clone.student_id != getattr(user, "pk", None) or action not in STUDENT_ACTIONS:
+        if not is_enrolled_student(user, clone) or action not in STUDENT_ACTIONS:
             raise CloneNotAllowed(f"you cannot {action} this clone")
         if action in ("start", "restart") and clone.is_expired:
             raise CloneNotAllowed("this lab has expired; ask your instructor")

@@ -6,6 +6,10 @@ is; for anyone else an account is made in the Students group, reachable in one o
 * ``link``: no password yet; an invitation link (valid INVITATION_DAYS) lets the student
   choose one and logs them in. The link's token is shown once and stored only as a digest.
 * ``password``: a random one-time password, shown once; the first login asks for a new one.
+
+Only student accounts can be added: an existing administrator, staff or instructor account
+is refused and left exactly as it is (no group, no password, no invitation), so that an
+instructor cannot take over a more powerful account through a class.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.roles import STUDENTS, add_to_role, is_instructor, is_student
+from accounts.roles import STUDENTS, add_to_role, is_privileged, is_student
 from clones.models import AccountSetup, Class, ClassMembership
 
 INVITATION_DAYS = 14
@@ -109,6 +113,19 @@ def _create(entry: str, *, mode: str, by) -> AddedStudent:
     return AddedStudent(user=user, created=True, password=password, invitation=link)
 
 
+def _use_existing(entry: str, user) -> AddedStudent | str:
+    """The existing account `user` (found for `entry`) as a student, or why it cannot be:
+    a privileged account is refused before anything about it is changed."""
+    if is_privileged(user):
+        return (
+            f"{entry!r} is an administrator, staff or instructor account: only student "
+            "accounts can be added to a class"
+        )
+    if not is_student(user):
+        add_to_role(user, STUDENTS)
+    return AddedStudent(user=user, created=False)
+
+
 def add_students(klass: Class, text: str, *, by, mode: str = "link") -> AddResult:
     """Add every entry of `text` to `klass`, making accounts as needed (see the module
     docstring). Entries that cannot be used are reported in `problems`; the others are
@@ -130,9 +147,10 @@ def add_students(klass: Class, text: str, *, by, mode: str = "link") -> AddResul
                     continue
                 added = _create(entry, mode=mode, by=by)
             else:
-                if not is_student(user) and not is_instructor(user):
-                    add_to_role(user, STUDENTS)
-                added = AddedStudent(user=user, created=False)
+                added = _use_existing(entry, user)
+                if isinstance(added, str):
+                    result.problems.append(added)
+                    continue
             _, made = ClassMembership.objects.get_or_create(klass=klass, student=added.user)
             if not made:
                 added = AddedStudent(user=added.user, created=False, already_member=True)
@@ -150,6 +168,8 @@ def find_invitation(token: str) -> AccountSetup | None:
         .first()
     )
     if setup is None or (setup.expires_at and setup.expires_at <= timezone.now()):
+        return None
+    if is_privileged(setup.user):  # promoted since: its maker must not choose its password
         return None
     return setup
 

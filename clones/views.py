@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import SetPasswordForm
+from django.contrib.auth.forms import PasswordChangeForm, SetPasswordForm
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -229,16 +229,22 @@ def join(request: HttpRequest, token: str) -> HttpResponse:
         login(request, setup.user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(request, "Welcome! Your password is set.")
         return redirect("labs")
-    return render(request, "clones/set_password.html", {"form": form, "invited": setup.user})
+    context = {"form": form, "invited": setup.user, "must_set": True}
+    return render(request, "clones/set_password.html", context)
 
 
 @login_required
 def set_password(request: HttpRequest) -> HttpResponse:
-    """After logging in with a one-time password: choose your own."""
-    form = SetPasswordForm(request.user, request.POST or None)
+    """Change your password. It takes the old one (PasswordChangeForm), except right after
+    logging in with a one-time password, when choosing one is the point (SetPasswordForm).
+    The session stays valid; other sessions of the account end (the password hash changed)."""
+    must_set = students.must_set_password(request.user)
+    form_class = SetPasswordForm if must_set else PasswordChangeForm
+    form = form_class(request.user, request.POST or None)
     if request.method == "POST" and form.is_valid():
         students.set_own_password(request.user, form.cleaned_data["new_password1"])
-        login(request, request.user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, "Your password is set.")
+        update_session_auth_hash(request, request.user)
+        messages.success(request, "Your password is set." if must_set else "Password changed.")
         return redirect("labs")
-    return render(request, "clones/set_password.html", {"form": form, "invited": None})
+    context = {"form": form, "invited": None, "must_set": must_set}
+    return render(request, "clones/set_password.html", context)

@@ -2,7 +2,9 @@
 
 Contract: a token is random (`secrets.token_urlsafe`), bound to one user and one target,
 redeemable once, and only within TOKEN_TTL_S of being issued. The user's permission is
-checked when the token is issued and again when it is redeemed.
+checked when the token is issued, again when it is redeemed, and then every
+RUDDERVIRT_CONSOLE_RECHECK_S while the console is open (`recheck`, called by the consumer,
+which also closes a console after RUDDERVIRT_CONSOLE_MAX_SESSION_S).
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from importlib import import_module
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 
 from consoles import registry
 from consoles.models import ConsoleToken
@@ -148,3 +154,64 @@ def locate(target: Target) -> ConsoleAddress:
     """Where the target's VNC server listens (blocking; the hypervisor's InvalidState when
     the VM is not running)."""
     return registry.locate(target.kind, target.domain)
+
+
+# --- while a console is open --------------------------------------------------------------
+def session_user(session_key: str | None) -> Any | None:
+    """The active user session `session_key` is logged in as now; None when the session
+    ended (logout, expiry), the account was deactivated or its password changed.
+
+    django.contrib.auth.get_user's checks, read-only: this runs beside the browser's own
+    requests, so it must never flush or cycle the session."""
+    if not session_key:
+        return None
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user_id, backend, stored_hash = (
+        store.get(SESSION_KEY),
+        store.get(BACKEND_SESSION_KEY),
+        store.get(HASH_SESSION_KEY),
+    )
+    if user_id is None or backend not in settings.AUTHENTICATION_BACKENDS or not stored_hash:
+        return None
+    user = load_backend(backend).get_user(user_id)  # None for a deactivated account
+    if user is None:
+        return None
+    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    if not any(constant_time_compare(stored_hash, h) for h in hashes):
+        return None
+    return user
+
+
+def recheck(session_key: str | None, user_id: int, target: Target) -> str | None:
+    """Why the console of `target`, opened by user `user_id` in session `session_key`, must
+    close now; None while it may stay open. A few small queries (blocking: the consumer
+    calls it through database_sync_to_async)."""
+    user = session_user(session_key)
+    if user is None or user.pk != user_id:
+        return "you were logged out, your password changed or your account was deactivated"
+    try:
+        now = check_access(user, target.kind, target.object_id, target.vm)
+    except (PermissionDenied, Http404) as exc:
+        return f"you no longer have access to this console: {exc}"
+    if now.domain != target.domain:
+        return "this VM was replaced: open its console again"
+    return None
+
+
+def max_session_s() -> float:
+    """How long one console may stay open (RUDDERVIRT_CONSOLE_MAX_SESSION_S)."""
+    return float(settings.RUDDERVIRT_CONSOLE_MAX_SESSION_S)
+
+
+def recheck_every_s() -> float:
+    """How often an open console's access is checked again (RUDDERVIRT_CONSOLE_RECHECK_S)."""
+    return float(settings.RUDDERVIRT_CONSOLE_RECHECK_S)
+
+
+def duration(seconds: float) -> str:
+    """8 h, 90 min, 45 s: how the console says a time limit."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds // 3600:.0f} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds // 60:.0f} min"
+    return f"{seconds:g} s"

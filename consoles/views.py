@@ -17,11 +17,12 @@ from consoles import services
 @xframe_options_sameorigin  # the build page embeds it beside a handbuild step's instructions
 def page(request: HttpRequest, kind: str, object_id: int, vm: str) -> HttpResponse:
     target = services.check_access(request.user, kind, object_id, vm)
-    return render(
-        request,
-        "consoles/console.html",
-        {"target": target, "embed": request.GET.get("embed") == "1"},
-    )
+    context = {
+        "target": target,
+        "embed": request.GET.get("embed") == "1",
+        "max_session": services.duration(services.max_session_s()),
+    }
+    return render(request, "consoles/console.html", context)
 
 
 @require_POST

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
+from modules.limits import manifest_limits
 from modules.models import ManifestRevision, Module, sha256_text
+from ruddervirt.fetch_settings import portal_fetch_policy
 from ruddervirt.manifest import Problem, ValidationResult, validate
 
 
@@ -31,13 +33,25 @@ class SaveOutcome:
     warnings: list[Problem]
 
 
+def validate_for(text: str, *, user) -> ValidationResult:
+    """validate(text) held to this host's caps (modules.limits) and fetch policy (every
+    URL, ruddervirt.fetch_settings), plus what only the portal
+    knows: whether each buildRef names a module version `user` may use (builds.refs;
+    imported here because builds build on modules, not the reverse)."""
+    from builds.refs import with_ref_problems
+
+    result = validate(text, limits=manifest_limits(), fetch_policy=portal_fetch_policy())
+    return with_ref_problems(text, result, user)
+
+
 def save_manifest(*, module: Module, text: str, user) -> SaveOutcome:
     """Validate `text` and record it as the module's newest revision.
 
     Saving the same text as the newest revision again records nothing new, so the
-    history lists real changes only. Raises ManifestRejected when the text is invalid.
+    history lists real changes only. Raises ManifestRejected when the text is invalid,
+    a buildRef naming a module version `user` may not use included (validate_for).
     """
-    result = validate(text)
+    result = validate_for(text, user=user)
     if not result.valid:
         raise ManifestRejected(result)
     digest = sha256_text(text)
@@ -55,7 +69,7 @@ def save_manifest(*, module: Module, text: str, user) -> SaveOutcome:
 
 def create_module(*, name: str, description: str, text: str, user) -> SaveOutcome:
     """Create a module with its first manifest revision, atomically."""
-    result = validate(text)
+    result = validate_for(text, user=user)
     if not result.valid:
         raise ManifestRejected(result)
     try:

@@ -18,8 +18,9 @@ from modules.services import (
     create_module,
     modules_visible_to,
     save_manifest,
+    validate_for,
 )
-from ruddervirt.manifest import ValidationResult, validate
+from ruddervirt.manifest import ValidationResult
 
 
 def result_json(result: ValidationResult) -> dict:
@@ -138,4 +139,4 @@ def validate_view(request: HttpRequest) -> JsonResponse:
             "message": "A manifest may be at most 1 MiB.",
         }
         return JsonResponse({"valid": False, "errors": [problem], "warnings": []}, status=413)
-    return JsonResponse(result_json(validate(text)))
+    return JsonResponse(result_json(validate_for(text, user=request.user)))

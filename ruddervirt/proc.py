@@ -3,7 +3,9 @@
 Contract: every external command in RudderVirt goes through :func:`run`. It takes a list of
 arguments (never a shell string), always has a timeout, captures stdout/stderr as bytes and
 turns every failure into a subclass of :class:`ExternalCommandError` whose message names the
-command and shows the last lines of its stderr.
+command and shows the last lines of its stderr. Every program it runs must be declared in
+scripts/packages.txt: with ``RUDDERVIRT_CHECK_PROGRAMS=1`` (the tests) an undeclared one raises
+:class:`ruddervirt.programs.UndeclaredProgram` before it starts.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from ruddervirt import programs
 
 STDERR_TAIL_LINES = 10
 
@@ -99,6 +103,7 @@ def run(
     cmd = [os.fspath(arg) for arg in args]
     if not cmd:
         raise ValueError("no command given")
+    programs.check(cmd)
     try:
         return subprocess.run(
             cmd,

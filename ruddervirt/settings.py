@@ -11,6 +11,9 @@ from pathlib import Path
 
 import dj_database_url
 
+from ruddervirt import hostfiles, redisconf
+from ruddervirt.fetchpolicy import parse_folders, parse_networks
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -25,21 +28,25 @@ def env_path(name: str, default: Path) -> Path:
     return Path(os.environ.get(name, str(default))).resolve()
 
 
+def env_bytes(name: str, default: str) -> int:
+    """A size: bytes, or a number with Ki, Mi, Gi or Ti (`64Gi`)."""
+    value = os.environ.get(name, default).strip()
+    powers = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4}
+    if value[-2:] in powers:
+        return int(value[:-2]) * 1024 ** powers[value[-2:]]
+    return int(value)
+
+
 VAR_DIR = env_path("RUDDERVIRT_VAR_DIR", BASE_DIR / "var")
+# Secrets, the database and Redis' socket live here: nobody else may list it (0711).
+hostfiles.private_dir(VAR_DIR)
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
-    # A per-checkout key kept out of git, so a fresh clone works without configuration
-    # and sessions survive restarts.
-    _key_file = VAR_DIR / "secret_key"
-    if not _key_file.exists():
-        import secrets
-
-        _key_file.parent.mkdir(parents=True, exist_ok=True)
-        _key_file.write_text(secrets.token_urlsafe(50))
-        _key_file.chmod(0o600)
-    SECRET_KEY = _key_file.read_text().strip()
+    # A per-checkout key kept out of git (0600 from its creation), so a fresh clone works
+    # without configuration and sessions survive restarts.
+    SECRET_KEY = hostfiles.django_secret_key(VAR_DIR / "secret_key")
 
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
 CSRF_TRUSTED_ORIGINS = [
@@ -101,6 +108,11 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite would create the file with the umask (world-readable: sessions, password
+    # hashes); an empty file made 0600 first is a valid database, and SQLite gives its -wal
+    # and -shm files the database's mode.
+    if str(DATABASES["default"]["NAME"]) not in {"", ":memory:"}:
+        hostfiles.touch_private(Path(DATABASES["default"]["NAME"]))
     # A file, not memory, so a worker process in an end-to-end test sees the test data.
     # One per test run, so that two test runs on one machine never share (and delete) it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
@@ -141,10 +153,13 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# RudderVirt's own Redis (scripts/redis.sh): a socket only root may open, and a password.
+# REDIS_URL carries no password; it comes from REDIS_PASSWORD or var/redis-password.
+REDIS_URL = os.environ.get("REDIS_URL", redisconf.default_url(VAR_DIR))
+REDIS_PASSWORD = redisconf.password(VAR_DIR, os.environ)
 
 RQ_QUEUES = {
-    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": timeout}
+    name: {"URL": redisconf.with_password(REDIS_URL, REDIS_PASSWORD), "DEFAULT_TIMEOUT": timeout}
     for name, timeout in (("builds", 6 * 3600), ("clones", 1800), ("default", 600))
 }
 # Tests and `--wait` commands run jobs in-process when asked; see builds.jobs.
@@ -185,6 +200,46 @@ RUDDERVIRT_FAILED_BUILD_KEEP_S = int(os.environ.get("RUDDERVIRT_FAILED_BUILD_KEE
 # (0: the hypervisor's default). Installers under TCG on a busy host drop keys sent faster.
 RUDDERVIRT_BOOT_KEY_INTERVAL_MS = int(os.environ.get("RUDDERVIRT_BOOT_KEY_INTERVAL_MS", "100"))
 RUDDERVIRT_BOOT_KEY_HOLD_MS = int(os.environ.get("RUDDERVIRT_BOOT_KEY_HOLD_MS", "0"))
+
+# --- Consoles (docs/security.md, "Who can see and do what") --------------------------
+# An open console is closed after this long (seconds), and its user's access is checked
+# again every RECHECK_S (removed from the class, clone gone, logged out, deactivated).
+RUDDERVIRT_CONSOLE_MAX_SESSION_S = int(os.environ.get("RUDDERVIRT_CONSOLE_MAX_SESSION_S", "28800"))
+RUDDERVIRT_CONSOLE_RECHECK_S = float(os.environ.get("RUDDERVIRT_CONSOLE_RECHECK_S", "30"))
+
+# --- Downloads (docs/security.md, "Downloads and images") ----------------------------
+# Folders `file://` sources may come from, colon-separated (default: none, file:// refused).
+RUDDERVIRT_FILE_SOURCE_DIRS = parse_folders(os.environ.get("RUDDERVIRT_FILE_SOURCE_DIRS", ""))
+# Networks (CIDRs, comma-separated) downloads may reach although loopback, private,
+# link-local, CGNAT, ... (default: none; the test suite sets 127.0.0.0/8).
+RUDDERVIRT_FETCH_ALLOW_NETS = parse_networks(os.environ.get("RUDDERVIRT_FETCH_ALLOW_NETS", ""))
+# The most one download (source disk, ISO, file) may be: bytes, or with Ki/Mi/Gi/Ti.
+RUDDERVIRT_MAX_DOWNLOAD_BYTES = env_bytes("RUDDERVIRT_MAX_DOWNLOAD_BYTES", "20Gi")
+
+# --- Limits (docs/security.md) ------------------------------------------------------
+# What one manifest may ask for; the defaults are ruddervirt.manifest.limits.Limits'.
+RUDDERVIRT_MAX_VMS = int(os.environ.get("RUDDERVIRT_MAX_VMS", "20"))
+RUDDERVIRT_MAX_VM_CPUS = int(os.environ.get("RUDDERVIRT_MAX_VM_CPUS", "16"))
+RUDDERVIRT_MAX_VM_MEMORY = env_bytes("RUDDERVIRT_MAX_VM_MEMORY", "64Gi")
+RUDDERVIRT_MAX_DISK_SIZE = env_bytes("RUDDERVIRT_MAX_DISK_SIZE", "500Gi")
+RUDDERVIRT_MAX_DISKS_PER_VM = int(os.environ.get("RUDDERVIRT_MAX_DISKS_PER_VM", "8"))
+RUDDERVIRT_MAX_ISOS_PER_VM = int(os.environ.get("RUDDERVIRT_MAX_ISOS_PER_VM", "4"))
+RUDDERVIRT_MAX_PROVISIONERS_PER_VM = int(
+    os.environ.get("RUDDERVIRT_MAX_PROVISIONERS_PER_VM", "100")
+)
+RUDDERVIRT_MAX_FILES = int(os.environ.get("RUDDERVIRT_MAX_FILES", "100"))
+RUDDERVIRT_MAX_NETWORKS = int(os.environ.get("RUDDERVIRT_MAX_NETWORKS", "16"))
+RUDDERVIRT_MAX_BOOT_COMMAND_CHARS = int(
+    os.environ.get("RUDDERVIRT_MAX_BOOT_COMMAND_CHARS", "20000")
+)
+RUDDERVIRT_MAX_BUILD_TIMEOUT_S = int(os.environ.get("RUDDERVIRT_MAX_BUILD_TIMEOUT_S", "86400"))
+RUDDERVIRT_MAX_ISO_CACHE_TTL_S = int(os.environ.get("RUDDERVIRT_MAX_ISO_CACHE_TTL_S", "2592000"))
+# Builds: how many one person may have queued or running at once; the build log's size.
+RUDDERVIRT_MAX_CONCURRENT_BUILDS = int(os.environ.get("RUDDERVIRT_MAX_CONCURRENT_BUILDS", "2"))
+RUDDERVIRT_BUILD_LOG_MAX_LINES = int(os.environ.get("RUDDERVIRT_BUILD_LOG_MAX_LINES", "100000"))
+RUDDERVIRT_BUILD_LOG_MAX_LINE_CHARS = int(
+    os.environ.get("RUDDERVIRT_BUILD_LOG_MAX_LINE_CHARS", "8000")
+)
 
 LOGGING = {
     "version": 1,

@@ -5,7 +5,13 @@ cd "$(dirname "$0")/.."
 export DJANGO_SETTINGS_MODULE=ruddervirt.settings
 HOST=${RUDDERVIRT_HOST:-127.0.0.1}
 PORT=${RUDDERVIRT_PORT:-8000}
-WORKERS=${RUDDERVIRT_WORKERS:-3}
+# Builds and clones have workers of their own, so long builds never hold up a clone's
+# start or stop: build workers serve the `builds` queue only, clone workers `clones`.
+BUILD_WORKERS=${RUDDERVIRT_BUILD_WORKERS:-2}
+CLONE_WORKERS=${RUDDERVIRT_CLONE_WORKERS:-1}
+for n in "$BUILD_WORKERS" "$CLONE_WORKERS"; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "RUDDERVIRT_BUILD_WORKERS and RUDDERVIRT_CLONE_WORKERS must be at least 1" >&2; exit 2; }
+done
 pids=()
 stop() {
   trap - INT TERM EXIT
@@ -22,8 +28,12 @@ stop() {
 trap stop INT TERM EXIT
 
 .venv/bin/python manage.py reconcile --quiet 2>/dev/null || true
-for i in $(seq 1 "$WORKERS"); do
-  .venv/bin/python manage.py rqworker builds clones default --name "rudder-$$-$i" &
+for i in $(seq 1 "$BUILD_WORKERS"); do
+  .venv/bin/python manage.py rqworker builds --name "rudder-$$-build-$i" &
+  pids+=($!)
+done
+for i in $(seq 1 "$CLONE_WORKERS"); do
+  .venv/bin/python manage.py rqworker clones default --name "rudder-$$-clone-$i" &
   pids+=($!)
 done
 # Every minute: clone records follow libvirt, expired or idle clones shut down, leftovers go.

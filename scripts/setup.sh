@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian 12 machine (root, no systemd) and for every later run.
-# Usage: scripts/setup.sh [--for-tests]
+# Usage: scripts/setup.sh [--for-tests | --list-packages]
 # Second runs take seconds: each step checks first and does nothing when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,34 +10,42 @@ FOR_TESTS=0
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
-mkdir -p var
 
-# --- System packages ----------------------------------------------------------------
-PACKAGES=(
-  libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config gcc
-  redis-server genisoimage ovmf dnsmasq-base tini
-  nodejs npm
-  # the tiny test guest and installer images are built from these
-  linux-image-amd64 linux-image-cloud-amd64 busybox-static dropbear-bin openssh-sftp-server extlinux syslinux-common
-  dosfstools mtools e2fsprogs cpio isolinux xorriso
-  # real-browser tests
-  chromium chromium-driver
-)
+# --- System packages: exactly those of scripts/packages.txt ------------------------------------
+# One line there per package: PACKAGE[|ALTERNATIVE] PROGRAM... (optional: and @venv lines are
+# not installed here). --list-packages prints what this installs, one entry a line.
+declared_packages() {
+  local name rest
+  while read -r name rest; do
+    case "$name" in '' | '#'* | @venv | optional:*) continue ;; esac
+    printf '%s\n' "$name"
+  done <scripts/packages.txt
+}
+if [ "${1:-}" = "--list-packages" ]; then declared_packages; exit 0; fi
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-# nodejs/npm may come from elsewhere on some images: a working npm is enough.
-if command -v npm >/dev/null 2>&1; then
-  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
-fi
-missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+while read -r entry; do # "a|b": either is enough; the first is installed when neither is
+  IFS='|' read -r -a alternatives <<<"$entry"
+  found=0
+  for p in "${alternatives[@]}"; do if installed "$p"; then found=1; break; fi; done
+  [ "$found" = 1 ] || missing+=("${alternatives[0]}")
+done < <(declared_packages)
 if [ ${#missing[@]} -gt 0 ]; then
   say "Installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   timeout 600 apt-get update -qq
   timeout 1800 apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# --- var/: secrets, the database, Redis' socket (docs/security.md) ----------------------------
+# 0711: QEMU (libvirt-qemu) must traverse it to var/storage and var/cache, but nobody else may
+# list it; every secret in it is created 0600 (umask 077) and older ones are tightened here.
+mkdir -p var
+chmod 0711 var
+for f in var/secret_key var/admin-credentials.txt var/redis-password var/ruddervirt.sqlite3 \
+  var/ruddervirt.sqlite3-wal var/ruddervirt.sqlite3-shm; do
+  if [ -e "$f" ]; then chmod go= "$f"; fi
+done
 
 # --- Daemons (no systemd here: start them ourselves when not running) ----------------
 if ! pgrep -x virtlogd >/dev/null; then say "Starting virtlogd"; virtlogd -d; fi
@@ -55,12 +63,9 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 timeout 5 virsh -c qemu:///system version >/dev/null || { echo "libvirtd does not answer" >&2; exit 1; }
-if ! timeout 3 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
-  say "Starting Redis on 127.0.0.1:6379"
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no \
-    --logfile "$ROOT/var/redis.log"
-  for _ in $(seq 1 50); do timeout 3 redis-cli ping >/dev/null 2>&1 && break; sleep 0.1; done
-fi
+# RudderVirt's own Redis on var/redis.sock (root only) with the password in var/redis-password;
+# a Redis already on 127.0.0.1:6379 (Debian's own, say) is left alone.
+scripts/redis.sh "$ROOT/var"
 
 # --- Python virtualenv ------------------------------------------------------------------
 PY=${PYTHON:-python3}
@@ -82,13 +87,20 @@ fi
 
 # --- Database, static files, first administrator -------------------------------------------
 export DJANGO_SETTINGS_MODULE=ruddervirt.settings
-.venv/bin/python manage.py migrate --noinput -v 0
+(umask 077 && .venv/bin/python manage.py migrate --noinput -v 0)
 .venv/bin/python manage.py collectstatic --noinput -v 0
-if [ "$FOR_TESTS" = 0 ]; then .venv/bin/python manage.py ensure_admin; fi
+# Prints the first administrator's password on the run that creates it, and only then.
+if [ "$FOR_TESTS" = 0 ]; then (umask 077 && .venv/bin/python manage.py ensure_admin); fi
 
 # --- The tiny guest image the end-to-end tests boot ------------------------------------------
 if [ "$FOR_TESTS" = 1 ] && [ -f tools/testimage/build.py ]; then
   say "Building (or reusing) the tiny test guest image"
   .venv/bin/python tools/testimage/build.py --out-dir var/cache/testimage >/dev/null
+fi
+# The Debian 12 test image (mmdebstrap from the Debian archive): ~2.5 min the first time, then
+# reused from ${RUDDERVIRT_IMAGE_CACHE:-/var/lib/ruddervirt/cache/images} until its recipe changes.
+if [ "$FOR_TESTS" = 1 ] && [ -f tools/debianimage/build.py ]; then
+  say "Building (or reusing) the Debian 12 test image"
+  .venv/bin/python tools/debianimage/build.py >/dev/null
 fi
 say "Setup complete"

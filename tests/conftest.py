@@ -7,7 +7,13 @@ import os
 import pytest
 
 from accounts.roles import INSTRUCTORS, STUDENTS
+from ruddervirt import programs
 from tests.helpers import client_for, make_user
+
+# Every program the tests or the code under test start (here, or in a child process: the
+# variable is inherited) must be declared in scripts/packages.txt; see programs.py.
+os.environ[programs.CHECK_ENV] = "1"
+programs.install_audit_hook()
 
 
 def pytest_configure(config):

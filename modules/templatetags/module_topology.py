@@ -12,7 +12,7 @@ from django.utils.safestring import mark_safe
 
 from modules.models import Module
 from modules.topology import render_svg
-from ruddervirt.manifest import ManifestInvalid, parse
+from ruddervirt.manifest import NO_LIMITS, ManifestInvalid, parse
 
 register = template.Library()
 
@@ -32,7 +32,7 @@ def picture_for(module: Module) -> dict:
     else:
         return {"svg": None, "source": ""}
     try:
-        manifest = parse(text)
+        manifest = parse(text, limits=NO_LIMITS)  # accepted when saved
     except ManifestInvalid:
         return {"svg": None, "source": source}
     # ElementTree escaped every name and address: the markup is safe to embed.

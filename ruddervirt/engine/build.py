@@ -159,7 +159,9 @@ def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) 
         )
         if stopper.stopped:
             raise BuildCancelled(stopper.reason)
-        files = FileStore(manifest.files, config.files_cache_dir, log=reporter.log)
+        files = FileStore(
+            manifest.files, config.files_cache_dir, policy=config.fetch_policy, log=reporter.log
+        )
         http = _start_http(manifest, topology, files, reporter)
         reporter.build_phase("Building")
         provisioned = _Countdown(len(manifest.vms), networks_no_longer_needed)
@@ -359,7 +361,7 @@ def _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper
             dest = target / f"{disk.name}.qcow2"
             started = time.monotonic()
             qimg.convert(disk.path, dest, compress=config.compress_templates)
-            size = int(qimg.info(dest)["virtual-size"])
+            size = qimg.virtual_size(dest, fmt="qcow2")
             disks.append(CapturedDisk(disk.name, dest, disk.bus, size))
             reporter.log(
                 f"captured disk {disk.name}: {dest.stat().st_size} bytes on disk "

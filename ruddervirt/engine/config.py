@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ruddervirt.fetchpolicy import FetchPolicy
+
+__all__ = ["EngineConfig", "FetchPolicy"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,8 @@ class EngineConfig:
     boot_key_interval_s: float = 0.1
     # How long a key is held down (0: the hypervisor's default).
     boot_key_hold_ms: int = 0
+    # What sources may be downloaded from, and how much (docs/security.md).
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
 
     @property
     def cache_dir(self) -> Path:

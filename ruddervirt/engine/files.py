@@ -1,12 +1,19 @@
-"""The manifest's named `files`: inline text or a URL fetched once per build."""
+"""The manifest's named `files`: inline text or a URL fetched once per build.
+
+URLs are fetched through engine.sources under the build's `FetchPolicy`: a `file://` URL
+outside the folders an administrator allowed, or an http(s) URL of a refused address, fails
+with SourceError when the file is first asked for, and nothing of it is cached.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ruddervirt.engine.config import FetchPolicy
 from ruddervirt.engine.sources import fetch
+from ruddervirt.manifest.model import File
 
 # Files up to this size are handed out as bytes; larger ones as a path that is streamed.
 INLINE_LIMIT = 4 * 1024 * 1024
@@ -14,10 +21,16 @@ INLINE_LIMIT = 4 * 1024 * 1024
 
 class FileStore:
     def __init__(
-        self, files, cache_dir: Path, log: Callable[[str], None] = lambda _m: None
+        self,
+        files: Iterable[File],
+        cache_dir: Path,
+        *,
+        policy: FetchPolicy,
+        log: Callable[[str], None] = lambda _m: None,
     ) -> None:
         self._files = {f.name: f for f in files}
         self._cache_dir = cache_dir
+        self._policy = policy
         self._log = log
         self._fetched: dict[str, Path] = {}
         self._lock = threading.Lock()
@@ -25,6 +38,7 @@ class FileStore:
     def content(
         self, name: str, *, should_stop: Callable[[], bool] = lambda: False
     ) -> bytes | Path:
+        """The file's bytes, or the path of its cached copy when larger than INLINE_LIMIT."""
         entry = self._files[name]
         if entry.inline is not None:
             return entry.inline.encode("utf-8")
@@ -34,6 +48,7 @@ class FileStore:
                     entry.url,
                     entry.checksum,
                     self._cache_dir,
+                    policy=self._policy,
                     should_stop=should_stop,
                     log=self._log,
                 )

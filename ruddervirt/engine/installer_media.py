@@ -26,27 +26,31 @@ class InstallerMedia:
     comes (what the HTTP server saw, a console screenshot)."""
 
     isos: list[Path]
+    iso_entries: list[Path]
 
     def prepare_isos(self) -> list[Path]:
-        """Every ISO, fetched or taken from the cache; a checksum mismatch raises here,
-        before anything boots."""
+        """Every ISO, fetched or taken from the cache, linked into the VM's folder (the
+        paths returned, in manifest order); a checksum mismatch or a refused URL raises
+        here, before anything boots."""
         paths = []
         for index, iso in enumerate(self.vm.isos):
-            path = isos.fetch_iso(
+            entry = isos.fetch_iso(
                 iso.url,
                 iso.checksum,
                 self.config.iso_cache_dir,
+                policy=self.config.fetch_policy,
                 ttl_s=self.manifest.iso_cache_ttl,
                 should_stop=lambda: self.stopper.stopped,
                 log=self.log,
             )
+            self.iso_entries.append(entry)
+            paths.append(isos.attach_link(entry, self.dir / f"cdrom{index + 1}.iso"))
             self.log(f"ISO {index + 1}: {iso.url} attached as CD-ROM {index + 1}")
-            paths.append(path)
         return paths
 
     def release_isos(self) -> None:
         """The end of the build is the ISOs' last use: their TTL counts from now."""
-        for path in self.isos:
+        for path in self.iso_entries:
             # OSError: evicted meanwhile by a build with a shorter TTL, nothing to keep.
             with contextlib.suppress(OSError):
                 isos.mark_used(path, self.manifest.iso_cache_ttl)

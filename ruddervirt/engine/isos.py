@@ -7,18 +7,24 @@ it should be kept after that (a hidden `.<entry>.ttl` file holding the `isoCache
 seconds, of the build that used it last). `evict_expired` removes entries past that time; it
 runs at the start of every build. A running VM keeps an evicted ISO open, so eviction never
 breaks a build in progress.
+
+The cache folder is private (0700, see engine.sources); QEMU gets each ISO through a hard
+link in the build VM's own folder (`attach_link`), never from the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ruddervirt.engine.config import FetchPolicy
 from ruddervirt.engine.sources import _locked as entry_lock
-from ruddervirt.engine.sources import cache_key, fetch
+from ruddervirt.engine.sources import cache_key, fetch, private_dir, use_cached
 from ruddervirt.manifest.defaults import ISO_CACHE_TTL_SECONDS
 
 LogFn = Callable[[str], None]
@@ -42,22 +48,39 @@ def fetch_iso(
     checksum: str | None,
     cache_dir: Path,
     *,
+    policy: FetchPolicy,
     ttl_s: float,
     should_stop: Callable[[], bool] = lambda: False,
     log: LogFn = lambda _m: None,
 ) -> Path:
     """A local copy of the ISO at `url`, verified against `checksum` (a mismatch raises
     SourceError before anything boots). Without a checksum the ISO is cached by URL: a
-    second build reuses the copy without verifying it (the validator warns about that)."""
+    second build reuses the copy without verifying it (the validator warns about that).
+    Either way `policy` decides whether `url` may be read (a cached copy included)."""
     if checksum is None:
         cached = cache_dir / cache_key(url, None)
-        if cached.is_file():
-            log(f"using cached copy of {url} (no checksum: cached by URL, not verified)")
-            mark_used(cached, ttl_s)
-            return cached
-    path = fetch(url, checksum, cache_dir, should_stop=should_stop, log=log)
+        with entry_lock(private_dir(cache_dir) / f".{cached.name}.lock"):
+            if cached.is_file():
+                use_cached(url, cached, policy, None)
+                log(f"using cached copy of {url} (no checksum: cached by URL, not verified)")
+                mark_used(cached, ttl_s)
+                return cached
+    path = fetch(url, checksum, cache_dir, policy=policy, should_stop=should_stop, log=log)
     mark_used(path, ttl_s)
     return path
+
+
+def attach_link(entry: Path, dest: Path) -> Path:
+    """`dest`, a name for the cached ISO `entry` in a build VM's folder: a hard link (a
+    copy when the two are on different file systems). QEMU opens this, never the cache."""
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(entry, dest)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copyfile(entry, dest)
+    return dest
 
 
 def _ttl_of(entry: Path, default_ttl_s: float) -> float:

@@ -6,6 +6,10 @@ first managed subnet's gateway. Other NICs use DHCP, except on a managed subnet 
 `dhcp: false`, where nobody would answer: those come up without an address. The management
 NIC (QEMU user-mode, restrict=on) only carries the host's SSH forward: it takes DHCP but
 never the default route or DNS.
+
+Default routes are spelled ``0.0.0.0/0`` (``::/0`` for IPv6), never ``default``: cloud-init 22.4
+(Debian 12) rejects ``to: default`` ("Address default is not a valid ip network") and then
+brings no NIC up. An instructor's own v2 networkData is rewritten the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +21,30 @@ import yaml
 from ruddervirt.engine.topology import NicPlan
 
 MGMT_KEY = "rvmgmt"
+DEFAULT_ROUTE_V4 = "0.0.0.0/0"
+DEFAULT_ROUTE_V6 = "::/0"
+V2_DEVICE_KINDS = ("ethernets", "bonds", "bridges", "vlans")
+
+
+def default_route_for(via: object) -> str:
+    """The destination a ``to: default`` route means: ``::/0`` via an IPv6 gateway, else
+    ``0.0.0.0/0``."""
+    try:
+        version = ipaddress.ip_address(str(via)).version
+    except ValueError:
+        version = 4
+    return DEFAULT_ROUTE_V6 if version == 6 else DEFAULT_ROUTE_V4
+
+
+def spell_out_default_routes(data: dict) -> None:
+    """Rewrite every ``to: default`` route of a v2 config in place (see the module docstring)."""
+    for kind in V2_DEVICE_KINDS:
+        devices = data.get(kind)
+        for entry in devices.values() if isinstance(devices, dict) else ():
+            routes = entry.get("routes") if isinstance(entry, dict) else None
+            for route in routes if isinstance(routes, list) else ():
+                if isinstance(route, dict) and route.get("to") == "default":
+                    route["to"] = default_route_for(route.get("via"))
 
 
 def _mgmt_entry(mac: str) -> dict:
@@ -41,7 +69,7 @@ def _nic_entry(nic: NicPlan, subnet, first_gateway: list) -> dict:
         entry["nameservers"] = {"addresses": [gateway, *subnet.dns]}
         if not first_gateway:  # one default route: through the first managed NIC
             first_gateway.append(gateway)
-            entry["routes"] = [{"to": "default", "via": gateway}]
+            entry["routes"] = [{"to": DEFAULT_ROUTE_V4, "via": gateway}]
     elif not subnet.unmanaged and not subnet.dhcp:
         entry["dhcp4"] = False  # nobody answers DHCP here: the guest sets an address itself
         entry["optional"] = True
@@ -60,6 +88,7 @@ def render(nics: tuple[NicPlan, ...], manifest, *, mgmt_mac: str, user_network: 
         if isinstance(data, dict) and "network" in data and isinstance(data["network"], dict):
             data = data["network"]
         if isinstance(data, dict) and data.get("version") == 2:
+            spell_out_default_routes(data)
             data.setdefault("ethernets", {})[MGMT_KEY] = _mgmt_entry(mgmt_mac)
         elif isinstance(data, dict) and data.get("version") == 1:
             data.setdefault("config", []).append(

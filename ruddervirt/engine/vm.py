@@ -19,14 +19,18 @@ from ruddervirt.engine.files import FileStore
 from ruddervirt.engine.httpserver import BuildHTTPServer
 from ruddervirt.engine.installer_media import InstallerMedia
 from ruddervirt.engine.reporter import Reporter, Stopper
-from ruddervirt.engine.sources import fetch
 from ruddervirt.engine.topology import NicPlan
+from ruddervirt.engine.vm_disks import PreparedDisk, VMDisks
 from ruddervirt.guest import ssh
 from ruddervirt.guest.shellscript import build_shell_command, reboot_and_wait, run_shell_script
-from ruddervirt.hypervisor import disks as qimg
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.hypervisor.driver import DomainState, WaitCancelled, WaitTimedOut
-from ruddervirt.hypervisor.seed import cloud_config_with_keys, make_nocloud_seed, nocloud_meta_data
+from ruddervirt.hypervisor.seed import (
+    cloud_config_with_keys,
+    make_nocloud_seed,
+    nocloud_meta_data,
+    seed_drive,
+)
 from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, EfiSpec, MgmtForward, NicSpec
 
 POWEROFF_POSIX = (
@@ -36,14 +40,6 @@ POWEROFF_POWERSHELL = "shutdown /s /t 0 /f"
 OFF_STATES = (DomainState.SHUTOFF, DomainState.ABSENT)
 # How long a quick command may take to tell whether an SSH session still works.
 PROBE_TIMEOUT_S = 5.0
-
-
-@dataclass
-class PreparedDisk:
-    name: str
-    path: Path
-    bus: str
-    size: int
 
 
 @dataclass
@@ -62,7 +58,7 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-class VMRunner(InstallerMedia):
+class VMRunner(VMDisks, InstallerMedia):
     def __init__(
         self,
         *,
@@ -106,6 +102,7 @@ class VMRunner(InstallerMedia):
         self.port = 0
         self.outcome = VMOutcome(name=vm.name, domain=self.domain)
         self.isos: list[Path] = []  # installer CD-ROMs, in manifest order
+        self.iso_entries: list[Path] = []  # their cache entries
         self.floppy: Path | None = None
         self.efi: EfiSpec | None = None
         self.boot_plan: list[bootcmd.Segment] = []
@@ -166,47 +163,6 @@ class VMRunner(InstallerMedia):
             session.close()
         return self.outcome
 
-    # --- disks ----------------------------------------------------------------------
-    def prepare_disks(self) -> list[PreparedDisk]:
-        prepared = []
-        for index, disk in enumerate(self.vm.disks):
-            path = self.dir / f"disk{index}-{disk.name}.qcow2"
-            path.unlink(missing_ok=True)  # left by an earlier attempt of this build
-            base = self.base_for(index)
-            if base is not None:
-                info = qimg.info(base)
-                virtual = int(info["virtual-size"])
-                grow = disk.size if disk.size > virtual else None
-                qimg.create_overlay(base, path, backing_format=info["format"], size=grow)
-                if grow:
-                    self.log(f"disk {disk.name}: grown from {virtual} to {disk.size} bytes")
-                elif disk.size < virtual:
-                    self.log(
-                        f"disk {disk.name}: the source is {virtual} bytes, larger than the "
-                        f"declared {disk.size}; keeping the source's size (disks are never shrunk)"
-                    )
-            else:
-                qimg.create_blank(path, disk.size)
-                if index == 0 and self.vm.source.kind == "blank":
-                    self.log(f"disk {disk.name}: blank, {disk.size} bytes, for the installer")
-            prepared.append(PreparedDisk(disk.name, path, disk.bus, max(disk.size, 0)))
-        return prepared
-
-    def base_for(self, index: int) -> Path | None:
-        """The image disk `index` starts from, or None for a blank disk."""
-        source = self.vm.source
-        if index == 0 and source.url:
-            return fetch(
-                source.url,
-                source.checksum,
-                self.config.cache_dir,
-                should_stop=lambda: self.stopper.stopped,
-                log=self.log,
-            )
-        if source.build_ref is not None and self.parent_disks and index < len(self.parent_disks):
-            return self.parent_disks[index]
-        return None
-
     def make_seed(self) -> Path:
         """The NoCloud seed: our key(s) merged into the instructor's cloud-config, the
         hostname, and network config for every NIC (static addresses, and the management
@@ -244,9 +200,7 @@ class VMRunner(InstallerMedia):
                 DiskSpec(path=self.floppy, target_bus="fdc", format="raw", device="floppy")
             )
         if seed is not None:
-            specs.append(
-                DiskSpec(path=seed, target_bus="sata", format="raw", device="cdrom", readonly=True)
-            )
+            specs.append(seed_drive(seed))  # virtio-scsi: cloud kernels have no AHCI
         nics = tuple(
             NicSpec(mac=n.mac, network=n.network, model=n.model, pci_slot=n.slot) for n in self.nics
         )

@@ -15,7 +15,7 @@ slot    device
 0x06    memory balloon
 0x07    virtio RNG (fed from the host's /dev/urandom; lets guests make SSH keys at once)
 0x08-0f virtio disks, in spec order (vda at 0x08, vdb at 0x09, ...)
-0x10    spare
+0x10    virtio-serial controller: the qemu-guest-agent channel (``org.qemu.guest_agent.0``)
 0x11-19 NICs with a manifest slot: manifest slot N -> PCI slot 0x10 + N
 0x1a-1d further NICs without a slot (see below)
 0x1e    management NIC (QEMU user-mode, restrict=on, SSH forward), last so it enumerates last
@@ -25,6 +25,9 @@ slot    device
 NICs without a slot take, in declaration order, the free NIC slots above the highest pinned
 one, then the free ones below it. Linux enumerates PCI devices by address, so the manifest's
 NICs come first in slot order (eth0 = lowest slot) and the management NIC comes last.
+
+Every domain has the guest agent channel, a unix socket that libvirt creates and manages (so
+``virsh qemu-agent-command`` and libvirt's agent API work whenever the guest runs qemu-ga).
 
 Owner metadata lives in ``<metadata><rv:owner xmlns:rv="https://ruddervirt.example/xmlns/1">``
 as ``<rv:tag key="kind">build</rv:tag>`` children; :func:`parse_owner_metadata` reads it back.
@@ -51,11 +54,13 @@ PCI_SLOT_SATA = 0x05
 PCI_SLOT_BALLOON = 0x06
 PCI_SLOT_RNG = 0x07
 PCI_SLOTS_VIRTIO_DISKS = range(0x08, 0x10)
+PCI_SLOT_VIRTIO_SERIAL = 0x10
 NIC_SLOT_BASE = 0x10
 PCI_SLOTS_NICS = range(0x11, 0x11 + MAX_NICS)  # 0x11-0x1d
 PCI_SLOT_MGMT = 0x1E
 Q35_SATA_SLOT = 0x1F  # the built-in ICH9 AHCI is 00:1f.2
 
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 MGMT_NETDEV_ID = "rvmgmt"
 MGMT_GUEST_PORT = 22
 VNC_LISTEN = "127.0.0.1"
@@ -278,7 +283,18 @@ def _add_console_devices(devices: ET.Element, spec: DomainSpec) -> None:
     _pci_address(video, PCI_SLOT_VIDEO)
 
 
+def _add_guest_agent_channel(devices: ET.Element) -> None:
+    """The virtio-serial port qemu-ga listens on; libvirt picks and owns the socket path."""
+    controller = _sub(devices, "controller", type="virtio-serial", index="0")
+    _pci_address(controller, PCI_SLOT_VIRTIO_SERIAL)
+    channel = _sub(devices, "channel", type="unix")
+    _sub(channel, "source", mode="bind")
+    _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
+    _sub(channel, "address", type="virtio-serial", controller="0", bus="0", port="1")
+
+
 def _add_misc_devices(devices: ET.Element) -> None:
+    _add_guest_agent_channel(devices)
     balloon = _sub(devices, "memballoon", model="virtio")
     _pci_address(balloon, PCI_SLOT_BALLOON)
     rng = _sub(devices, "rng", model="virtio")

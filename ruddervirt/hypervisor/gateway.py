@@ -8,7 +8,8 @@ of its own)::
                                                                         └─ dnsmasq: DHCP + DNS
     other subnets of the same VPC plug into the same netns the same way; it routes between them
     and nowhere else. With NAT (internet allowed) the netns also gets an uplink, see
-    :mod:`ruddervirt.hypervisor.gateway_nat`.
+    :mod:`ruddervirt.hypervisor.gateway_nat`, that reaches the internet only (no private,
+    link-local or CGNAT address, no subnet of the host's: :mod:`gateway_egress`).
 
 Why: libvirt refuses to start a network whose subnet is already routed on the host, so two
 clones with the same CIDR could never run side by side; in a namespace every copy has its own
@@ -264,7 +265,7 @@ def _ensure_router(spec: NetworkSpec, names: GatewayNames, runtime_dir: Path) ->
     # The router forwards between the subnets of its VPC (it has no other way out unless NAT).
     _in_netns(names.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     if spec.nat:
-        gateway_nat.ensure_uplink(names, runtime_dir, ip=_ip, in_netns=_in_netns)
+        gateway_nat.ensure_uplink(names, runtime_dir, in_netns=_in_netns)
 
 
 def _plug(spec: NetworkSpec, names: GatewayNames) -> None:
@@ -321,7 +322,7 @@ def _stop_subnet(names: GatewayNames, folder: Path) -> None:
 
 
 def _remove_router(names: GatewayNames, runtime_dir: Path) -> None:
-    gateway_nat.remove_uplink(names, ip=_ip)
+    gateway_nat.remove_uplink(names)
     _ip("netns", "del", names.netns)
     # The lock file stays: unlinking it under a waiting process would split the lock.
     shutil.rmtree(runtime_dir / names.netns, ignore_errors=True)

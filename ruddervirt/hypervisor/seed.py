@@ -2,7 +2,9 @@
 
 The seed carries ``user-data``, ``meta-data`` and optionally ``network-config``. The
 instructor's ``cloudInit.userData`` is merged with the build's SSH public keys by
-:func:`cloud_config_with_keys`.
+:func:`cloud_config_with_keys`. :func:`seed_drive` is how a VM gets the ISO: a CD-ROM on the
+virtio-scsi controller, which every cloud kernel drives (Debian's cloud kernel has no AHCI, so
+a SATA CD-ROM is invisible to it); cloud-init's NoCloud finds the label on any block device.
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ from typing import Any
 
 import yaml
 
+from ruddervirt.hypervisor.specs import DiskBus, DiskSpec
 from ruddervirt.proc import run
 
 GENISOIMAGE = "genisoimage"
 SEED_TIMEOUT_S = 60.0
 CLOUD_CONFIG_HEADER = "#cloud-config\n"
+SEED_BUS: DiskBus = "scsi"
+
+
+def seed_drive(path: Path) -> DiskSpec:
+    """The read-only CD-ROM that carries the seed ISO at ``path`` (see the module docstring)."""
+    return DiskSpec(path=path, target_bus=SEED_BUS, format="raw", device="cdrom", readonly=True)
 
 
 def make_nocloud_seed(

@@ -82,6 +82,8 @@ class LivePortal:
             RUDDERVIRT_DOMAIN_TYPE=settings.RUDDERVIRT_DOMAIN_TYPE,
             RUDDERVIRT_LIBVIRT_URI=settings.RUDDERVIRT_LIBVIRT_URI,
             DJANGO_SETTINGS_MODULE="tests.browser.live_settings",
+            # Open consoles re-check their user's access every second, not every 30 s.
+            RUDDERVIRT_CONSOLE_RECHECK_S="1",
             PYTHONPATH=str(ROOT),
             PYTHONUNBUFFERED="1",
         )

@@ -100,6 +100,23 @@ def test_a_console_whose_right_was_lost_stops_reconnecting(
     assert "only the module's owner and administrators" in status
 
 
+def test_a_console_the_portal_closes_says_why_and_stays_closed(
+    live_portal, browser, other_instructor, instructor, bios_vm
+):
+    """The module changes hands while its build VM's console is open (the VM keeps
+    running): the portal's next re-check closes it, and the page shows the reason."""
+    build, _ = bios_vm
+    live_portal.login(browser, instructor)
+    browser.get(live_portal.url(f"/console/build/{build.pk}/web/"))
+    wait_for_state(browser, "connected")
+    build.module.owner = other_instructor
+    build.module.save()
+    wait_for_state(browser, "unavailable", timeout=30)
+    status = browser.find_element(By.CSS_SELECTOR, ".console-status").text
+    assert status.startswith("Console closed: ")
+    assert "only the module's owner and administrators" in status
+
+
 PASTE_PROBE = """
 const view = document.querySelector('.console').consoleView;
 window.sentKeys = [];

@@ -9,7 +9,7 @@ import time
 import pytest
 from channels.db import database_sync_to_async
 
-from consoles import registry, services
+from consoles import consumer, registry, services
 from ruddervirt.hypervisor.driver import ConsoleAddress, InvalidState
 from tests.consoles.helpers import communicator, fake_vnc, session_of
 
@@ -307,3 +307,93 @@ def test_a_vnc_server_on_a_unix_socket_works_too(running_build, instructor, vnc_
             unix.close()
 
     asyncio.run(scenario())
+
+
+async def close_frame(client) -> dict:
+    """The portal's close frame, past any screen data still in flight."""
+    while (message := await client.receive_output(TIMEOUT))["type"] != "websocket.close":
+        pass
+    return message
+
+
+def test_an_open_console_closes_when_its_module_changes_hands(
+    running_build, instructor, other_instructor, vnc_at, settings
+):
+    settings.RUDDERVIRT_CONSOLE_RECHECK_S = 0.2
+    token, session = token_for(instructor, running_build), session_of(instructor)
+
+    def hand_over() -> None:
+        running_build.module.owner = other_instructor
+        running_build.module.save()
+
+    async def scenario():
+        async with fake_vnc() as server:
+            vnc_at.append(ConsoleAddress(host="127.0.0.1", port=server.port))
+            client, connected = await connect(f"/ws/console/{token}", session=session)
+            assert connected
+            await rfb_handshake(client)
+            await database_sync_to_async(hand_over)()
+            closed = await close_frame(client)
+            assert closed["code"] == consumer.CLOSE_REVOKED
+            assert closed["reason"] == (
+                "you no longer have access to this console: only the module's owner and "
+                "administrators see its build VMs"
+            )
+            # Keys typed after the close never reach the VM.
+            await client.send_to(bytes_data=struct.pack(">BBHI", 4, 1, 0, 0x61))
+            await asyncio.sleep(0.3)
+            assert server.keys == []
+            await client.disconnect()
+
+    asyncio.run(scenario())
+
+
+def test_the_maximum_session_time_closes_a_console_with_its_reason(
+    running_build, instructor, vnc_at, settings
+):
+    settings.RUDDERVIRT_CONSOLE_MAX_SESSION_S = 1
+    token, session = token_for(instructor, running_build), session_of(instructor)
+
+    async def scenario():
+        async with fake_vnc() as server:
+            vnc_at.append(ConsoleAddress(host="127.0.0.1", port=server.port))
+            client, connected = await connect(f"/ws/console/{token}", session=session)
+            assert connected
+            await rfb_handshake(client)
+            closed = await close_frame(client)
+            assert closed["code"] == consumer.CLOSE_TIME_LIMIT
+            assert closed["reason"] == "this console was open for the maximum time (1 s)"
+            await client.disconnect()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_recheck_closes_the_console_for_a_fresh_connect(
+    running_build, instructor, vnc_at, settings, monkeypatch
+):
+    settings.RUDDERVIRT_CONSOLE_RECHECK_S = 0.2
+    token, session = token_for(instructor, running_build), session_of(instructor)
+
+    def broken(*args):
+        raise RuntimeError("database is gone")
+
+    async def scenario():
+        async with fake_vnc() as server:
+            vnc_at.append(ConsoleAddress(host="127.0.0.1", port=server.port))
+            client, connected = await connect(f"/ws/console/{token}", session=session)
+            assert connected
+            await rfb_handshake(client)
+            monkeypatch.setattr(services, "recheck", broken)
+            closed = await close_frame(client)
+            assert closed["code"] == consumer.CLOSE_RECHECK_FAILED  # the page reconnects
+            await client.disconnect()
+
+    asyncio.run(scenario())
+
+
+def test_close_reasons_fit_a_close_frame_and_limits_read_well():
+    assert len(consumer.close_reason("é" * 100).encode()) <= consumer.MAX_REASON_BYTES
+    assert consumer.close_reason("é" * 100) == "é" * 61
+    assert [services.duration(s) for s in (28800, 5400, 45, 1.5)] == [
+        "8 h", "90 min", "45 s", "1.5 s"
+    ]  # fmt: skip

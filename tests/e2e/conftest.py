@@ -88,7 +88,8 @@ def storage(settings, request) -> Path:
     for folder in (root, *root.parents):
         if folder == ROOT.parent:
             break
-        folder.chmod(folder.stat().st_mode | 0o055)
+        # var/ holds secrets: traversable (0711), never listable (docs/security.md).
+        folder.chmod(folder.stat().st_mode | (0o011 if folder == ROOT / "var" else 0o055))
     settings.RUDDERVIRT_STORAGE_ROOT = root
     yield root
     shutil.rmtree(root, ignore_errors=True)

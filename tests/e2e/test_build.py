@@ -372,3 +372,30 @@ def test_kept_disks_of_a_failed_build_go_when_their_time_is_up(image_server, hv)
     actions = reconcile(hv)
     assert f"build {done.pk}: removed the kept disks" in actions
     assert not build_workdir(done.pk).exists()
+
+
+def test_a_source_image_backed_by_a_host_file_fails_the_build_and_boots_nothing(
+    image_server, tmp_path, storage
+):
+    evil = tmp_path / "evil.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw",
+         str(evil), "64M"],
+        check=True, timeout=60,
+    )  # fmt: skip
+    image_server.put("evil-20250101.qcow2", evil.read_bytes())
+    text = manifest(image_server, "      - {name: leak, type: shell, shell: {inline: 'true'}}\n")
+    text = text.replace("tiny-20250101.qcow2", "evil-20250101.qcow2").replace(
+        image_server.sha256("tiny-20250101.qcow2"), image_server.sha256("evil-20250101.qcow2")
+    )
+    done = build(text, name="evil")
+    assert done.status == BuildStatus.FAILED
+    reason = "refused: it has a backing file ('/etc/shadow'): source images must stand alone"
+    assert reason in done.error and image_server.url("evil-20250101.qcow2") in done.error
+    assert f"build failed: source image {image_server.url('evil-20250101.qcow2')} " in log_text(
+        done
+    )
+    assert reason in log_text(done)
+    assert done.vms.get().domain_name == ""  # no domain was ever defined
+    cache = storage / "cache" / "images"
+    assert [p for p in cache.iterdir() if not p.name.endswith(".lock")] == []

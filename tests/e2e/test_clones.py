@@ -132,7 +132,9 @@ def manage(*args: str) -> subprocess.CompletedProcess:
     database is its own too, so no worker of another test run can take its jobs."""
     import sys
 
-    env = {**command_env(), "REDIS_URL": "redis://127.0.0.1:6379/13"}
+    from ruddervirt.redisconf import with_db
+
+    env = {**command_env(), "REDIS_URL": with_db(settings.REDIS_URL, 13)}
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,

@@ -22,6 +22,9 @@ def command_env() -> dict[str, str]:
     env["DATABASE_URL"] = f"sqlite:///{connection.settings_dict['NAME']}"
     env["RUDDERVIRT_STORAGE_ROOT"] = str(settings.RUDDERVIRT_STORAGE_ROOT)
     env["RUDDERVIRT_NAME_PREFIX"] = settings.RUDDERVIRT_NAME_PREFIX
+    # The images come from a loopback HTTP server: the fetch policy must let the child in too.
+    env["RUDDERVIRT_FETCH_ALLOW_NETS"] = ",".join(map(str, settings.RUDDERVIRT_FETCH_ALLOW_NETS))
+    env["RUDDERVIRT_FILE_SOURCE_DIRS"] = ":".join(map(str, settings.RUDDERVIRT_FILE_SOURCE_DIRS))
     env["DJANGO_SETTINGS_MODULE"] = "ruddervirt.settings"
     return env
 

@@ -11,7 +11,7 @@ import pytest
 
 from ruddervirt.engine import cleanup
 from ruddervirt.engine.build import BuildPlan, run_build
-from ruddervirt.engine.config import EngineConfig
+from ruddervirt.engine.config import EngineConfig, FetchPolicy
 from ruddervirt.engine.errors import BuildError, SourceError
 from ruddervirt.engine.files import FileStore
 from ruddervirt.engine.httpserver import BuildHTTPServer, Listener
@@ -61,13 +61,15 @@ def runner_for(text: str, tmp_path, hv: FakeHypervisor, http=None):
     cleanup.create_networks(hv, topology.networks)
     config = EngineConfig(
         storage_root=tmp_path / "storage", domain_type="qemu", name_prefix="rvt-",
-        boot_key_interval_s=0.0,
+        boot_key_interval_s=0.0, fetch_policy=FetchPolicy(file_source_dirs=(tmp_path,)),
     )  # fmt: skip
     reporter = NullReporter()
     runner = VMRunner(
         vm=manifest.vms[0], build_key="b1", workdir=tmp_path / "work", parent_disks=None,
         nics=topology.nics["web"], manifest=manifest, config=config, hv=hv, reporter=reporter,
-        stopper=Stopper(), files=FileStore(manifest.files, config.files_cache_dir),
+        stopper=Stopper(), files=FileStore(
+            manifest.files, config.files_cache_dir, policy=config.fetch_policy
+        ),
         public_keys=[], private_key="", deadline=time.monotonic() + 600,
         metadata={"kind": "build", "build": "b1"}, http=http,
     )  # fmt: skip
@@ -98,7 +100,11 @@ def test_a_blank_disk_boots_first_then_the_isos_in_order(tmp_path, media):
     ]
     assert disks[2].path.read_bytes() == b"installer.iso" * 100
     assert disks[3].path.read_bytes() == b"drivers.iso" * 100
-    assert disks[2].path.parent == tmp_path / "storage/cache/isos"
+    # QEMU opens a link in the VM's own folder, never the private cache.
+    assert disks[2].path.parent == tmp_path / "work/web"
+    cache = tmp_path / "storage/cache/isos"
+    assert disks[2].path.samefile(runner.iso_entries[0])
+    assert runner.iso_entries[0].parent == cache
 
 
 def test_a_floppy_of_the_listed_files_is_attached(tmp_path, media):
@@ -178,7 +184,10 @@ def test_ssh_giving_up_reports_that_the_guest_never_fetched_its_answers(tmp_path
 def test_a_wrong_iso_checksum_fails_the_build_before_anything_boots(tmp_path, media):
     hv = FakeHypervisor(name_prefix="rvt-")
     wrong = "sha256:" + "0" * 64
-    config = EngineConfig(storage_root=tmp_path / "storage", domain_type="qemu", name_prefix="rvt-")
+    config = EngineConfig(
+        storage_root=tmp_path / "storage", domain_type="qemu", name_prefix="rvt-",
+        fetch_policy=FetchPolicy(file_source_dirs=(tmp_path,)),
+    )  # fmt: skip
     build = BuildPlan(key="b9", manifest=parse(manifest_text(media, checksum=wrong)),
                       workdir=tmp_path / "work")  # fmt: skip
     with pytest.raises(SourceError, match=f"checksum mismatch .* expected {wrong}"):

@@ -109,7 +109,9 @@ def test_network_config_sets_static_ips_and_keeps_mgmt_off_the_default_route():
     assert data["version"] == 2
     eth0 = data["ethernets"]["nic0"]
     assert eth0["addresses"] == ["10.10.0.10/24"]
-    assert eth0["routes"] == [{"to": "default", "via": "10.10.0.1"}]
+    # cloud-init 22.4 (Debian 12) rejects `to: default` and then brings no NIC up.
+    assert eth0["routes"] == [{"to": "0.0.0.0/0", "via": "10.10.0.1"}]
+    assert "default" not in text
     assert data["ethernets"]["nic1"]["dhcp4"] is True
     mgmt = data["ethernets"]["rvmgmt"]
     assert mgmt["match"] == {"macaddress": "52:54:00:fe:00:01"}
@@ -124,6 +126,34 @@ def test_instructor_network_data_is_kept_with_the_mgmt_nic_added():
     )
     assert data["ethernets"]["ens3"] == {"dhcp4": True}
     assert "rvmgmt" in data["ethernets"]
+
+
+def test_instructor_default_routes_are_rewritten_for_debian_12_cloud_init():
+    manifest = parse(TWO_VPCS)
+    own = """\
+network:
+  version: 2
+  ethernets:
+    ens3:
+      addresses: [10.10.0.9/24, "fd00::9/64"]
+      routes:
+        - {to: default, via: 10.10.0.1}
+        - {to: default, via: "fd00::1"}
+        - {to: 10.9.0.0/16, via: 10.10.0.2}
+  bridges:
+    br0: {routes: [{to: default, via: 10.20.0.1, metric: 50}]}
+"""
+    data = yaml.safe_load(
+        netconfig.render((), manifest, mgmt_mac="52:54:00:fe:00:01", user_network=own)
+    )
+    assert data["ethernets"]["ens3"]["routes"] == [
+        {"to": "0.0.0.0/0", "via": "10.10.0.1"},
+        {"to": "::/0", "via": "fd00::1"},
+        {"to": "10.9.0.0/16", "via": "10.10.0.2"},
+    ]
+    assert data["bridges"]["br0"]["routes"] == [
+        {"to": "0.0.0.0/0", "via": "10.20.0.1", "metric": 50}
+    ]
 
 
 def test_the_subnets_of_one_vpc_share_a_router_and_other_vpcs_do_not():

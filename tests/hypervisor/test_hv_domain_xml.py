@@ -15,6 +15,7 @@ from ruddervirt.hypervisor.domain_xml import (
     nic_pci_slots,
     parse_owner_metadata,
 )
+from ruddervirt.hypervisor.seed import seed_drive
 from ruddervirt.hypervisor.specs import (
     DiskSpec,
     DomainSpec,
@@ -140,9 +141,61 @@ def test_every_pci_device_has_an_explicit_address_and_no_two_share_one() -> None
         *devices.findall("rng"),
     ]
     slots = [pci_slot(device) for device in pci_devices]
-    assert len(slots) == len(set(slots)) == 10  # 2 disks, 3 controllers, 2 NICs, 3 more
+    # 2 disks, 4 controllers (usb, scsi, sata, virtio-serial), 2 NICs, video, balloon, rng
+    assert len(slots) == len(set(slots)) == 11
     assert 0x01 not in slots  # i440fx ISA bridge
     assert 0x1E not in slots  # management NIC
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [
+        spec(),
+        spec(machine="q35", domain_type="kvm"),
+        spec(mgmt=MgmtForward(host_port=2222), nics=[nic(1, slot=1)]),
+    ],
+    ids=["plain", "q35 kvm", "with NICs and management forward"],
+)
+def test_every_domain_has_a_guest_agent_channel_on_a_socket_libvirt_manages(
+    domain: DomainSpec,
+) -> None:
+    root = parse(domain)
+    [channel] = root.findall("./devices/channel")
+    assert channel.get("type") == "unix"
+    assert channel.find("target").attrib == {  # type: ignore[union-attr]
+        "type": "virtio",
+        "name": "org.qemu.guest_agent.0",
+    }
+    assert channel.find("source").attrib == {"mode": "bind"}  # type: ignore[union-attr]
+    address = channel.find("address")
+    assert address is not None and address.attrib == {
+        "type": "virtio-serial",
+        "controller": "0",
+        "bus": "0",
+        "port": "1",
+    }
+    [controller] = root.findall("./devices/controller[@type='virtio-serial']")
+    assert controller.get("index") == "0"
+    assert pci_slot(controller) == 0x10  # not the video card's slot 2, nor a disk's or NIC's
+
+
+def test_the_guest_agent_controller_keeps_its_slot_with_all_virtio_disks_and_nics() -> None:
+    disks = tuple(DiskSpec(path=f"/d/{n}.qcow2", target_bus="virtio") for n in range(8))
+    root = parse(spec(disks=disks, nics=[nic(n) for n in range(1, 14)]))
+    slots = [pci_slot(d) for d in root.iter() if d.find("address[@type='pci']") is not None]
+    assert len(slots) == len(set(slots))
+    assert pci_slot(root.find("./devices/controller[@type='virtio-serial']")) == 0x10  # type: ignore[arg-type]
+
+
+def test_the_seed_drive_is_a_readonly_virtio_scsi_cdrom_a_cloud_kernel_can_see() -> None:
+    root = parse(spec(disks=(ROOT_DISK, seed_drive(Path("/d/seed.iso")))))
+    [cdrom] = root.findall("./devices/disk[@device='cdrom']")
+    assert cdrom.find("target").attrib == {"dev": "sda", "bus": "scsi"}  # type: ignore[union-attr]
+    assert cdrom.find("source").get("file") == "/d/seed.iso"  # type: ignore[union-attr]
+    assert cdrom.find("readonly") is not None
+    [scsi] = root.findall("./devices/controller[@type='scsi']")
+    assert scsi.get("model") == "virtio-scsi" and pci_slot(scsi) == 0x04
+    assert root.find("./devices/controller[@type='sata']") is None  # no AHCI needed
 
 
 def test_adding_nics_never_moves_another_device() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from ruddervirt.hypervisor import gateway, gateway_nat
+from ruddervirt.hypervisor import gateway, gateway_egress, gateway_nat
 from ruddervirt.hypervisor.specs import NetworkSpec
 
 FOLDER = Path("/run/ruddervirt/gateways/rvr-x/rv-b1-lan")
@@ -97,16 +97,74 @@ def test_uplink_addresses_are_stable_and_skip_taken_ones() -> None:
 def test_nat_rules_let_replies_in_but_nothing_else_and_keep_vpcs_apart() -> None:
     names = gateway.names_for(spec(nat=True))
     link = ipaddress.IPv4Network("100.64.0.4/30")
-    host = gateway_nat.host_rules(names, link)
+    policy = gateway_egress.EgressPolicy.for_host([], [])
+    host = gateway_nat.host_rules(names, link, policy)
     tag = gateway_nat.comment(names)
     assert all(tag in rule for rule in host)  # removable by comment
     assert ["-t", "nat", "-A", "POSTROUTING", "-s", "100.64.0.4/30", "!", "-d", "100.64.0.0/10",
             "-m", "comment", "--comment", tag, "-j", "MASQUERADE"] in host  # fmt: skip
-    forward = [r for r in host if "FORWARD" in r]
-    # Inserted at the top one after the other: the last one listed ends up first.
-    assert forward[-1][-2:] == ["-j", "ACCEPT"] and "RELATED,ESTABLISHED" in forward[-1]
+    forward = [r[5:] for r in host if r[3] == "FORWARD"]
+    assert [r[4] for r in host if r[3] == "FORWARD"] == [str(i) for i in range(1, len(forward) + 1)]
+    # Top to bottom: replies in, nothing else in, ..., no other uplink, then out.
+    assert "RELATED,ESTABLISHED" in forward[0] and forward[0][-1] == "ACCEPT"
+    assert forward[1][:2] == ["-o", names.uplink_host] and forward[1][-1] == "DROP"
     assert forward[-2][forward[-2].index("-o") + 1] == "rvu+" and forward[-2][-1] == "DROP"
+    assert forward[-1] == [
+        "-i",
+        names.uplink_host,
+        "-m",
+        "comment",
+        "--comment",
+        tag,
+        "-j",
+        "ACCEPT",
+    ]
     assert any(r[3] == "INPUT" and r[-1] == "DROP" for r in host)  # not the host itself
-    inside = gateway_nat.netns_rules(names)
+    inside = gateway_nat.netns_rules(names, policy)
     assert ["-t", "filter", "-A", "FORWARD", "-i", "uplink", "-j", "DROP"] in inside
     assert ["-t", "nat", "-A", "POSTROUTING", "-o", "uplink", "-j", "MASQUERADE"] in inside
+
+
+def test_egress_drops_private_link_local_cgnat_and_the_hosts_subnets_before_accepting() -> None:
+    host_nets = [ipaddress.IPv4Network("203.0.113.0/24"), ipaddress.IPv4Network("10.1.0.0/16")]
+    policy = gateway_egress.EgressPolicy.for_host(host_nets, [])
+    blocked = {str(n) for n in policy.blocked}
+    for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+                "100.64.0.0/10", "224.0.0.0/4", "240.0.0.0/4", "203.0.113.0/24"):  # fmt: skip
+        assert net in blocked
+    assert "10.1.0.0/16" not in blocked  # inside 10/8 already
+    names = gateway.names_for(spec(nat=True))
+    forward = gateway_egress.host_forward_rules(names.uplink_host, policy, [])
+    accept_all = forward.index(["-i", names.uplink_host, "-j", "ACCEPT"])
+    drops = [r for r in forward if "-d" in r and r[-1] == "DROP"]
+    assert {r[r.index("-d") + 1] for r in drops} == blocked
+    assert all(forward.index(r) < accept_all for r in drops)
+    inside = gateway_egress.netns_filter_rules("uplink", policy)
+    assert {r[4] for r in inside if r[:3] == ["FORWARD", "-o", "uplink"]} == blocked
+
+
+def test_only_the_hosts_private_resolvers_get_port_53_and_only_for_the_gateway_itself() -> None:
+    resolvers = [ipaddress.IPv4Address(a) for a in ("192.168.1.1", "9.9.9.9", "127.0.0.53")]
+    policy = gateway_egress.EgressPolicy.for_host([], resolvers)
+    assert policy.resolvers == (ipaddress.IPv4Address("192.168.1.1"),)
+    inside = gateway_egress.netns_filter_rules("uplink", policy)
+    opened = [r for r in inside if r[-1] == "ACCEPT" and "-d" in r]
+    assert {r[0] for r in opened} == {"OUTPUT"}  # never FORWARD: guests stay dropped
+    assert {(r[r.index("-p") + 1], r[r.index("--dport") + 1]) for r in opened} == {
+        ("udp", "53"),
+        ("tcp", "53"),
+    }
+    first_drop = next(i for i, r in enumerate(inside) if r[0] == "OUTPUT" and r[-1] == "DROP")
+    assert all(inside.index(r) < first_drop for r in opened)
+
+
+def test_host_addresses_and_resolvers_are_read_from_ip_and_resolv_conf() -> None:
+    listing = (
+        "1: lo    inet 127.0.0.1/8 scope host lo\n"
+        "2: eth0    inet 198.51.100.7/24 brd 198.51.100.255 scope global eth0\n"
+    )
+    assert gateway_egress.host_networks(listing) == [
+        ipaddress.IPv4Network("127.0.0.0/8"), ipaddress.IPv4Network("198.51.100.0/24"),
+    ]  # fmt: skip
+    text = "# x\nnameserver 10.0.0.2\nnameserver fd00::1\nsearch lan\n"
+    assert gateway_egress.resolvers(text) == [ipaddress.IPv4Address("10.0.0.2")]

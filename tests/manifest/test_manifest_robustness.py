@@ -12,6 +12,7 @@ import yaml
 
 from ruddervirt.manifest.checks import semantic_problems
 from ruddervirt.manifest.convert import to_manifest
+from ruddervirt.manifest.limits import DEFAULT_LIMITS
 from ruddervirt.manifest.loader import PositionIndex
 from ruddervirt.manifest.problems import Severity
 from ruddervirt.manifest.schema_check import schema_problems
@@ -52,7 +53,7 @@ def test_any_value_of_the_wrong_type_gives_problems_not_exceptions(document: Pat
         for wrong in WRONG_VALUES if path else []:
             mutated = replaced(data, path, wrong)
             problems = schema_problems(mutated, index, limit=1000)
-            problems += semantic_problems(mutated, index)  # raises if a check is not tolerant
+            problems += semantic_problems(mutated, index, DEFAULT_LIMITS)  # raises if not tolerant
             if not any(p.severity is Severity.ERROR for p in problems):
                 to_manifest(mutated)  # type: ignore[arg-type]
             checked += 1

@@ -1,11 +1,20 @@
-"""Create the first administrator once, and say how to log in."""
+"""Create the first administrator once, and say how to log in.
+
+The password is printed on the run that creates the account, and only then; it stays in
+``var/admin-credentials.txt``, created 0600 (never readable by anyone else, not even for a
+moment) and replaced atomically.
+"""
 
 import secrets
+from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from ruddervirt.settings import VAR_DIR
+from ruddervirt import hostfiles
+
+CREDENTIALS_FILE = "admin-credentials.txt"
 
 
 class Command(BaseCommand):
@@ -16,16 +25,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, username: str, **options):
         User = get_user_model()
-        credentials = VAR_DIR / "admin-credentials.txt"
+        credentials = Path(settings.VAR_DIR) / CREDENTIALS_FILE
         if User.objects.filter(is_superuser=True).exists():
             where = f" (first password in {credentials})" if credentials.exists() else ""
             self.stdout.write(f"Administrator account exists{where}.")
             return
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser(username=username, email="", password=password)
-        credentials.parent.mkdir(parents=True, exist_ok=True)
-        credentials.write_text(f"username: {username}\npassword: {password}\n")
-        credentials.chmod(0o600)
+        hostfiles.write_private(credentials, f"username: {username}\npassword: {password}\n")
         self.stdout.write(
             self.style.SUCCESS(
                 f"Created administrator '{username}' with password '{password}' "

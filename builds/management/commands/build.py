@@ -57,6 +57,8 @@ class Command(BaseCommand):
             raise SystemExit(1) from exc
         except ModuleNameTaken as exc:
             raise CommandError(f"module {name} exists already") from exc
+        except services.BuildNotAllowed as exc:
+            raise CommandError(str(exc)) from exc
         if not wait:
             self.stdout.write(dumps(services.build_summary(build)) if json else f"build {build.pk}")
             return

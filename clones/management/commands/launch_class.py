@@ -41,7 +41,7 @@ class Command(BaseCommand):
     def handle(self, *args, module, students, class_name, full_copy, wait, json, user, **opts):
         actor = cli_user(user)
         try:
-            version = services.resolve_version(module)
+            version = services.resolve_version(module, user=actor)
             klass = self.get_class(class_name, version, actor)
             members = self.add_students(klass, students, actor, quiet=json)
             run_here = wait and workers_listening(QUEUE) == 0

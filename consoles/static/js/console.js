@@ -4,12 +4,18 @@
 // Every connect asks the portal for a fresh one-time token (POST data-token-url), so a
 // reconnect after a reboot or a dropped network works without reloading the page. The
 // state is mirrored in .console-status[data-state]: connecting, connected, disconnected,
-// unavailable (the portal refused: no right to the VM, or the VM is gone; no more retries).
+// unavailable (the portal refused: no right to the VM, or the VM is gone; no more retries),
+// ended (the portal closed the console at its maximum session time; reload to reopen).
+// The portal says why it closed a console with the close code (CLOSE_*) and reason; where
+// the server drops the reason (daphne does), the page asks the token endpoint why.
 
 const XK = { Return: 0xff0d, Tab: 0xff09, ShiftLeft: 0xffe1 };
 const RETRY_MAX_MS = 10000;
 const KEY_PAUSE_MS = 12; // between characters: guests drop keys that come too fast
 const LINE_PAUSE_MS = 120; // after Enter: give a shell time to run the line
+// Close codes after which reconnecting is pointless (consoles/consumer.py).
+const CLOSE_REVOKED = 4403;
+const CLOSE_TIME_LIMIT = 4408;
 
 // US layout: character -> [X keysym, DOM code, shift held].
 function usKeys() {
@@ -93,9 +99,13 @@ class ConsoleView {
       return;
     }
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    const rfb = new this.RFB(this.screen, scheme + location.host + issued.ws_path, {
+    // Our own socket (noVNC takes one), to read the close frame's code and reason.
+    // The token travels as a subprotocol, never in a URL.
+    const socket = new WebSocket(scheme + location.host + issued.ws_path, issued.subprotocols);
+    let closed = null;
+    socket.addEventListener("close", (event) => (closed = event));
+    const rfb = new this.RFB(this.screen, socket, {
       shared: true, // other viewers (an instructor, a student) stay connected
-      wsProtocols: issued.subprotocols, // the token travels here, never in a URL
     });
     rfb.scaleViewport = this.$(".console-scale").checked;
     rfb.resizeSession = false;
@@ -107,12 +117,35 @@ class ConsoleView {
     });
     rfb.addEventListener("disconnect", () => {
       if (this.rfb === rfb) this.rfb = null;
+      if (closed && (closed.code === CLOSE_REVOKED || closed.code === CLOSE_TIME_LIMIT)) {
+        this.ended(closed.code, closed.reason);
+        return;
+      }
       this.retry("disconnected");
     });
     rfb.addEventListener("securityfailure", (event) => {
       this.setState("disconnected", "Refused by the VM: " + (event.detail.reason || "security failure"));
     });
     this.rfb = rfb;
+  }
+
+  // The portal closed the console for good: say why, and do not reconnect.
+  async ended(code, reason) {
+    this.stopped = true;
+    if (code === CLOSE_TIME_LIMIT) {
+      const limit = `this console was open for the maximum time (${this.root.dataset.maxSession})`;
+      this.setState("ended", `Console closed: ${reason || limit}. Reload the page to open it again.`);
+      return;
+    }
+    let why = reason;
+    if (!why) {
+      try {
+        await this.token(); // still allowed after all (a token unused expires in a minute)
+      } catch (error) {
+        if (error.final) why = error.message;
+      }
+    }
+    this.setState("unavailable", `Console closed: ${why || "your access was revoked"}.`);
   }
 
   retry(why) {

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from modules.limits import manifest_limits
+from ruddervirt.fetch_settings import portal_fetch_policy
 from ruddervirt.manifest import MAX_BYTES, Problem, validate
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
@@ -37,7 +39,7 @@ class Command(BaseCommand):
         except Unreadable as exc:
             self._report_unreadable(path, str(exc), as_json)
             raise SystemExit(EXIT_UNREADABLE) from None
-        result = validate(content)
+        result = validate(content, limits=manifest_limits(), fetch_policy=portal_fetch_policy())
         if as_json:
             self.stdout.write(
                 json.dumps(_result_json(result.valid, result.errors, result.warnings))

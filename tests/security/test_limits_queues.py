@@ -1,0 +1,92 @@
+"""Long builds cannot starve clones: clone jobs go to a queue of their own, and `make run`
+starts clone workers that serve only it, whatever the build workers are doing."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import django_rq
+import pytest
+from django.conf import settings
+from rq import Queue, SimpleWorker
+
+from builds.jobs import run_build_job
+from clones.models import Class, ClassMembership, Clone, CloneStatus
+from clones.services import launch
+from ruddervirt.hypervisor.fake import FakeHypervisor
+from tests.clones.conftest import make_version
+
+pytestmark = pytest.mark.django_db(transaction=True)
+RUN_SH = Path(__file__).resolve().parents[2] / "scripts" / "run.sh"
+
+
+def worker_queues() -> dict[str, list[str]]:
+    """The queues each kind of worker that scripts/run.sh starts listens to."""
+    found = re.findall(
+        r'rqworker ([a-z ]+?) --name "rudder-\$\$-(build|clone)-', RUN_SH.read_text()
+    )
+    return {kind: names.split() for names, kind in found}
+
+
+@pytest.fixture
+def queues(monkeypatch):
+    """Queues of this test alone (other test runs share the Redis server), handed out by
+    the name the code asks for."""
+    connection = django_rq.get_connection("default")
+    made: dict[str, Queue] = {}
+
+    def get_queue(name: str = "default", **_kwargs) -> Queue:
+        if name not in made:
+            made[name] = Queue(f"{name}-test{os.getpid()}", connection=connection)
+        return made[name]
+
+    monkeypatch.setattr(django_rq, "get_queue", get_queue)
+    yield get_queue
+    for queue in made.values():
+        queue.delete(delete_jobs=True)
+
+
+@pytest.fixture
+def fake_hv(monkeypatch) -> FakeHypervisor:
+    hv = FakeHypervisor(name_prefix=settings.RUDDERVIRT_NAME_PREFIX)
+    monkeypatch.setattr("builds.services._hypervisor", hv)
+    return hv
+
+
+@pytest.fixture
+def klass(instructor, student, settings, tmp_path):
+    settings.RUDDERVIRT_STORAGE_ROOT = tmp_path / "storage"
+    klass = Class.objects.create(name="Networks 101", owner=instructor)
+    ClassMembership.objects.create(klass=klass, student=student)
+    return klass
+
+
+def test_make_run_starts_build_workers_that_never_take_clone_jobs() -> None:
+    workers = worker_queues()
+    assert workers["build"] == ["builds"]
+    assert "clones" in workers["clone"] and "builds" not in workers["clone"]
+
+
+def test_make_run_reads_the_number_of_each_kind_of_worker_from_its_setting() -> None:
+    text = RUN_SH.read_text()
+    assert "BUILD_WORKERS=${RUDDERVIRT_BUILD_WORKERS:-2}" in text
+    assert "CLONE_WORKERS=${RUDDERVIRT_CLONE_WORKERS:-1}" in text
+
+
+def test_a_clone_job_runs_while_every_build_worker_is_busy(
+    klass, instructor, fake_hv, queues
+) -> None:
+    builds = queues("builds")
+    for n in range(3):  # more long builds than build workers: the builds queue is backed up
+        builds.enqueue(run_build_job, 10**6 + n)
+    version = make_version(instructor, Path(settings.RUDDERVIRT_STORAGE_ROOT))
+    (clone,) = launch(klass, version, by=instructor)  # queued once the transaction committed
+    clone_worker = SimpleWorker(
+        [queues(name) for name in worker_queues()["clone"]], connection=builds.connection
+    )
+    clone_worker.work(burst=True)
+    assert Clone.objects.get(pk=clone.pk).status == CloneStatus.RUNNING
+    assert builds.count == 3  # untouched: no clone worker takes a build
+    assert queues("clones").count == 0
