@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import os
 import re
 import shutil
 import threading
@@ -16,6 +15,7 @@ import pytest
 from django.conf import settings
 
 from tests.e2e import hostcheck
+from tests.e2e.storage import qemu_reachable_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_CACHE = ROOT / "var" / "cache" / "testimage"
@@ -78,18 +78,9 @@ def nothing_left_on_the_host_after_the_suite():
 
 @pytest.fixture
 def storage(settings, request) -> Path:
-    """A storage root of its own for each test, under var/ rather than pytest's temporary
-    folder: pytest makes /tmp/pytest-of-<user> private (0700) at every start, and QEMU
-    (user libvirt-qemu) must reach the disks."""
+    """A storage root of its own for each test (see qemu_reachable_folder)."""
     label = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:60]
-    root = ROOT / "var" / "test-storage" / f"{os.getpid()}-{label}"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    for folder in (root, *root.parents):
-        if folder == ROOT.parent:
-            break
-        # var/ holds secrets: traversable (0711), never listable (docs/security.md).
-        folder.chmod(folder.stat().st_mode | (0o011 if folder == ROOT / "var" else 0o055))
+    root = qemu_reachable_folder(label)
     settings.RUDDERVIRT_STORAGE_ROOT = root
     yield root
     shutil.rmtree(root, ignore_errors=True)

@@ -9,8 +9,10 @@ the same template disks.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from clones.reconcile import reconcile_clones
 from clones.runner import execute, run_inline
 from modules.models import ManifestRevision, Module
 from ruddervirt.guest import ssh
+from tests.e2e.storage import qemu_reachable_folder
 from tests.e2e.workers import ROOT, command_env
 from tests.helpers import client_for, csrf_post, make_user
 
@@ -74,12 +77,8 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(django_db_setup, django_db_blocker, image_server, tmp_path_factory) -> Built:
-    root = tmp_path_factory.mktemp("templates")
-    for folder in (root, *root.parents):  # QEMU (libvirt-qemu) must reach the disks
-        if folder == Path("/tmp"):
-            break
-        folder.chmod(folder.stat().st_mode | 0o055)
+def built(django_db_setup, django_db_blocker, image_server) -> Iterator[Built]:
+    root = qemu_reachable_folder("templates")
     text = tiny_manifest(image_server)
     with django_db_blocker.unblock(), override_settings(RUDDERVIRT_STORAGE_ROOT=root):
         user = make_user("builder", superuser=True)
@@ -99,7 +98,8 @@ def built(django_db_setup, django_db_blocker, image_server, tmp_path_factory) ->
         from django.core.management import call_command
 
         call_command("flush", interactive=False, verbosity=0)
-    return snapshot
+    yield snapshot
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def restore(built: Built, owner, *, memory: int | None = None, name: str = "tiny") -> ModuleVersion:
