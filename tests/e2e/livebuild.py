@@ -12,6 +12,7 @@ from selenium.common.exceptions import (
     NoSuchElementException,
     StaleElementReferenceException,
     TimeoutException,
+    WebDriverException,
 )
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -57,16 +58,34 @@ class BuildInBackground:
         return self.build
 
 
+# What Chrome says when an element it just found is swapped out by a navigation in flight:
+# selenium maps it to no specific exception, so it is recognised by its message.
+_NODE_LEFT_THE_DOCUMENT = "does not belong to the document"
+
+
+def _tolerating_navigation(condition):
+    def attempt(driver):
+        try:
+            return condition(driver)
+        except WebDriverException as error:
+            if _NODE_LEFT_THE_DOCUMENT in (error.msg or ""):
+                return False
+            raise
+
+    return attempt
+
+
 def until(driver, condition, timeout: float, what: str, portal=None):
     try:
-        # A form post reloads the page: an element found just before is stale, not missing.
+        # A form post reloads the page: an element found just before is stale, not missing,
+        # and one found while the new document replaces the old belongs to neither.
         waiting = WebDriverWait(
             driver,
             timeout,
             poll_frequency=0.25,
             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
         )
-        return waiting.until(condition)
+        return waiting.until(_tolerating_navigation(condition))
     except TimeoutException:
         pytest.fail(f"{what}\n" + diagnosis(driver, portal))
 

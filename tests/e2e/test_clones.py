@@ -321,15 +321,9 @@ from tests.browser.live import browser, live_portal  # noqa: E402, F401
 
 
 def wait_until(driver, predicate, timeout: float, what: str, portal=None):
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.support.ui import WebDriverWait
+    from tests.e2e.livebuild import until
 
-    from tests.browser.screens import diagnosis
-
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(predicate)
-    except TimeoutException:
-        pytest.fail(f"timed out waiting for {what}\n" + diagnosis(driver, portal))
+    return until(driver, predicate, timeout, f"timed out waiting for {what}", portal)
 
 
 def statuses(driver) -> list[str]:
