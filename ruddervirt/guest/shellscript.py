@@ -1,4 +1,5 @@
-"""Provisioner step semantics on top of an SSH session: `shell` scripts and `reboot`.
+"""Provisioner step semantics on top of a guest session: `shell` scripts (the `reboot` step
+lives in guest.ssh.reboot and is re-exported here).
 
 Shell step (manifest: "one script per step ... when it has no shebang, it runs under bash (sh as
 fallback) with set -e. env is exported. executeCommand wraps the run, with {{ .Command }}
@@ -29,19 +30,12 @@ import secrets
 import shlex
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ruddervirt.guest.ssh import (
-    Cancelled,
-    CommandTimeout,
-    ConnectionLost,
-    GuestError,
-    HostKeyMismatch,
-    OutputCallback,
-    SSHSession,
-    SSHWaitTimeout,
-)
+from ruddervirt.guest.communicator import OutputCallback, Session
+from ruddervirt.guest.errors import GuestError, RebootFailed
+from ruddervirt.guest.ssh.reboot import BOOT_ID_COMMAND, WINDOWS_BOOT_ID_COMMAND, reboot_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +191,7 @@ def render_execute_command(template: str, *, path: str, vars_text: str) -> str:
 
 
 def run_shell_script(
-    session: SSHSession,
+    session: Session,
     prepared: PreparedScript,
     *,
     on_output: OutputCallback | None = None,
@@ -207,7 +201,8 @@ def run_shell_script(
     """Upload, run and (best-effort) remove a prepared script; return the run's exit status.
     POSIX scripts do all three in one command (``one_shot_command``, the script on stdin).
 
-    ``timeout`` bounds upload and run together. Raises what SSHSession.upload/run raise.
+    ``session`` is an SSH session or any Communicator. ``timeout`` bounds upload and run
+    together. Raises what ``session.upload``/``run`` raise.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -235,7 +230,7 @@ def run_shell_script(
         _cleanup(session, prepared)
 
 
-def _cleanup(session: SSHSession, prepared: PreparedScript) -> None:
+def _cleanup(session: Session, prepared: PreparedScript) -> None:
     if not session.is_alive():
         return
     try:
@@ -245,141 +240,6 @@ def _cleanup(session: SSHSession, prepared: PreparedScript) -> None:
     else:
         if status != 0:
             log.warning("could not remove %s: exit status %s", prepared.remote_path, status)
-
-
-# -------------------------------------------------------------------------------------- reboot
-
-BOOT_ID_COMMAND = "cat /proc/sys/kernel/random/boot_id"
-# For Windows guests (untested here: no Windows guest on this machine).
-WINDOWS_BOOT_ID_COMMAND = (
-    'powershell -NoProfile -Command "(Get-CimInstance Win32_OperatingSystem).LastBootUpTime'
-    ".ToString('o')\""
-)
-SessionFactory = Callable[..., SSHSession]
-
-
-class RebootFailed(GuestError):
-    """The reboot command failed or the guest did not come back in time."""
-
-
-def reboot_and_wait(
-    session_factory: SessionFactory,
-    command: str,
-    *,
-    timeout: float,
-    cancel: threading.Event | None = None,
-    session: SSHSession | None = None,
-    on_output: OutputCallback | None = None,
-    boot_id_command: str = BOOT_ID_COMMAND,
-    command_grace: float = 10.0,
-    poll_interval: float = 1.0,
-) -> SSHSession:
-    """Reboot the guest with ``command`` and return a session to the rebooted guest.
-
-    ``session_factory(timeout=..., cancel=...)`` opens a session, typically
-    ``functools.partial(wait_for_ssh, target)``; ``session`` (default: a fresh one) runs the
-    command and is closed afterwards. The command may drop the connection, die (-1 or 128+),
-    or hang (its channel is closed after ``command_grace`` s); any other non-zero status raises
-    RebootFailed. A reboot is recognised by the guest's boot id changing, which works even when
-    the host port stays open throughout (QEMU hostfwd); where ``boot_id_command`` fails
-    (non-Linux), by the old connection dying. The new session must present the same host key
-    (HostKeyMismatch otherwise). Raises RebootFailed on timeout, Cancelled on cancel.
-    """
-    deadline = time.monotonic() + timeout
-    old = session or session_factory(timeout=timeout, cancel=cancel)
-    try:
-        before = _boot_id(old, boot_id_command, cancel)
-        _issue_reboot(old, command, min(command_grace, timeout), on_output, cancel)
-        return _wait_for_new_boot(
-            session_factory, old, before, boot_id_command, deadline, poll_interval, cancel
-        )
-    finally:
-        old.close()
-
-
-def _boot_id(session: SSHSession, command: str, cancel: threading.Event | None) -> str | None:
-    result = session.run_capture(command, timeout=30, cancel=cancel)
-    text = result.stdout.decode("utf-8", "replace").strip()
-    return text if result.exit_status == 0 and text else None
-
-
-def _issue_reboot(
-    session: SSHSession,
-    command: str,
-    grace: float,
-    on_output: OutputCallback | None,
-    cancel: threading.Event | None,
-) -> None:
-    lines: list[str] = []
-
-    def collect(stream: str, line: str) -> None:
-        lines.append(line)
-        if on_output is not None:
-            on_output(stream, line)
-
-    try:
-        status = session.run(command, on_output=collect, timeout=grace, cancel=cancel)
-    except (CommandTimeout, ConnectionLost):
-        return  # still running when the guest went down, or the connection went first
-    if status in (0, -1) or status >= 128:  # -1 / 128+: killed by a signal while going down
-        return
-    tail = "\n".join(lines[-20:])
-    raise RebootFailed(f"reboot command {command!r} exited with status {status}: {tail}")
-
-
-def _wait_for_new_boot(
-    session_factory: SessionFactory,
-    old: SSHSession,
-    before: str | None,
-    boot_id_command: str,
-    deadline: float,
-    poll_interval: float,
-    cancel: threading.Event | None,
-) -> SSHSession:
-    went_away = False
-    while True:
-        try:
-            fresh = session_factory(timeout=max(deadline - time.monotonic(), 0.1), cancel=cancel)
-        except SSHWaitTimeout as exc:
-            raise RebootFailed(f"guest did not come back after the reboot: {exc}") from exc
-        try:
-            if _is_new_boot(fresh, old, before, boot_id_command, went_away, cancel):
-                return fresh
-        except (ConnectionLost, CommandTimeout):
-            went_away = True  # caught it going down
-        except BaseException:
-            fresh.close()
-            raise
-        fresh.close()  # still the same boot: look again shortly
-        went_away = went_away or not old.is_alive()
-        if time.monotonic() + poll_interval > deadline:
-            raise RebootFailed("the guest did not reboot in time (its boot id did not change)")
-        _pause(poll_interval, cancel)
-
-
-def _is_new_boot(
-    fresh: SSHSession,
-    old: SSHSession,
-    before: str | None,
-    boot_id_command: str,
-    went_away: bool,
-    cancel: threading.Event | None,
-) -> bool:
-    if fresh.host_key_fingerprint != old.host_key_fingerprint:
-        raise HostKeyMismatch(
-            f"host key changed across the reboot: {old.host_key_fingerprint} "
-            f"-> {fresh.host_key_fingerprint}"
-        )
-    if before is None:  # no boot id on this guest: the old connection dying must do
-        return went_away or not old.is_alive()
-    return _boot_id(fresh, boot_id_command, cancel) not in (None, before)
-
-
-def _pause(seconds: float, cancel: threading.Event | None) -> None:
-    if cancel is None:
-        time.sleep(seconds)
-    elif cancel.wait(seconds):
-        raise Cancelled("cancelled")
 
 
 __all__ = [

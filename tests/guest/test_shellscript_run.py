@@ -11,6 +11,7 @@ import pytest
 
 from ruddervirt.guest.shellscript import build_shell_command, run_shell_script
 from ruddervirt.guest.ssh import CommandTimeout, SSHTarget, wait_for_ssh
+from ruddervirt.guest.ssh import exec as ssh_exec
 
 pytestmark = pytest.mark.sshserver
 
@@ -135,13 +136,13 @@ def test_step_timeout_fires_and_the_script_is_still_removed(server, keys) -> Non
 def test_a_posix_step_is_one_command_with_the_script_on_stdin(session, monkeypatch) -> None:
     """Write, run and remove in one SSH exec (no SFTP channel, no second exec)."""
     seen: list[str] = []
-    real_exec = type(session)._exec
+    real_exec = ssh_exec._exec
 
-    def counting_exec(self, command, *args, **kwargs):
+    def counting_exec(link, command, *args, **kwargs):
         seen.append(command)
-        return real_exec(self, command, *args, **kwargs)
+        return real_exec(link, command, *args, **kwargs)
 
-    monkeypatch.setattr(type(session), "_exec", counting_exec)
+    monkeypatch.setattr(ssh_exec, "_exec", counting_exec)
     monkeypatch.setattr(
         type(session), "upload", lambda *a, **k: pytest.fail("the one-shot path must not upload")
     )

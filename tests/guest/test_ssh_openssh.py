@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ruddervirt.guest import ssh
 from ruddervirt.guest.shellscript import build_shell_command, run_shell_script
 from ruddervirt.guest.ssh import ConnectionLost, SSHTarget, SSHWaitTimeout, wait_for_ssh
+from ruddervirt.guest.ssh import exec as ssh_exec
 
 pytestmark = pytest.mark.sshserver
 
@@ -63,7 +63,7 @@ def test_run_streams_and_returns_status(session) -> None:
 def test_background_process_holding_the_output_open_does_not_hang_the_run(
     session, monkeypatch
 ) -> None:
-    monkeypatch.setattr(ssh, "_LINGER", 0.5)  # 2 s in production; keep the suite fast
+    monkeypatch.setattr(ssh_exec, "_LINGER", 0.5)  # 2 s in production; keep the suite fast
     lines: list[str] = []
     started = time.monotonic()
     status = session.run("sleep 8 & echo started", on_output=lambda _s, line: lines.append(line))

@@ -110,7 +110,7 @@ def test_upload_and_download_over_sftp(session, workdir: Path) -> None:
     assert Path(remote).read_bytes() == b"payload\x00\xff"
     assert Path(remote).stat().st_mode & 0o777 == 0o600
     assert session.download(remote) == b"payload\x00\xff"
-    assert session._sftp_missing is False
+    assert session.sftp_missing is False
 
 
 def test_upload_of_a_local_file_over_sftp(session, workdir: Path) -> None:
@@ -136,7 +136,7 @@ def session_without_sftp(server_without_sftp, keys):
 def test_upload_falls_back_to_cat_without_sftp_subsystem(session_without_sftp, workdir) -> None:
     remote = str(workdir / "it's a file; $(touch pwned).txt")
     session_without_sftp.upload(b"one\ntwo\n", remote, mode=0o640)
-    assert session_without_sftp._sftp_missing is True
+    assert session_without_sftp.sftp_missing is True
     assert Path(remote).read_bytes() == b"one\ntwo\n"
     assert Path(remote).stat().st_mode & 0o777 == 0o640
     assert not (workdir / "pwned").exists()
@@ -168,5 +168,5 @@ def test_refused_sftp_subsystem_request_also_falls_back(session, workdir, monkey
 
     monkeypatch.setattr(paramiko.Channel, "invoke_subsystem", refuse)
     session.upload(b"via cat", str(workdir / "f"), mode=0o600)
-    assert session._sftp_missing is True
+    assert session.sftp_missing is True
     assert (workdir / "f").read_bytes() == b"via cat"
