@@ -33,6 +33,7 @@ from builds.models import Build, BuildLogLine, BuildStatus
 from builds.reporting import DBReporter
 from ruddervirt.engine.build import BuildPlan, run_build
 from ruddervirt.engine.config import EngineConfig
+from ruddervirt.engine.context import BuildContext
 from ruddervirt.engine.reporter import NullReporter
 from ruddervirt.hypervisor.driver import Hypervisor
 from ruddervirt.manifest import parse
@@ -139,7 +140,7 @@ def run_engine(
         plan = BuildPlan(key=f"e{index}", manifest=parse(text), workdir=workdir)
         start = time.monotonic()
         try:
-            result = run_build(plan, hv=hv, config=config, reporter=reporter)
+            result = run_build(plan, BuildContext(config=config, hv=hv, reporter=reporter))
         except Exception as exc:
             tail = "\n".join(text for _vm, _stream, text in reporter.lines[-25:])
             raise RudderFailed(f"{exc}\n{tail}") from exc

@@ -35,6 +35,7 @@ from modules.models import ManifestRevision, Module
 from modules.services import ModuleNameTaken, can_manage, create_module, save_manifest
 from ruddervirt.engine.build import BuildPlan, BuildResult, run_build
 from ruddervirt.engine.config import EngineConfig
+from ruddervirt.engine.context import BuildContext
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.templates import define_templates, remove_templates
 from ruddervirt.fetch_settings import portal_fetch_policy
@@ -285,7 +286,7 @@ def _run_attempt(
             parents=parents,
             workdir=workdir,
         )
-        result = run_build(plan, hv=hv, config=config, reporter=reporter)
+        result = run_build(plan, BuildContext(config=config, hv=hv, reporter=reporter))
         reporter.flush()
         _succeed(build, base, result, hv, config, reporter)
         return None

@@ -3,7 +3,8 @@
 `run_build` either returns the captured disks (in `plan.workdir / "capture"`) or raises
 BuildError / BuildCancelled. Whatever happens, it leaves no domain, network, seed or key
 behind; the VMs' working disks stay for inspection when the build failed (the caller
-removes them later).
+removes them later). It reaches the outside world only through its BuildContext (one context
+per call: the context's stopper is the build's cancel flag).
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from pathlib import Path
 
 from ruddervirt.engine import cleanup, efi, isos
 from ruddervirt.engine.config import EngineConfig
+from ruddervirt.engine.context import BuildContext, BuildScope, Clock, VMPlan
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.files import FileStore
 from ruddervirt.engine.httpserver import BuildHTTPServer, Listener, listener_for
 from ruddervirt.engine.reporter import Reporter, Stopper
 from ruddervirt.engine.topology import NicPlan, Topology, random_mac
 from ruddervirt.engine.topology import plan as plan_topology
-from ruddervirt.engine.vm import VMRunner
+from ruddervirt.engine.vm import VMOutcome, VMRunner
 from ruddervirt.guest.ssh import generate_keypair, load_private_key
-from ruddervirt.hypervisor import disks as qimg
-from ruddervirt.hypervisor.driver import HypervisorError
+from ruddervirt.hypervisor.driver import Hypervisor, HypervisorError
+from ruddervirt.manifest.model import Manifest, Vm
 
 POLL_INTERVAL_S = 0.5
 NETWORK_TEARDOWN_TIMEOUT_S = 120.0
@@ -36,7 +38,7 @@ NETWORK_TEARDOWN_TIMEOUT_S = 120.0
 @dataclass(frozen=True)
 class BuildPlan:
     key: str  # unique per build, e.g. "b42"; part of every domain and network name
-    manifest: object  # the base Manifest; the build applies its buildOverrides
+    manifest: Manifest  # the base manifest; the build applies its buildOverrides
     workdir: Path
     parents: dict[str, list[Path]] = field(default_factory=dict)
 
@@ -96,15 +98,11 @@ class _Monitor(threading.Thread):
     """Polls the reporter for Cancel and enforces the build timeout."""
 
     def __init__(
-        self, reporter: Reporter, stopper: Stopper, deadline: float, timeout: float
+        self, reporter: Reporter, stopper: Stopper, deadline: float, timeout: float, clock: Clock
     ) -> None:
         super().__init__(name="build-monitor", daemon=True)
-        self.reporter, self.stopper, self.deadline, self.timeout = (
-            reporter,
-            stopper,
-            deadline,
-            timeout,
-        )
+        self.reporter, self.stopper, self.clock = reporter, stopper, clock
+        self.deadline, self.timeout = deadline, timeout
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -116,17 +114,18 @@ class _Monitor(threading.Thread):
                 self.reporter.log(f"could not check for cancel: {exc}", stream="stderr")
             if reason:
                 self.stopper.stop(reason)
-            elif time.monotonic() >= self.deadline:
+            elif self.clock() >= self.deadline:
                 self.stopper.stop(f"the build timeout ({self.timeout:.0f}s) was exceeded")
 
 
-def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) -> BuildResult:
+def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
+    """Build every VM of ``plan`` and capture their disks (see the module docstring)."""
     base = plan.manifest
     manifest = base.for_build()
-    stopper = Stopper()
+    hv, config, reporter, stopper = ctx.hv, ctx.config, ctx.reporter, ctx.stopper
     _evict_isos(config, reporter)
-    deadline = time.monotonic() + manifest.timeout
-    monitor = _Monitor(reporter, stopper, deadline, manifest.timeout)
+    deadline = ctx.clock() + manifest.timeout
+    monitor = _Monitor(reporter, stopper, deadline, manifest.timeout, ctx.clock)
     monitor.start()
     metadata = {"kind": "build", "build": plan.key}
     plan.workdir.mkdir(parents=True, exist_ok=True)
@@ -164,17 +163,23 @@ def run_build(plan: BuildPlan, *, hv, config: EngineConfig, reporter: Reporter) 
         )
         http = _start_http(manifest, topology, files, reporter)
         reporter.build_phase("Building")
-        provisioned = _Countdown(len(manifest.vms), networks_no_longer_needed)
-        outcomes = _run_vms(
-            plan, manifest, topology, hv, config, reporter, stopper, deadline, metadata, files,
-            http, provisioned,
-        )  # fmt: skip
+        scope = BuildScope(
+            key=plan.key,
+            workdir=plan.workdir,
+            manifest=manifest,
+            files=files,
+            deadline=deadline,
+            metadata=metadata,
+            http=http,
+            on_provisioned=_Countdown(len(manifest.vms), networks_no_longer_needed),
+        )
+        outcomes = _run_vms(ctx, scope, plan, topology)
         if http is not None:
             http.stop()
             reporter.log(f"HTTP server stopped after {len(http.requests)} request(s)")
             http = None
         reporter.build_phase("CapturingDisks")
-        return _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper)
+        return _capture(ctx, plan, manifest, topology, outcomes)
     finally:
         if http is not None:
             http.stop()
@@ -203,7 +208,9 @@ class _Countdown:
         self.then()
 
 
-def _tear_down_networks(hv, prefix: str, owner: dict, reporter: Reporter) -> threading.Thread:
+def _tear_down_networks(
+    hv: Hypervisor, prefix: str, owner: dict[str, str], reporter: Reporter
+) -> threading.Thread:
     """Remove the build's networks in a thread of their own (the final cleanup removes
     whatever this leaves, and reports it)."""
 
@@ -232,7 +239,7 @@ def _evict_isos(config: EngineConfig, reporter: Reporter) -> None:
         reporter.log(f"removed cached ISO {path.name} (unused for longer than its isoCacheTTL)")
 
 
-def http_listeners(manifest, topology: Topology) -> list[Listener]:
+def http_listeners(manifest: Manifest, topology: Topology) -> list[Listener]:
     """The gateway of every managed subnet that has a NIC of the build: where the build's
     guests find the HTTP server (and only they can: the networks are isolated)."""
     specs = {n.name: n for n in topology.networks}
@@ -244,7 +251,9 @@ def http_listeners(manifest, topology: Topology) -> list[Listener]:
     ]
 
 
-def _start_http(manifest, topology: Topology, files: FileStore, reporter: Reporter):
+def _start_http(
+    manifest: Manifest, topology: Topology, files: FileStore, reporter: Reporter
+) -> BuildHTTPServer | None:
     """Start the `httpDirectory` server, or return None when the manifest has none."""
     if not manifest.http_files:
         return None
@@ -275,7 +284,9 @@ def build_key_comment(key: str) -> str:
     return f"ruddervirt-build-{key}"
 
 
-def _keys(manifest, files: FileStore, manifest_key: str) -> dict[str, tuple[str, list[str]]]:
+def _keys(
+    manifest: Manifest, files: FileStore, manifest_key: str
+) -> dict[str, tuple[str, list[str]]]:
     """Per VM: the private key the build logs in with, and the public keys the seed carries.
 
     Without sshPrivateKeyFile every build makes a fresh ed25519 pair that lives in memory
@@ -294,35 +305,28 @@ def _keys(manifest, files: FileStore, manifest_key: str) -> dict[str, tuple[str,
 
 
 def _run_vms(
-    plan, manifest, topology: Topology, hv, config, reporter, stopper, deadline, metadata, files,
-    http, on_provisioned,
-):  # fmt: skip
-    keys = _keys(manifest, files, plan.key)
+    ctx: BuildContext, scope: BuildScope, plan: BuildPlan, topology: Topology
+) -> list[VMOutcome]:
+    """Run every VM in its own thread; the first failure stops the others and is raised."""
+    keys = _keys(scope.manifest, scope.files, plan.key)
+    reporter, stopper = ctx.reporter, ctx.stopper
     runners = [
         VMRunner(
-            vm=vm,
-            build_key=plan.key,
-            workdir=plan.workdir,
-            parent_disks=plan.parents.get(vm.name),
-            nics=topology.nics[vm.name],
-            manifest=manifest,
-            config=config,
-            hv=hv,
-            reporter=reporter,
-            stopper=stopper,
-            files=files,
-            private_key=keys[vm.name][0],
-            public_keys=keys[vm.name][1],
-            deadline=deadline,
-            metadata=metadata,
-            http=http,
-            on_provisioned=on_provisioned,
+            ctx,
+            scope,
+            VMPlan(
+                vm=vm,
+                nics=topology.nics[vm.name],
+                private_key=keys[vm.name][0],
+                public_keys=tuple(keys[vm.name][1]),
+                parent_disks=_parents(plan, vm),
+            ),
         )
-        for vm in manifest.vms
+        for vm in scope.manifest.vms
     ]
     failures: list[tuple[str, BaseException]] = []
 
-    def one(runner: VMRunner):
+    def one(runner: VMRunner) -> VMOutcome:
         try:
             return runner.run()
         except BaseException as exc:
@@ -345,8 +349,20 @@ def _run_vms(
     return [f.result() for f in futures]
 
 
-def _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper) -> BuildResult:
+def _parents(plan: BuildPlan, vm: Vm) -> tuple[Path, ...] | None:
+    parents = plan.parents.get(vm.name)
+    return None if parents is None else tuple(parents)
+
+
+def _capture(
+    ctx: BuildContext,
+    plan: BuildPlan,
+    manifest: Manifest,
+    topology: Topology,
+    outcomes: list[VMOutcome],
+) -> BuildResult:
     """Flatten and compact every disk into the capture folder."""
+    base, config, reporter, stopper = plan.manifest, ctx.config, ctx.reporter, ctx.stopper
     capture_dir = plan.workdir / "capture"
     shutil.rmtree(capture_dir, ignore_errors=True)
     base_vms = {vm.name: vm for vm in base.vms}
@@ -360,8 +376,8 @@ def _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper
         for disk in outcome.disks:
             dest = target / f"{disk.name}.qcow2"
             started = time.monotonic()
-            qimg.convert(disk.path, dest, compress=config.compress_templates)
-            size = qimg.virtual_size(dest, fmt="qcow2")
+            ctx.images.convert(disk.path, dest, compress=config.compress_templates)
+            size = ctx.images.virtual_size(dest, fmt="qcow2")
             disks.append(CapturedDisk(disk.name, dest, disk.bus, size))
             reporter.log(
                 f"captured disk {disk.name}: {dest.stat().st_size} bytes on disk "
@@ -392,7 +408,7 @@ def _capture(plan, base, manifest, topology, outcomes, config, reporter, stopper
     return BuildResult(capture_dir=capture_dir, vms=tuple(captured))
 
 
-def _base_nics(base_vm, built: tuple[NicPlan, ...]) -> tuple[NicPlan, ...]:
+def _base_nics(base_vm: Vm, built: tuple[NicPlan, ...]) -> tuple[NicPlan, ...]:
     """The template's NICs are the base manifest's; each keeps the MAC (and address) it
     had in the build when the build had a NIC of that name."""
     by_name = {n.name: n for n in built}

@@ -1,9 +1,9 @@
 """The installer side of a build VM: ISOs, floppy, boot command and the HTTP server's view.
 
-`InstallerMedia` is a mixin of engine.vm.VMRunner (it uses the runner's vm, manifest, config,
-files, http, nics, hv, domain, dir, stopper and log). Everything here that can fail does so
-before the VM boots: a wrong ISO checksum, a floppy that cannot be made, a boot command that
-cannot be typed.
+`InstallerMedia` is a mixin of engine.vm.VMRunner: the attributes it relies on are declared
+at the top of the class (and set by VMRunner.__init__), so a type checker holds the two
+together. Everything here that can fail does so before the VM boots: a wrong ISO checksum, a
+floppy that cannot be made, a boot command that cannot be typed.
 """
 
 from __future__ import annotations
@@ -13,9 +13,15 @@ import threading
 from pathlib import Path
 
 from ruddervirt.engine import bootcmd, isos
+from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.errors import BuildError
-from ruddervirt.hypervisor.driver import HypervisorError
+from ruddervirt.engine.files import FileStore
+from ruddervirt.engine.httpserver import BuildHTTPServer
+from ruddervirt.engine.reporter import Stopper
+from ruddervirt.engine.topology import NicPlan
+from ruddervirt.hypervisor.driver import Hypervisor, HypervisorError
 from ruddervirt.hypervisor.floppy import FloppyError, make_floppy
+from ruddervirt.manifest.model import Manifest, Vm
 from ruddervirt.proc import ExternalCommandError
 
 SCREENSHOT_TIMEOUT_S = 20.0
@@ -25,8 +31,22 @@ class InstallerMedia:
     """ISOs as CD-ROMs, a floppy, the typed boot command, and diagnostics when SSH never
     comes (what the HTTP server saw, a console screenshot)."""
 
+    # What the mixin relies on; VMRunner.__init__ sets every one of them.
+    vm: Vm
+    manifest: Manifest
+    config: EngineConfig
+    files: FileStore
+    http: BuildHTTPServer | None
+    nics: tuple[NicPlan, ...]
+    hv: Hypervisor
+    domain: str
+    dir: Path
+    stopper: Stopper
     isos: list[Path]
     iso_entries: list[Path]
+
+    def log(self, text: str, stream: str = "info") -> None:
+        raise NotImplementedError  # VMRunner.log
 
     def prepare_isos(self) -> list[Path]:
         """Every ISO, fetched or taken from the cache, linked into the VM's folder (the

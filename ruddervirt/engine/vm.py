@@ -1,37 +1,38 @@
 """One VM of a build: source import -> boot -> SSH -> provisioners -> shutdown.
 
 Runs in its own thread; the build orchestrator (engine.build) runs one per manifest VM
-and captures their disks once every VM is shut down.
+and captures their disks once every VM is shut down. Everything outside the process goes
+through the BuildContext: the hypervisor, the guest's communicator, image files.
 """
 
 from __future__ import annotations
 
-import functools
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ruddervirt.engine import bootcmd, efi, netconfig
+from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
-from ruddervirt.engine.files import FileStore
-from ruddervirt.engine.httpserver import BuildHTTPServer
 from ruddervirt.engine.installer_media import InstallerMedia
-from ruddervirt.engine.reporter import Reporter, Stopper
-from ruddervirt.engine.topology import NicPlan
 from ruddervirt.engine.vm_disks import PreparedDisk, VMDisks
-from ruddervirt.guest import ssh
-from ruddervirt.guest.shellscript import build_shell_command, reboot_and_wait, run_shell_script
+from ruddervirt.guest.communicator import Communicator, Endpoint, OutputCallback
+from ruddervirt.guest.errors import Cancelled, CommandTimeout, GuestError, WaitTimeout
+from ruddervirt.guest.shellscript import build_shell_command, run_shell_script
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.hypervisor.driver import DomainState, WaitCancelled, WaitTimedOut
-from ruddervirt.hypervisor.seed import (
-    cloud_config_with_keys,
-    make_nocloud_seed,
-    nocloud_meta_data,
-    seed_drive,
-)
+from ruddervirt.hypervisor.seed import cloud_config_with_keys, nocloud_meta_data, seed_drive
 from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, EfiSpec, MgmtForward, NicSpec
+from ruddervirt.manifest.model import (
+    AnyStep,
+    FileStep,
+    HandbuildStep,
+    RebootStep,
+    ShellStep,
+)
+
+Fail = Callable[..., StepFailed]  # fail(message, exit_code=None): the StepFailed to raise
 
 POWEROFF_POSIX = (
     "sudo -n poweroff 2>/dev/null || poweroff || sudo -n shutdown -h now || shutdown -h now"
@@ -59,48 +60,26 @@ def free_loopback_port() -> int:
 
 
 class VMRunner(VMDisks, InstallerMedia):
-    def __init__(
-        self,
-        *,
-        vm,
-        build_key: str,
-        workdir: Path,
-        parent_disks: list[Path] | None,
-        nics: tuple[NicPlan, ...],
-        manifest,
-        config,
-        hv,
-        reporter: Reporter,
-        stopper: Stopper,
-        files: FileStore,
-        public_keys: list[str],
-        private_key: str,
-        deadline: float,
-        metadata: dict[str, str],
-        http: BuildHTTPServer | None = None,
-        on_provisioned: Callable[[], None] | None = None,
-    ) -> None:
-        self.vm = vm
-        # Called once this VM's provisioners are done, before it shuts down.
-        self.on_provisioned = on_provisioned
-        self.key = build_key
-        self.dir = workdir / vm.name
-        self.parent_disks = parent_disks
-        self.nics = nics
-        self.manifest = manifest
-        self.config = config
-        self.hv = hv
-        self.reporter = reporter
-        self.stopper = stopper
-        self.files = files
-        self.public_keys = public_keys
-        self.private_key = private_key
-        self.deadline = deadline
-        self.metadata = metadata
-        self.http = http
-        self.domain = f"{config.name_prefix}{build_key}-{vm.name}"
+    """Runs one VM of a build (``run``); every attribute VMDisks and InstallerMedia rely on
+    is set here from the context, the build's scope and the VM's plan."""
+
+    def __init__(self, ctx: BuildContext, scope: BuildScope, plan: VMPlan) -> None:
+        self.ctx, self.scope, self.plan = ctx, scope, plan
+        self.vm = plan.vm
+        self.nics = plan.nics
+        self.key = scope.key
+        self.dir = scope.workdir / plan.vm.name
+        self.manifest = scope.manifest
+        self.files = scope.files
+        self.http = scope.http
+        self.config = ctx.config
+        self.hv = ctx.hv
+        self.reporter = ctx.reporter
+        self.stopper = ctx.stopper
+        self.domain = f"{ctx.config.name_prefix}{scope.key}-{plan.vm.name}"
         self.port = 0
-        self.outcome = VMOutcome(name=vm.name, domain=self.domain)
+        self.comm: Communicator | None = None  # made once the VM is booted
+        self.outcome = VMOutcome(name=self.vm.name, domain=self.domain)
         self.isos: list[Path] = []  # installer CD-ROMs, in manifest order
         self.iso_entries: list[Path] = []  # their cache entries
         self.floppy: Path | None = None
@@ -120,7 +99,7 @@ class VMRunner(VMDisks, InstallerMedia):
             raise BuildCancelled(self.stopper.reason)
 
     def remaining(self) -> float:
-        return max(self.deadline - time.monotonic(), 0.0)
+        return max(self.scope.deadline - self.ctx.clock(), 0.0)
 
     def bounded(self, timeout: float | None) -> float:
         """A step's own timeout, never past the build's deadline."""
@@ -150,17 +129,18 @@ class VMRunner(VMDisks, InstallerMedia):
         if self.vm.boot_command:
             self.phase("BootCommand")
             self.type_boot_command()
-        self.phase("WaitingForSSH")
-        session = self.wait_for_ssh()
+        self.comm = self.ctx.communicator(self.endpoint())
         try:
+            self.phase("WaitingForSSH")
+            self.wait_for_guest()
             self.phase("Provisioning", f"{len(self.vm.provisioners)} step(s)")
-            session = self.provision(session)
-            if self.on_provisioned is not None:
-                self.on_provisioned()
+            self.provision()
+            if self.scope.on_provisioned is not None:
+                self.scope.on_provisioned()
             self.phase("ShuttingDown")
-            self.shutdown(session)
+            self.shutdown()
         finally:
-            session.close()
+            self.comm.close()
         return self.outcome
 
     def make_seed(self) -> Path:
@@ -168,7 +148,8 @@ class VMRunner(VMDisks, InstallerMedia):
         hostname, and network config for every NIC (static addresses, and the management
         NIC limited to reaching the host's SSH forward)."""
         ci = self.vm.cloud_init
-        user_data = cloud_config_with_keys(ci.user_data, self.public_keys, self.vm.name)
+        assert ci is not None  # only called for VMs with cloudInit
+        user_data = cloud_config_with_keys(ci.user_data, list(self.plan.public_keys), self.vm.name)
         meta = nocloud_meta_data(instance_id=self.domain, hostname=self.vm.name)
         network = netconfig.render(
             self.nics,
@@ -177,7 +158,7 @@ class VMRunner(VMDisks, InstallerMedia):
             user_network=ci.network_data,
         )
         seed = self.dir / "seed.iso"
-        make_nocloud_seed(seed, user_data=user_data, meta_data=meta, network_config=network)
+        self.ctx.images.make_seed(seed, user_data=user_data, meta_data=meta, network_config=network)
         return seed
 
     # --- boot -----------------------------------------------------------------------
@@ -215,7 +196,7 @@ class VMRunner(VMDisks, InstallerMedia):
             efi=self.efi,
             machine=efi.firmware(self.efi.secure_boot).machine if self.efi else "pc",
             serial_log=self.dir / "serial.log",
-            metadata={**self.metadata, "vm": self.vm.name},
+            metadata={**self.scope.metadata, "vm": self.vm.name},
             title=f"build {self.key} VM {self.vm.name}",
         )
 
@@ -240,42 +221,46 @@ class VMRunner(VMDisks, InstallerMedia):
     def type_boot_command(self) -> None:
         bootcmd.type_boot_command(self, self.boot_plan)
 
-    # --- SSH ------------------------------------------------------------------------
-    def target(self) -> ssh.SSHTarget:
+    # --- the guest's communicator ----------------------------------------------------
+    def endpoint(self) -> Endpoint:
         comm = self.vm.communicator
-        return ssh.SSHTarget(
+        return Endpoint(
             port=self.port,
             username=comm.ssh_username,
-            private_key=self.private_key,
+            private_key=self.plan.private_key or None,
             password=comm.ssh_password,
+            vm=self.vm.name,
         )
 
-    def wait_for_ssh(self) -> ssh.SSHSession:
+    def guest(self) -> Communicator:
+        if self.comm is None:
+            raise BuildError(f"VM {self.vm.name}: the guest is not booted yet")
+        return self.comm
+
+    def wait_for_guest(self) -> None:
+        """Wait until the guest accepts a session, noting progress every 15 s."""
         timeout = self.bounded(self.vm.communicator.ssh_timeout)
-        started = time.monotonic()
+        started = self.ctx.clock()
         last_note = [started]
 
-        def note(attempt: int, failure) -> None:
-            if time.monotonic() - last_note[0] >= 15:
-                last_note[0] = time.monotonic()
-                self.log(f"still waiting for SSH ({failure.message})")
+        def note(message: str) -> None:
+            if self.ctx.clock() - last_note[0] >= 15:
+                last_note[0] = self.ctx.clock()
+                self.log(f"still waiting for SSH ({message})")
 
         try:
-            session = ssh.wait_for_ssh(
-                self.target(), timeout=timeout, cancel=self.stopper.event, on_attempt=note
-            )
-        except ssh.Cancelled as exc:
+            self.guest().wait(timeout=timeout, cancel=self.stopper.event, on_attempt=note)
+        except Cancelled as exc:
             raise BuildCancelled(self.stopper.reason) from exc
-        except ssh.SSHWaitTimeout as exc:
+        except WaitTimeout as exc:
             self.log_serial_tail()
             self.log_ssh_hints()
             state = self.hv.state(self.domain)
             raise BuildError(
                 f"VM {self.vm.name}: {exc} (domain state: {state.name.lower()})"
             ) from exc
-        took = time.monotonic() - started
-        self.log(f"SSH is up after {took:.1f}s (host key {session.host_key_fingerprint})")
-        return session
+        took = self.ctx.clock() - started
+        self.log(f"SSH is up after {took:.1f}s (host key {self.guest().host_key})")
 
     def log_serial_tail(self, lines: int = 20) -> None:
         path = self.dir / "serial.log"
@@ -289,7 +274,8 @@ class VMRunner(VMDisks, InstallerMedia):
                 self.log("  " + line, stream="stderr")
 
     # --- provisioners ------------------------------------------------------------------
-    def provision(self, session: ssh.SSHSession) -> ssh.SSHSession:
+    def provision(self) -> None:
+        """Run every step in order; StepFailed names the first that failed and why."""
         for index, step in enumerate(self.vm.provisioners):
             self.check_stop()
             label = step.name or f"{step.type} {index + 1}"
@@ -297,9 +283,9 @@ class VMRunner(VMDisks, InstallerMedia):
             self.log(
                 f"step {index + 1}/{len(self.vm.provisioners)}: {label} ({step.type})", "phase"
             )
-            started = time.monotonic()
+            started = self.ctx.clock()
             try:
-                session, exit_code = self.run_step(session, index, step)
+                exit_code = self.run_step(index, step)
             except StepFailed as exc:
                 self.reporter.step_finished(
                     self.vm.name, index, ok=False, exit_code=exc.exit_code, message=exc.detail
@@ -308,20 +294,18 @@ class VMRunner(VMDisks, InstallerMedia):
             except BuildCancelled as exc:
                 self.reporter.step_finished(self.vm.name, index, ok=False, message=str(exc))
                 raise
-            except (ssh.GuestError, BuildError, OSError, ValueError) as exc:
+            except (GuestError, BuildError, OSError, ValueError) as exc:
                 self.reporter.step_finished(self.vm.name, index, ok=False, message=str(exc))
                 raise StepFailed(
                     vm=self.vm.name, index=index, name=label, message=str(exc)
                 ) from exc
-            took = time.monotonic() - started
+            took = self.ctx.clock() - started
             self.reporter.step_finished(
                 self.vm.name, index, ok=True, exit_code=exit_code, message=f"{took:.1f}s"
             )
-        return session
 
-    def run_step(
-        self, session: ssh.SSHSession, index: int, step
-    ) -> tuple[ssh.SSHSession, int | None]:
+    def run_step(self, index: int, step: AnyStep) -> int | None:
+        """One step; its exit code (shell steps) or None."""
         label = step.name or f"{step.type} {index + 1}"
         timeout = self.bounded(step.step_timeout)
         why = (
@@ -339,29 +323,33 @@ class VMRunner(VMDisks, InstallerMedia):
             self.log(line, stream)
 
         try:
-            if step.type == "shell":
-                return session, self.run_shell(session, step, timeout, output, fail)
-            if step.type == "file":
+            if isinstance(step, ShellStep):
+                return self.run_shell(step, timeout, output, fail)
+            if isinstance(step, FileStep):
                 data = self.files.content(step.file_ref, should_stop=lambda: self.stopper.stopped)
-                session.upload(data, step.destination, timeout=timeout, cancel=self.stopper.event)
+                self.guest().upload(
+                    data, step.destination, timeout=timeout, cancel=self.stopper.event
+                )
                 self.log(f"uploaded {step.file_ref} to {step.destination}")
-                return session, None
-            if step.type == "reboot":
-                return self.reboot(session, step, timeout, output), None
-            if step.type == "handbuild":
+                return None
+            if isinstance(step, RebootStep):
+                self.reboot(step, timeout, output)
+                return None
+            if isinstance(step, HandbuildStep):
                 self.wait_for_person(index, step, timeout, fail)
-                return self.session_after_person(session), None
+                self.reconnect_after_person()
+                return None
             raise fail(f"provisioner type {step.type!r} is not supported by this engine")
-        except ssh.CommandTimeout as exc:
+        except CommandTimeout as exc:
             raise fail(f"timed out after {timeout:.0f}s ({why})") from exc
-        except ssh.Cancelled as exc:
+        except Cancelled as exc:
             raise BuildCancelled(self.stopper.reason or "cancelled") from exc
 
-    def run_shell(self, session, step, timeout, output, fail) -> int:
+    def run_shell(self, step: ShellStep, timeout: float, output: OutputCallback, fail: Fail) -> int:
         if step.script_file is not None:
             script = self.files.text(step.script_file, should_stop=lambda: self.stopper.stopped)
         else:
-            script = step.inline
+            script = step.inline or ""
         prepared = build_shell_command(
             script,
             env={var.name: var.value for var in step.env},
@@ -369,28 +357,22 @@ class VMRunner(VMDisks, InstallerMedia):
             shell=self.vm.communicator.shell,
         )
         code = run_shell_script(
-            session, prepared, on_output=output, timeout=timeout, cancel=self.stopper.event
+            self.guest(), prepared, on_output=output, timeout=timeout, cancel=self.stopper.event
         )
         if code != 0:
             raise fail(f"the script exited with code {code}", exit_code=code)
         return code
 
-    def reboot(self, session, step, timeout, output) -> ssh.SSHSession:
-        new_session = reboot_and_wait(
-            functools.partial(ssh.wait_for_ssh, self.target()),
-            step.command,
-            timeout=timeout,
-            cancel=self.stopper.event,
-            session=session,
-            on_output=output,
+    def reboot(self, step: RebootStep, timeout: float, output: OutputCallback) -> None:
+        self.guest().reboot(
+            step.command, timeout=timeout, cancel=self.stopper.event, on_output=output
         )
         self.log("the guest rebooted and SSH is back")
-        return new_session
 
-    def wait_for_person(self, index: int, step, timeout: float, fail) -> None:
+    def wait_for_person(self, index: int, step: HandbuildStep, timeout: float, fail: Fail) -> None:
         self.reporter.step_waiting(self.vm.name, index)
         self.log("waiting for a person: " + step.instructions.strip().splitlines()[0], "phase")
-        until = time.monotonic() + timeout
+        until = self.ctx.clock() + timeout
         while True:
             decision = self.reporter.user_decision(self.vm.name, index)
             if decision is not None:
@@ -399,26 +381,25 @@ class VMRunner(VMDisks, InstallerMedia):
                     self.log("continued by a person")
                     return
                 raise fail(f"failed by a person: {reason}")
-            if time.monotonic() >= until:
+            if self.ctx.clock() >= until:
                 raise fail(f"nobody pressed Continue within {timeout:.0f}s")
             if self.stopper.wait(0.25):
                 raise BuildCancelled(self.stopper.reason)
 
-    def session_after_person(self, session: ssh.SSHSession) -> ssh.SSHSession:
-        """The SSH session to go on with after a handbuild step: the same one when it still
-        works, else a new one (the person may have rebooted the guest from its console)."""
+    def reconnect_after_person(self) -> None:
+        """Go on after a handbuild step with the same session when it still works, else with
+        a new one (the person may have rebooted the guest from its console)."""
         try:
-            session.run_capture("true", timeout=PROBE_TIMEOUT_S, cancel=self.stopper.event)
-            return session
-        except ssh.Cancelled as exc:
+            self.guest().run("true", timeout=PROBE_TIMEOUT_S, cancel=self.stopper.event)
+            return
+        except Cancelled as exc:
             raise BuildCancelled(self.stopper.reason) from exc
-        except ssh.GuestError as exc:
+        except GuestError as exc:
             self.log(f"the SSH connection did not survive the step ({exc}); reconnecting")
-        session.close()
-        return self.wait_for_ssh()
+        self.wait_for_guest()
 
     # --- shutdown ---------------------------------------------------------------------
-    def shutdown(self, session: ssh.SSHSession) -> None:
+    def shutdown(self) -> None:
         """Guest poweroff over SSH, then ACPI, then a forced stop."""
         powershell = self.vm.communicator.shell == "powershell"
         command = POWEROFF_POWERSHELL if powershell else POWEROFF_POSIX
@@ -428,10 +409,8 @@ class VMRunner(VMDisks, InstallerMedia):
             forget = f"sed -i '/{marker}$/d' \"$HOME/.ssh/authorized_keys\" 2>/dev/null; true"
             command = f"{forget}; sync; {command}"
         try:
-            session.run(command, timeout=10, cancel=self.stopper.event)
-        except (ssh.ConnectionLost, ssh.CommandTimeout):
-            pass  # the guest went down under us: that is the point
-        except ssh.Cancelled as exc:
+            self.guest().power_off(command, timeout=10, cancel=self.stopper.event)
+        except Cancelled as exc:
             raise BuildCancelled(self.stopper.reason) from exc
         if self.wait_off(self.config.guest_poweroff_timeout_s):
             self.log("the guest powered off")

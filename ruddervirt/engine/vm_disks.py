@@ -1,7 +1,10 @@
 """The disks of a build VM: the source imported as a standalone copy, parents' overlays, blanks.
 
-`VMDisks` is a mixin of engine.vm.VMRunner (it uses the runner's vm, config, dir, parent_disks,
-stopper, remaining and log). Everything here happens before the VM boots.
+`VMDisks` is a mixin of engine.vm.VMRunner: the attributes it relies on are declared at the
+top of the class (and set by VMRunner.__init__), as InstallerMedia does. Every image file is
+made through the build context's `Images` (ctx.images), never by calling qemu-img here; the
+parents of a `buildRef` source come from the VM's plan (plan.parent_disks). Everything here
+happens before the VM boots.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ruddervirt.engine.config import EngineConfig
+from ruddervirt.engine.context import BuildContext, VMPlan
+from ruddervirt.engine.reporter import Stopper
 from ruddervirt.engine.sources import fetch_image
-from ruddervirt.hypervisor import disks as qimg
-from ruddervirt.manifest.model import Disk
+from ruddervirt.manifest.model import Disk, Vm
 
 
 @dataclass
@@ -25,7 +30,19 @@ class PreparedDisk:
 class VMDisks:
     """Disk preparation of a build VM."""
 
-    parent_disks: list[Path] | None
+    # What the mixin relies on; VMRunner.__init__ sets every one of them.
+    ctx: BuildContext
+    plan: VMPlan
+    vm: Vm
+    config: EngineConfig
+    dir: Path
+    stopper: Stopper
+
+    def log(self, text: str, stream: str = "info") -> None:
+        raise NotImplementedError  # VMRunner.log
+
+    def remaining(self) -> float:
+        raise NotImplementedError  # VMRunner.remaining: seconds left before the build's deadline
 
     def prepare_disks(self) -> list[PreparedDisk]:
         prepared = []
@@ -36,12 +53,12 @@ class VMDisks:
             if index == 0 and self.vm.source.url:
                 self.note_size(disk, self.import_source(path, disk.size))
             elif parent is not None:
-                virtual = qimg.virtual_size(parent, fmt="qcow2")
+                virtual = self.ctx.images.virtual_size(parent, fmt="qcow2")
                 grow = disk.size if disk.size > virtual else None
-                qimg.create_overlay(parent, path, backing_format="qcow2", size=grow)
+                self.ctx.images.create_overlay(parent, path, backing_format="qcow2", size=grow)
                 self.note_size(disk, virtual)
             else:
-                qimg.create_blank(path, disk.size)
+                self.ctx.images.create_blank(path, disk.size)
                 if index == 0 and self.vm.source.kind == "blank":
                     self.log(f"disk {disk.name}: blank, {disk.size} bytes, for the installer")
             prepared.append(PreparedDisk(disk.name, path, disk.bus, max(disk.size, 0)))
@@ -60,9 +77,11 @@ class VMDisks:
             should_stop=lambda: self.stopper.stopped,
             log=self.log,
         )
-        qimg.convert(cached, dest, src_format=image.format, timeout=max(self.remaining(), 1.0))
+        self.ctx.images.convert(
+            cached, dest, src_format=image.format, timeout=max(self.remaining(), 1.0)
+        )
         if size > image.virtual_size:
-            qimg.resize(dest, size, fmt="qcow2")
+            self.ctx.images.resize(dest, size, fmt="qcow2")
         return image.virtual_size
 
     def note_size(self, disk: Disk, virtual: int) -> None:
@@ -77,6 +96,7 @@ class VMDisks:
 
     def parent_disk(self, index: int) -> Path | None:
         """Disk ``index`` of the parent template of a ``buildRef`` source, if it has one."""
-        if self.vm.source.build_ref is not None and self.parent_disks:
-            return self.parent_disks[index] if index < len(self.parent_disks) else None
+        parents = self.plan.parent_disks
+        if self.vm.source.build_ref is not None and parents:
+            return parents[index] if index < len(parents) else None
         return None

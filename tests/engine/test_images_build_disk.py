@@ -13,12 +13,15 @@ import pytest
 
 from ruddervirt.engine import cleanup
 from ruddervirt.engine.config import EngineConfig, FetchPolicy
+from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan
 from ruddervirt.engine.errors import SourceError
 from ruddervirt.engine.files import FileStore
-from ruddervirt.engine.reporter import NullReporter, Stopper
+from ruddervirt.engine.reporter import NullReporter
 from ruddervirt.engine.topology import plan
 from ruddervirt.engine.vm import VMRunner
 from ruddervirt.hypervisor.fake import FakeHypervisor
+from ruddervirt.hypervisor.fake_images import FakeImages
+from ruddervirt.hypervisor.images import Images, QemuImages
 from ruddervirt.manifest import parse
 
 MIB = 1024 * 1024
@@ -31,7 +34,10 @@ def qemu_img(*args: str | Path) -> str:
     return done.stdout
 
 
-def runner_for(image: Path, tmp_path: Path, *, disk_size: str = "8Mi") -> VMRunner:
+def runner_for(
+    image: Path, tmp_path: Path, *, disk_size: str = "8Mi", images: Images | None = None
+) -> VMRunner:
+    """A runner whose disks come from ``image``, made by ``images`` (default: real qemu-img)."""
     digest = hashlib.sha256(image.read_bytes()).hexdigest()
     text = f"""\
 vms:
@@ -47,13 +53,13 @@ vms:
         storage_root=tmp_path / "storage", domain_type="qemu", name_prefix="rvt-",
         fetch_policy=FetchPolicy(file_source_dirs=(image.parent,)),
     )  # fmt: skip
-    runner = VMRunner(
-        vm=manifest.vms[0], build_key="b1", workdir=tmp_path / "work", parent_disks=None,
-        nics=topology.nics["web"], manifest=manifest, config=config, hv=hv,
-        reporter=NullReporter(), stopper=Stopper(),
+    ctx = BuildContext(config=config, hv=hv, reporter=NullReporter(), images=images or QemuImages())
+    scope = BuildScope(
+        key="b1", workdir=tmp_path / "work", manifest=manifest,
         files=FileStore(manifest.files, config.files_cache_dir, policy=config.fetch_policy),
-        public_keys=[], private_key="", deadline=time.monotonic() + 600, metadata={},
+        deadline=time.monotonic() + 600, metadata={},
     )  # fmt: skip
+    runner = VMRunner(ctx, scope, VMPlan(vm=manifest.vms[0], nics=topology.nics["web"]))
     runner.dir.mkdir(parents=True)
     return runner
 
@@ -82,3 +88,16 @@ def test_a_source_with_a_backing_file_fails_before_any_disk_is_made(tmp_path):
     with pytest.raises(SourceError, match=r"has a backing file \('/etc/shadow'\)"):
         runner.prepare_disks()
     assert list(runner.dir.iterdir()) == []
+
+
+def test_the_source_is_imported_through_the_contexts_images_in_the_format_checked(tmp_path):
+    source = tmp_path / "images" / "base.raw"
+    source.parent.mkdir()
+    source.write_bytes(b"\0" * 4 * MIB)  # no magic: checked as raw
+    images = FakeImages()
+    runner = runner_for(source, tmp_path, images=images)
+    [disk] = runner.prepare_disks()
+    assert images.made == [disk.path]
+    record = json.loads(disk.path.read_text())
+    assert (record["format"], record["backing"]) == ("qcow2", None)
+    assert images.virtual_size(disk.path, fmt="qcow2") == 8 * MIB  # converted, then grown

@@ -12,13 +12,16 @@ import pytest
 from ruddervirt.engine import cleanup
 from ruddervirt.engine.build import BuildPlan, run_build
 from ruddervirt.engine.config import EngineConfig, FetchPolicy
+from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan
 from ruddervirt.engine.errors import BuildError, SourceError
 from ruddervirt.engine.files import FileStore
 from ruddervirt.engine.httpserver import BuildHTTPServer, Listener
-from ruddervirt.engine.reporter import NullReporter, Stopper
+from ruddervirt.engine.reporter import NullReporter
 from ruddervirt.engine.topology import plan
 from ruddervirt.engine.vm import VMRunner
+from ruddervirt.guest import fake
 from ruddervirt.guest.bootcommand import LINUX_KEYCODES as K
+from ruddervirt.guest.fake import ScriptedCommunicator
 from ruddervirt.hypervisor.fake import FakeHypervisor
 from ruddervirt.hypervisor.floppy import list_floppy
 from ruddervirt.manifest import parse
@@ -64,20 +67,17 @@ def runner_for(text: str, tmp_path, hv: FakeHypervisor, http=None):
         boot_key_interval_s=0.0, fetch_policy=FetchPolicy(file_source_dirs=(tmp_path,)),
     )  # fmt: skip
     reporter = NullReporter()
-    runner = VMRunner(
-        vm=manifest.vms[0], build_key="b1", workdir=tmp_path / "work", parent_disks=None,
-        nics=topology.nics["web"], manifest=manifest, config=config, hv=hv, reporter=reporter,
-        stopper=Stopper(), files=FileStore(
-            manifest.files, config.files_cache_dir, policy=config.fetch_policy
-        ),
-        public_keys=[], private_key="", deadline=time.monotonic() + 600,
-        metadata={"kind": "build", "build": "b1"}, http=http,
+    # The guest never gets as far as SSH in these tests: its wait stops the runner there.
+    ctx = BuildContext(
+        config=config, hv=hv, reporter=reporter,
+        communicator=lambda _endpoint: ScriptedCommunicator([fake.wait(error=StopAtSSH())]),
     )  # fmt: skip
-
-    def stop_at_ssh():
-        raise StopAtSSH
-
-    runner.wait_for_ssh = stop_at_ssh
+    scope = BuildScope(
+        key="b1", workdir=tmp_path / "work", manifest=manifest,
+        files=FileStore(manifest.files, config.files_cache_dir, policy=config.fetch_policy),
+        deadline=time.monotonic() + 600, metadata={"kind": "build", "build": "b1"}, http=http,
+    )  # fmt: skip
+    runner = VMRunner(ctx, scope, VMPlan(vm=manifest.vms[0], nics=topology.nics["web"]))
     return runner, reporter
 
 
@@ -191,6 +191,6 @@ def test_a_wrong_iso_checksum_fails_the_build_before_anything_boots(tmp_path, me
     build = BuildPlan(key="b9", manifest=parse(manifest_text(media, checksum=wrong)),
                       workdir=tmp_path / "work")  # fmt: skip
     with pytest.raises(SourceError, match=f"checksum mismatch .* expected {wrong}"):
-        run_build(build, hv=hv, config=config, reporter=NullReporter())
+        run_build(build, BuildContext(config=config, hv=hv, reporter=NullReporter()))
     assert not [call for call in hv.calls if call[0] in ("define", "start")]
     assert hv.domains == {} and hv.networks == {}

@@ -1,0 +1,195 @@
+"""A whole build on fakes: what success returns, how cancel, SSH that never comes, handbuild
+steps and shutdown behave, and that nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
+from ruddervirt.guest import fake
+from tests.engine.buildkit import FakeBuild, manifest_text, vm_yaml
+
+SHELL = '      - type: shell\n        shell: {inline: "echo hi"}\n'
+HANDBUILD = (
+    "      - name: tune\n        type: handbuild\n        handbuild: {instructions: Tune it}\n"
+)
+
+
+@pytest.fixture
+def build(tmp_path) -> FakeBuild:
+    return FakeBuild(tmp_path)
+
+
+def test_a_successful_build_returns_the_captured_template_of_each_vm(build) -> None:
+    build.script("web", fake.run("echo hi"))
+    result = build.run(manifest_text(vm_yaml("web", SHELL)))
+    (vm,) = result.vms
+    assert (vm.name, vm.cpu, vm.memory, vm.efi) == ("web", 1, 256 * 2**20, None)
+    (disk,) = vm.disks
+    assert disk.path == result.capture_dir / "web" / "root.qcow2" and disk.path.is_file()
+    assert build.images.virtual_size(disk.path, fmt="qcow2") == disk.size == 20 * 2**30
+    assert vm.communicator == {"ssh_username": "root", "ssh_port": 22, "shell": "bash"}
+    assert build.reporter.phases()[-2:] == ["ShuttingDown", "DiskCaptured"]
+    build.guests["web"].assert_done()
+
+
+def test_a_successful_build_leaves_no_domain_or_network_behind(build) -> None:
+    build.script("web", fake.run("echo hi"))
+    build.run(manifest_text(vm_yaml("web", SHELL)))
+    assert build.hv.domains == {} and build.hv.networks == {}
+
+
+def test_the_build_vm_disk_is_an_overlay_of_its_parent_template(build) -> None:
+    build.script("web")
+    build.run(manifest_text(vm_yaml("web")))
+    disk = build.tmp_path / "work/web/disk0-root.qcow2"
+    record = json.loads(disk.read_text())
+    assert record["backing"] == str(build.parent("web").resolve())
+    assert "disk root: grown from 67108864 to 21474836480 bytes" in build.reporter.text()
+
+
+def test_the_seed_carries_the_build_key_the_hostname_and_the_instance(build) -> None:
+    build.script("web")
+    build.run(manifest_text(vm_yaml("web")))
+    (seed,) = build.images.seeds.values()
+    assert "ruddervirt-build-b1" in seed["user-data"]
+    assert "local-hostname: web" in seed["meta-data"]
+    assert "instance-id: rvt-b1-web" in seed["meta-data"]
+
+
+def test_the_guest_is_reached_through_the_vms_own_loopback_forward(build) -> None:
+    build.script("web")
+    build.run(manifest_text(vm_yaml("web")))
+    endpoint = build.endpoints["web"]
+    assert (endpoint.host, endpoint.username, endpoint.vm) == ("127.0.0.1", "root", "web")
+    assert endpoint.private_key and "OPENSSH PRIVATE KEY" in endpoint.private_key
+    assert f"SSH forwarded from 127.0.0.1:{endpoint.port}" in " ".join(build.reporter.text())
+
+
+def test_the_build_key_is_removed_from_the_guest_before_it_powers_off(build) -> None:
+    guest = build.script("web")
+    build.run(manifest_text(vm_yaml("web")))
+    (poweroff,) = [c for c in guest.calls if c.op == "power_off"]
+    assert "sed -i '/ ruddervirt-build-b1$/d'" in poweroff.what
+    assert poweroff.what.index("sync") < poweroff.what.index("poweroff")
+
+
+def test_a_guest_that_stays_up_after_poweroff_gets_the_acpi_button(build) -> None:
+    build.script("web", fake.wait(), fake.power_off(), bare=True)  # the domain stays RUNNING
+    build.run(manifest_text(vm_yaml("web")))
+    text = build.reporter.text()
+    assert "the guest did not power off by itself; sending the ACPI power button" in text
+    assert "the guest powered off on ACPI" in text
+
+
+def test_ssh_that_never_comes_fails_the_vm_with_the_domain_state(build) -> None:
+    build.script("web", fake.never_answers(), bare=True)
+    extra = "    communicator: {sshTimeout: 200ms}\n"
+    with pytest.raises(
+        BuildError, match=r"VM web: fake guest not ready .*\(domain state: running\)"
+    ):
+        build.run(manifest_text(vm_yaml("web", SHELL, extra=extra)))
+    assert (build.tmp_path / "work/web/console.ppm").exists()  # the screen when SSH gave up
+    assert "Failed" in build.reporter.phases()
+    assert build.hv.domains == {}
+
+
+def cancel_later(build: FakeBuild, seconds: float, reason: str = "cancelled by alice") -> None:
+    def cancel() -> None:
+        build.reporter.cancel_reason = reason
+
+    threading.Timer(seconds, cancel).start()
+
+
+def test_cancel_during_a_step_stops_the_build_within_a_second(build) -> None:
+    build.script("web", fake.run("sleep 600", delay=600), fake.run("rm -f /tmp/rudder-script-"))
+    build.guests["web"].script.pop()
+    cancel_later(build, 0.2)
+    started = time.monotonic()
+    with pytest.raises(BuildCancelled, match="cancelled by alice"):
+        build.run(
+            manifest_text(
+                vm_yaml("web", "      - type: shell\n        shell: {inline: sleep 600}\n")
+            )
+        )
+    assert time.monotonic() - started < 2
+    assert build.reporter.finished() == [(0, False, None, "cancelled by alice")]
+    assert build.hv.domains == {}
+
+
+def test_cancel_while_waiting_for_ssh_stops_the_build(build) -> None:
+    build.script("web", fake.never_answers(), bare=True)
+    cancel_later(build, 0.2)
+    with pytest.raises(BuildCancelled, match="cancelled by alice"):
+        build.run(manifest_text(vm_yaml("web", SHELL)))
+    assert not build.reporter.finished()  # no step ever started
+
+
+def test_the_first_failing_vm_stops_the_others_and_its_failure_is_the_builds(build) -> None:
+    build.script("web", fake.run("exit 1", exit_status=1, delay=0.3))  # db is in its step by then
+    build.guests["web"].script.pop()
+    build.script("db", fake.run("sleep 600", delay=600), fake.run("rm -f /tmp/rudder-script-"))
+    build.guests["db"].script.pop()
+    failing = "      - type: shell\n        shell: {inline: exit 1}\n"
+    slow = "      - type: shell\n        shell: {inline: sleep 600}\n"
+    with pytest.raises(StepFailed, match=r"VM web: step 1 .* exited with code 1"):
+        build.run(manifest_text(vm_yaml("web", failing), vm_yaml("db", slow)))
+    assert build.reporter.finished("db") == [(0, False, None, "VM web failed")]
+    assert build.hv.domains == {}
+
+
+def continue_when_waiting(build: FakeBuild, index: int, what: str = "continue", reason="") -> None:
+    def decide() -> None:
+        if build.reporter.waiting.wait(5):
+            build.reporter.decide("web", index, what, reason)
+
+    threading.Thread(target=decide, daemon=True).start()
+
+
+def test_a_handbuild_step_waits_for_continue_then_goes_on_in_the_same_session(build) -> None:
+    guest = build.script("web", fake.run("true"), fake.run("echo hi"))
+    continue_when_waiting(build, 0)
+    build.run(manifest_text(vm_yaml("web", HANDBUILD + SHELL)))
+    assert ("waiting", "web", 0) in build.reporter.events
+    assert "continued by a person" in build.reporter.text()
+    assert guest.sessions == 1
+    assert [f[:2] for f in build.reporter.finished()] == [(0, True), (1, True)]
+
+
+def test_after_a_handbuild_step_that_rebooted_the_guest_the_build_reconnects(build) -> None:
+    guest = build.script("web", fake.drop_connection("true"), fake.wait(), fake.run("echo hi"))
+    continue_when_waiting(build, 0)
+    build.run(manifest_text(vm_yaml("web", HANDBUILD + SHELL)))
+    assert guest.sessions == 2
+    assert any("did not survive the step" in line for line in build.reporter.text())
+
+
+def test_a_handbuild_step_failed_by_a_person_fails_with_their_reason(build) -> None:
+    build.script("web")
+    build.guests["web"].script.pop()
+    continue_when_waiting(build, 0, "fail", "the installer crashed")
+    with pytest.raises(
+        StepFailed, match=r"step 1 \(tune\) failed: failed by a person: the installer"
+    ):
+        build.run(manifest_text(vm_yaml("web", HANDBUILD)))
+
+
+def test_a_handbuild_step_nobody_continues_fails_at_its_step_timeout(build) -> None:
+    build.script("web")
+    build.guests["web"].script.pop()
+    steps = HANDBUILD + "        stepTimeout: 300ms\n"
+    with pytest.raises(StepFailed, match="nobody pressed Continue within 0s"):
+        build.run(manifest_text(vm_yaml("web", steps)))
+
+
+def test_cancel_while_a_handbuild_step_waits_for_a_person_stops_the_build(build) -> None:
+    build.script("web")
+    build.guests["web"].script.pop()
+    cancel_later(build, 0.2)
+    with pytest.raises(BuildCancelled, match="cancelled by alice"):
+        build.run(manifest_text(vm_yaml("web", HANDBUILD)))
+    assert build.reporter.finished() == [(0, False, None, "cancelled by alice")]
