@@ -11,7 +11,7 @@ export RUDDERVIRT_DOMAIN_TYPE
 help:
 	@echo "make run    set up everything and serve the portal on http://127.0.0.1:8000 (Ctrl-C stops it)"
 	@echo "make test   set up everything and run the whole test suite (real VMs under TCG)"
-	@echo "make lint   ruff check and format check (make test runs ruff check too)"
+	@echo "make lint   ruff check and format check (make test runs ruff check and mypy too)"
 
 setup:
 	@scripts/setup.sh
@@ -30,6 +30,7 @@ test: export RUDDERVIRT_FETCH_ALLOW_NETS = 127.0.0.0/8
 test:
 	@scripts/setup.sh --for-tests
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 test-fast: export RUDDERVIRT_DOMAIN_TYPE = qemu

@@ -19,6 +19,7 @@ from builds.models import ACTIVE, Build, BuildStatus
 from builds.services import append_log, engine_config, remove_build_disks
 from builds.transitions import InvalidTransition, transition
 from ruddervirt.engine.cleanup import remove_domain
+from ruddervirt.hypervisor.driver import Hypervisor
 
 log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(seconds=90)
@@ -37,7 +38,7 @@ def dead_builds() -> list[tuple[Build, str]]:
     return found
 
 
-def reconcile(hv) -> list[str]:
+def reconcile(hv: Hypervisor) -> list[str]:
     """Fix what can be fixed; returns one line per action, for the log and the command."""
     actions: list[str] = []
     for build, reason in dead_builds():
@@ -59,7 +60,7 @@ def reconcile(hv) -> list[str]:
     return actions
 
 
-def remove_leftovers(hv) -> list[str]:
+def remove_leftovers(hv: Hypervisor) -> list[str]:
     """Domains and networks of builds that are over (or unknown to the database)."""
     config = engine_config()
     active = {

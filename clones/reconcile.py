@@ -26,13 +26,13 @@ from clones.runner import record_states, run_inline
 from clones.transitions import InvalidTransition, transition
 from ruddervirt.engine.cleanup import remove_domain
 from ruddervirt.engine.clone import KIND
-from ruddervirt.hypervisor.driver import DomainState
+from ruddervirt.hypervisor.driver import DomainState, Hypervisor
 
 log = logging.getLogger(__name__)
 S = CloneStatus
 
 
-def reconcile_clones(hv) -> list[str]:
+def reconcile_clones(hv: Hypervisor) -> list[str]:
     """Fix what can be fixed; one line per action, for the log and the command."""
     actions = fail_interrupted()
     actions += sync_states(hv)
@@ -57,7 +57,7 @@ def fail_interrupted() -> list[str]:
     return actions
 
 
-def sync_states(hv) -> list[str]:
+def sync_states(hv: Hypervisor) -> list[str]:
     """At-rest clones take the state libvirt reports (a guest may power itself off, an
     administrator may use virsh)."""
     actions = []
@@ -95,7 +95,7 @@ def _due_for_shutdown(clone: Clone, now) -> str | None:
     return None
 
 
-def enforce_limits(hv) -> list[str]:
+def enforce_limits(hv: Hypervisor) -> list[str]:
     """Shut down running clones past their expiry or inactivity limit (in parallel)."""
     now = timezone.now()
     stopping, actions = [], []
@@ -113,7 +113,7 @@ def enforce_limits(hv) -> list[str]:
     return actions
 
 
-def remove_leftovers(hv) -> list[str]:
+def remove_leftovers(hv: Hypervisor) -> list[str]:
     """Domains, networks and folders of clones that no longer exist."""
     config = engine_config()
     live = {f"c{pk}" for pk in Clone.objects.values_list("pk", flat=True)}

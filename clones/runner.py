@@ -25,7 +25,7 @@ from clones.transitions import InvalidTransition, transition
 from ruddervirt.engine import clone as engine
 from ruddervirt.engine.clone import CloneError, CloneRequest, TemplateVM
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
-from ruddervirt.hypervisor.driver import DomainState
+from ruddervirt.hypervisor.driver import DomainState, Hypervisor
 from ruddervirt.manifest import NO_LIMITS, parse
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,9 @@ def clone_request(clone: Clone) -> CloneRequest:
 
 
 # --- entry points ----------------------------------------------------------------------
-def execute(clone_id: int, action: str, *, vm: str | None = None, hv=None) -> Clone | None:
+def execute(
+    clone_id: int, action: str, *, vm: str | None = None, hv: Hypervisor | None = None
+) -> Clone | None:
     """Do `action` on the clone (see the module docstring). Returns the clone, or None when
     it is gone (deleted). Never raises for a failure of the action itself."""
     clone = Clone.objects.select_related("version", "student", "klass").filter(pk=clone_id).first()
@@ -102,7 +104,11 @@ def execute(clone_id: int, action: str, *, vm: str | None = None, hv=None) -> Cl
 
 
 def run_inline(
-    clone_ids: Iterable[int], action: str, *, hv=None, workers: int = INLINE_WORKERS
+    clone_ids: Iterable[int],
+    action: str,
+    *,
+    hv: Hypervisor | None = None,
+    workers: int = INLINE_WORKERS,
 ) -> None:
     """`execute` for many clones in parallel threads of this process (no RQ worker).
 
@@ -115,7 +121,7 @@ def run_inline(
         _parallel(ids, action, hv, workers)
 
 
-def provision_many(clone_ids: list[int], *, hv, workers: int = INLINE_WORKERS) -> None:
+def provision_many(clone_ids: list[int], *, hv: Hypervisor, workers: int = INLINE_WORKERS) -> None:
     """Provision and start the Pending clones among `clone_ids` in one batch."""
     me = worker_identity()
     claimed: list[Clone] = []
@@ -146,7 +152,7 @@ def provision_many(clone_ids: list[int], *, hv, workers: int = INLINE_WORKERS) -
         Clone.objects.filter(pk__in=[c.pk for c in claimed], worker=me).update(worker="")
 
 
-def _parallel(ids: list[int], action: str, hv, workers: int) -> None:
+def _parallel(ids: list[int], action: str, hv: Hypervisor, workers: int) -> None:
     if not ids:
         return
 
@@ -166,7 +172,7 @@ def _internal(exc: Exception) -> str:
     return f"internal error: {exc.__class__.__name__}: {exc}"
 
 
-def _fail(clone: Clone, reason: str, hv) -> None:
+def _fail(clone: Clone, reason: str, hv: Hypervisor) -> None:
     try:
         transition(clone, S.FAILED, error=reason)
     except InvalidTransition:
@@ -178,24 +184,24 @@ def _fail(clone: Clone, reason: str, hv) -> None:
 
 
 # --- handlers --------------------------------------------------------------------------
-def _provision(clone: Clone, hv, _vm: str | None) -> None:
+def _provision(clone: Clone, hv: Hypervisor, _vm: str | None) -> None:
     transition(clone, S.PROVISIONING)
     _create(clone, hv)
 
 
-def _reprovision(clone: Clone, hv, _vm: str | None) -> None:
+def _reprovision(clone: Clone, hv: Hypervisor, _vm: str | None) -> None:
     req = clone_request(clone)
     engine.delete_clone(req, hv=hv, config=engine_config())
     Clone.objects.filter(pk=clone.pk).update(reprovisions=clone.reprovisions + 1)
     _create(clone, hv)
 
 
-def _create(clone: Clone, hv) -> None:
+def _create(clone: Clone, hv: Hypervisor) -> None:
     result = engine.create_clone(clone_request(clone), hv=hv, config=engine_config())
     _created(clone, result, hv)
 
 
-def _created(clone: Clone, result: engine.CloneResult, hv) -> None:
+def _created(clone: Clone, result: engine.CloneResult, hv: Hypervisor) -> None:
     """Record a freshly made (and started) clone and call it Running."""
     for vm in result.vms:
         CloneVM.objects.filter(clone=clone, name=vm.name).update(
@@ -209,7 +215,7 @@ def _created(clone: Clone, result: engine.CloneResult, hv) -> None:
     transition(clone, S.RUNNING, note=note, last_activity_at=timezone.now())
 
 
-def _start(clone: Clone, hv, vm: str | None) -> None:
+def _start(clone: Clone, hv: Hypervisor, vm: str | None) -> None:
     req = clone_request(clone)
     ports = engine.start_clone(
         req, hv=hv, config=engine_config(), ports=req.ports, vms=[vm] if vm else None
@@ -220,25 +226,25 @@ def _start(clone: Clone, hv, vm: str | None) -> None:
     transition(clone, S.RUNNING, last_activity_at=timezone.now())
 
 
-def _stop(clone: Clone, hv, vm: str | None) -> None:
+def _stop(clone: Clone, hv: Hypervisor, vm: str | None) -> None:
     _power_off(clone, hv, vm)
     states = record_states(clone, hv)
     running = any(s == DomainState.RUNNING for s in states.values())
     transition(clone, S.RUNNING if running else S.STOPPED)
 
 
-def _restart(clone: Clone, hv, vm: str | None) -> None:
+def _restart(clone: Clone, hv: Hypervisor, vm: str | None) -> None:
     _power_off(clone, hv, vm)
     transition(clone, S.STARTING)
     _start(clone, hv, vm)
 
 
-def _power_off(clone: Clone, hv, vm: str | None) -> None:
+def _power_off(clone: Clone, hv: Hypervisor, vm: str | None) -> None:
     domains = [v.domain_name for v in clone.vms.all() if vm is None or v.name == vm]
     engine.stop_clone(hv, domains, timeout=engine_config().acpi_timeout_s)
 
 
-def _delete(clone: Clone, hv, _vm: str | None) -> None:
+def _delete(clone: Clone, hv: Hypervisor, _vm: str | None) -> None:
     engine.delete_clone(clone_request(clone), hv=hv, config=engine_config())
     Clone.objects.filter(pk=clone.pk).delete()
 
@@ -253,7 +259,7 @@ HANDLERS = {
 }
 
 
-def record_states(clone: Clone, hv) -> dict[str, DomainState]:
+def record_states(clone: Clone, hv: Hypervisor) -> dict[str, DomainState]:
     """Ask libvirt for each VM's state and store it; returns them by VM name."""
     states = {}
     for vm in CloneVM.objects.filter(clone_id=clone.pk):

@@ -29,6 +29,7 @@ from ruddervirt.engine.topology import plan as plan_topology
 from ruddervirt.engine.vm import VMOutcome, VMRunner
 from ruddervirt.guest.ssh import generate_keypair, load_private_key
 from ruddervirt.hypervisor.driver import Hypervisor, HypervisorError
+from ruddervirt.hypervisor.specs import DiskBus
 from ruddervirt.manifest.model import Manifest, Vm
 
 POLL_INTERVAL_S = 0.5
@@ -47,7 +48,7 @@ class BuildPlan:
 class CapturedDisk:
     name: str
     path: Path
-    bus: str
+    bus: DiskBus
     size: int
 
     def to_dict(self) -> dict:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ruddervirt.hypervisor.driver import DomainState, HypervisorError
+from ruddervirt.hypervisor.driver import DomainState, Hypervisor, HypervisorError
 from ruddervirt.hypervisor.specs import NetworkSpec
 
 
-def create_networks(hv, networks: Iterable[NetworkSpec]) -> None:
+def create_networks(hv: Hypervisor, networks: Iterable[NetworkSpec]) -> None:
     for spec in networks:
         hv.define_network(spec)
         hv.start_network(spec.name)
@@ -22,13 +22,13 @@ def _owned(metadata: Mapping[str, str], owner: Mapping[str, str]) -> bool:
     return all(metadata.get(k) == v for k, v in owner.items())
 
 
-def remove_domain(hv, name: str) -> None:
+def remove_domain(hv: Hypervisor, name: str) -> None:
     if hv.state(name) not in (DomainState.SHUTOFF, DomainState.ABSENT):
         hv.destroy(name)
     hv.undefine(name)
 
 
-def remove_owned(hv, prefix: str, owner: Mapping[str, str]) -> list[str]:
+def remove_owned(hv: Hypervisor, prefix: str, owner: Mapping[str, str]) -> list[str]:
     """Destroy and undefine every domain and network under `prefix` whose metadata
     matches all of `owner` (e.g. {"kind": "build", "build": "b42"}). Returns what went."""
     removed: list[str] = []
@@ -46,7 +46,7 @@ def remove_owned(hv, prefix: str, owner: Mapping[str, str]) -> list[str]:
     return removed
 
 
-def remove_owned_networks(hv, prefix: str, owner: Mapping[str, str]) -> list[str]:
+def remove_owned_networks(hv: Hypervisor, prefix: str, owner: Mapping[str, str]) -> list[str]:
     """Like remove_owned, for the networks only (a build's, once its VMs are off)."""
     removed: list[str] = []
     errors: list[str] = []

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ruddervirt.fetchpolicy import FetchPolicy
+from ruddervirt.hypervisor.specs import DomainType
 
 __all__ = ["EngineConfig", "FetchPolicy"]
 
@@ -13,7 +14,7 @@ __all__ = ["EngineConfig", "FetchPolicy"]
 @dataclass(frozen=True)
 class EngineConfig:
     storage_root: Path
-    domain_type: str = "kvm"
+    domain_type: DomainType = "kvm"
     name_prefix: str = "rv-"
     allow_internet: bool = True
     # Shutdown: the guest's own poweroff, then ACPI, then a forced stop.

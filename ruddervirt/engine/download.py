@@ -59,6 +59,7 @@ class Opened:
         closing: tuple[http.client.HTTPConnection, ...] = (),
     ) -> None:
         self._stream = stream
+        self._closing: tuple[BinaryIO | http.client.HTTPResponse | http.client.HTTPConnection, ...]
         self._closing = (stream, *closing)
         self.length = length
         self.url = url
@@ -136,8 +137,11 @@ def resolve_host(host: str, port: int) -> list[IPAddress]:
             return
         seen: dict[str, IPAddress] = {}
         for *_rest, sockaddr in infos:
-            seen.setdefault(sockaddr[0], literal_address(sockaddr[0].split("%")[0]))
-        found.append([ip for ip in seen.values() if ip is not None])
+            text = str(sockaddr[0])
+            ip = literal_address(text.split("%")[0])
+            if ip is not None:
+                seen.setdefault(text, ip)
+        found.append(list(seen.values()))
 
     worker = threading.Thread(target=work, name=f"resolve-{host}", daemon=True)
     worker.start()

@@ -42,6 +42,7 @@ class FileStore:
         entry = self._files[name]
         if entry.inline is not None:
             return entry.inline.encode("utf-8")
+        assert entry.url is not None  # a file is inline text or a URL (manifest schema)
         with self._lock:
             if name not in self._fetched:
                 self._fetched[name] = fetch(

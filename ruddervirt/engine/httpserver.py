@@ -88,7 +88,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             super().handle_one_request()
         finally:
             if self._status is not None:
-                owner: BuildHTTPServer = self.server.owner  # type: ignore[attr-defined]
+                owner: BuildHTTPServer = self.server.owner
                 owner.record(
                     self.client_address[0],
                     getattr(self, "command", None) or "-",

@@ -236,7 +236,7 @@ def _download(
 
 def evict(cache_dir: Path, *, older_than_s: float) -> list[Path]:
     """Remove cache entries not used for `older_than_s` seconds."""
-    removed = []
+    removed: list[Path] = []
     if not cache_dir.is_dir():
         return removed
     cutoff = time.time() - older_than_s

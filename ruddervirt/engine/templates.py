@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from ruddervirt.engine import efi
 from ruddervirt.engine.build import CapturedVM
 from ruddervirt.engine.config import EngineConfig
+from ruddervirt.hypervisor.driver import Hypervisor
 from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, NicSpec
 
 
@@ -51,7 +52,7 @@ def template_spec(config: EngineConfig, key: str, vm: CapturedVM, *, title: str)
 
 
 def define_templates(
-    hv, config: EngineConfig, *, key: str, label: str, vms: Sequence[CapturedVM]
+    hv: Hypervisor, config: EngineConfig, *, key: str, label: str, vms: Sequence[CapturedVM]
 ) -> list[str]:
     """Define one halted domain per VM; returns their names. On error, removes what it made."""
     names: list[str] = []
@@ -66,7 +67,7 @@ def define_templates(
     return names
 
 
-def remove_templates(hv, names: Sequence[str]) -> None:
+def remove_templates(hv: Hypervisor, names: Sequence[str]) -> None:
     for name in names:
         # The NVRAM belongs to the version's files, not to the domain: keep it.
         hv.undefine(name, remove_nvram=False)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ruddervirt.hypervisor.network_xml import bridge_name_for
-from ruddervirt.hypervisor.specs import DhcpHost, DnsHost, NetworkSpec
+from ruddervirt.hypervisor.specs import DhcpHost, DnsHost, NetworkSpec, NicModel
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class NicPlan:
     mac: str
     ip: str | None  # None on unmanaged subnets, and on managed ones without DHCP, unless static
     static: bool
-    model: str
+    model: NicModel
 
     def to_dict(self) -> dict:
         return {

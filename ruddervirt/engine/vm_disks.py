@@ -16,6 +16,7 @@ from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.context import BuildContext, VMPlan
 from ruddervirt.engine.reporter import Stopper
 from ruddervirt.engine.sources import fetch_image
+from ruddervirt.hypervisor.specs import DiskBus
 from ruddervirt.manifest.model import Disk, Vm
 
 
@@ -23,7 +24,7 @@ from ruddervirt.manifest.model import Disk, Vm
 class PreparedDisk:
     name: str
     path: Path
-    bus: str
+    bus: DiskBus
     size: int
 
 
@@ -69,6 +70,7 @@ class VMDisks:
         returns the source's own virtual size. Never an overlay of the cached download: the
         cache stays private to the portal and QEMU never opens a downloaded file."""
         source = self.vm.source
+        assert source.url is not None  # only called for a URL source
         cached, image = fetch_image(
             source.url,
             source.checksum,

@@ -54,7 +54,9 @@ def info(path: Path, *, fmt: ImageFormat | None = None) -> dict[str, Any]:
 
 def backing_chain(path: Path) -> list[dict[str, Any]]:
     """``info`` of ``path`` and every image below it, top first (qemu-img ``--backing-chain``)."""
-    args = [QEMU_IMG, "info", "--output=json", "--force-share", "--backing-chain", Path(path)]
+    args: list[str | Path] = [
+        QEMU_IMG, "info", "--output=json", "--force-share", "--backing-chain", Path(path)
+    ]  # fmt: skip
     result = run(args, timeout=INFO_TIMEOUT_S)
     return json.loads(result.stdout)
 
@@ -83,7 +85,9 @@ def create_overlay(
     if not base.is_file():
         raise DiskError(f"backing image {base} does not exist")
     _refuse_existing(dest)
-    args = [QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", base, Path(dest)]
+    args: list[str | Path] = [
+        QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", base, Path(dest)
+    ]  # fmt: skip
     if size is not None:
         _check_size(size)
         args.append(str(size))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import xml.etree.ElementTree as ET
+from typing import Any
 
 from ruddervirt.hypervisor.domain_xml import owner_metadata_element, parse_owner_metadata
 from ruddervirt.hypervisor.specs import DhcpHost, DnsHost, NetworkSpec
@@ -90,9 +91,9 @@ def gateway_element(spec: NetworkSpec) -> ET.Element:
             if host.name is not None:
                 host_el.set("name", host.name)
     dns = _sub(gateway, _q("dns"))
-    for host in spec.dns_hosts:
-        host_el = _sub(dns, _q("host"), ip=str(host.ip))
-        for name in host.names:
+    for dns_host in spec.dns_hosts:
+        host_el = _sub(dns, _q("host"), ip=str(dns_host.ip))
+        for name in dns_host.names:
             _sub(host_el, _q("hostname"), name)
     for server in spec.dns_servers:
         _sub(dns, _q("server"), addr=str(server))
@@ -110,7 +111,7 @@ def parse_network_xml(xml: str | ET.Element) -> NetworkSpec:
     bridge = root.find("bridge")
     if not name or bridge is None or not bridge.get("name"):
         raise ValueError("not a bridge network: it has no name or no bridge")
-    common = {
+    common: dict[str, Any] = {
         "name": name,
         "bridge": bridge.get("name", ""),
         "metadata": parse_owner_metadata(root),
@@ -121,7 +122,7 @@ def parse_network_xml(xml: str | ET.Element) -> NetworkSpec:
     return NetworkSpec(**common, **_gateway_fields(gateway))
 
 
-def _gateway_fields(gateway: ET.Element) -> dict:
+def _gateway_fields(gateway: ET.Element) -> dict[str, Any]:
     dhcp = gateway.find(_q("dhcp"))
     dhcp_range = None
     hosts: list[DhcpHost] = []

@@ -44,7 +44,8 @@ def make_nocloud_seed(
         with tempfile.TemporaryDirectory(prefix="rv-seed-") as tmp:
             for name, text in files.items():
                 (Path(tmp) / name).write_text(text, encoding="utf-8")
-            args = [GENISOIMAGE, "-quiet", "-output", partial, "-volid", "cidata", "-joliet"]
+            args: list[str | Path] = [GENISOIMAGE, "-quiet", "-output", partial]
+            args += ["-volid", "cidata", "-joliet"]
             run([*args, "-rock", *files], timeout=SEED_TIMEOUT_S, cwd=tmp)
         os.replace(partial, dest)
     finally:

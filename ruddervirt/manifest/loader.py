@@ -85,7 +85,7 @@ def _pos(node: Node) -> Position:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML is untyped here
+class _Loader(yaml.SafeLoader):
     """SafeLoader that counts aliases and nodes and bounds nesting while composing, so that
     hostile input is refused before it costs much (this parser is pure Python: ~20 us/node)."""
 
@@ -95,7 +95,7 @@ class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML is untyped here
         self._depth = 0
         self._nodes = 0
 
-    def compose_node(self, parent: Node | None, index: object) -> Node:
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import date
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError, validators
 
@@ -83,11 +84,16 @@ def _rewrite(error: ValidationError, index: PositionIndex) -> Iterator[Problem]:
                 key_path = paths.child(path, key)
                 yield _at_key(index, key_path, _unknown_key(key, allowed))
     elif error.validator == "required" and isinstance(instance, dict):
-        for key in error.validator_value:
+        for key in _listed(error.validator_value):
             if key not in instance:
                 yield _at(index, paths.child(path, key), f"required key {key!r} is missing", path)
     else:
         yield _at(index, path, _expected(error, subschema), path)
+
+
+def _listed(value: object) -> list[Any]:
+    """The array a ``required`` or ``enum`` keyword holds (JSON Schema makes both arrays)."""
+    return value if isinstance(value, list) else []
 
 
 def _at(index: PositionIndex, path: str, message: str, located_by: str) -> Problem:
@@ -130,7 +136,7 @@ def _fallback_expectation(error: ValidationError, subschema: dict[str, object]) 
         )
         return " or ".join(_TYPE_PHRASES.get(str(t), str(t)) for t in types)
     if error.validator == "enum":
-        return "one of: " + ", ".join(str(v) for v in error.validator_value)
+        return "one of: " + ", ".join(str(v) for v in _listed(error.validator_value))
     # Not reached with our schema: every other keyword's subschema has an `x-expected`.
     return f"a value satisfying {error.validator} {error.validator_value!r}"
 

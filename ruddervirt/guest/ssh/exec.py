@@ -171,7 +171,7 @@ def _is_over(link: Link, chan: paramiko.Channel, exited_at: float | None) -> boo
         return True
     if exited_at is None:
         return False
-    return chan.eof_received or time.monotonic() - exited_at > _LINGER
+    return bool(chan.eof_received) or time.monotonic() - exited_at > _LINGER
 
 
 def _exit_status(link: Link, chan: paramiko.Channel, command: str) -> int:
@@ -216,14 +216,17 @@ def _chunks_of(data: bytes | Path) -> Iterator[bytes]:
             yield data[start : start + _CHUNK]
 
 
-def close_channel(chan: paramiko.Channel, *, wait: float) -> None:
-    """Close ``chan``, first sending EOF and giving the server ``wait`` s to close it itself.
+def close_channel(chan: paramiko.Channel | None, *, wait: float) -> None:
+    """Close ``chan``, first sending EOF and giving the server ``wait`` s to close it itself
+    (None, an SFTP client without a channel: nothing to close).
 
     Why: dropbear 2022.83 (Debian 12's, used by the tiny test guests) kills the whole connection
     when a channel is opened while it is still handling the exit of an earlier channel's process
     (mkj/dropbear#321, fixed in 2024.86). A server closes a session channel only once its process
     is gone, so waiting for that close keeps the next channel out of the race window.
     """
+    if chan is None:
+        return
     deadline = time.monotonic() + wait
     with contextlib.suppress(paramiko.SSHException, OSError):
         chan.shutdown_write()  # EOF lets sftp-server (and anything reading stdin) exit

@@ -62,6 +62,12 @@ class SSHTarget:
             object.__setattr__(self, "private_key", load_private_key(self.private_key))
 
     @property
+    def key(self) -> paramiko.PKey | None:
+        """The private key as a paramiko key (key text was parsed in ``__post_init__``)."""
+        key = self.private_key
+        return load_private_key(key) if isinstance(key, str) else key
+
+    @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
@@ -182,8 +188,8 @@ def _authenticate(transport: paramiko.Transport, target: SSHTarget) -> None:
     """Try the key, then the password; raise AttemptFailed("auth") naming what was tried."""
     tried: list[str] = []
     attempts: list[tuple[str, Callable[[], object]]] = []
-    if target.private_key is not None:
-        key = target.private_key
+    key = target.key
+    if key is not None:
         attempts.append(("publickey", lambda: transport.auth_publickey(target.username, key)))
     if target.password is not None:
         password = target.password
