@@ -99,7 +99,7 @@ class RecordingReporter(NullReporter):
 @dataclass
 class FakeBuild:
     """One build's fakes. ``script(vm, *steps)`` sets what a VM's guest does between its
-    wait and its power-off (add them with ``bare=True`` to write the whole script)."""
+    wait and its power-off (``bare=True``: ``steps`` are the whole script)."""
 
     tmp_path: Path
     hv: FakeHypervisor = field(default_factory=lambda: FakeHypervisor(name_prefix=PREFIX))
@@ -115,8 +115,12 @@ class FakeBuild:
         """The guest's own poweroff: the domain turns SHUTOFF."""
         return fake.power_off(then=lambda: self.hv.set_state(self.domain(vm), DomainState.SHUTOFF))
 
-    def script(self, vm: str, *steps: Step, bare: bool = False) -> ScriptedCommunicator:
-        full: Sequence[Step] = steps if bare else (fake.wait(), *steps, self.powered_off(vm))
+    def script(
+        self, vm: str, *steps: Step, bare: bool = False, fails: bool = False
+    ) -> ScriptedCommunicator:
+        """``fails``: the build stops during ``steps``, so the guest is never powered off."""
+        end = () if fails else (self.powered_off(vm),)
+        full: Sequence[Step] = steps if bare else (fake.wait(), *steps, *end)
         self.guests[vm] = ScriptedCommunicator(full)
         return self.guests[vm]
 

@@ -106,8 +106,9 @@ def cancel_later(build: FakeBuild, seconds: float, reason: str = "cancelled by a
 
 
 def test_cancel_during_a_step_stops_the_build_within_a_second(build) -> None:
-    build.script("web", fake.run("sleep 600", delay=600), fake.run("rm -f /tmp/rudder-script-"))
-    build.guests["web"].script.pop()
+    build.script(
+        "web", fake.run("sleep 600", delay=600), fake.run("rm -f /tmp/rudder-script-"), fails=True
+    )
     cancel_later(build, 0.2)
     started = time.monotonic()
     with pytest.raises(BuildCancelled, match="cancelled by alice"):
@@ -130,10 +131,11 @@ def test_cancel_while_waiting_for_ssh_stops_the_build(build) -> None:
 
 
 def test_the_first_failing_vm_stops_the_others_and_its_failure_is_the_builds(build) -> None:
-    build.script("web", fake.run("exit 1", exit_status=1, delay=0.3))  # db is in its step by then
-    build.guests["web"].script.pop()
-    build.script("db", fake.run("sleep 600", delay=600), fake.run("rm -f /tmp/rudder-script-"))
-    build.guests["db"].script.pop()
+    # web fails 0.3 s into its step: db is in its own step by then.
+    build.script("web", fake.run("exit 1", exit_status=1, delay=0.3), fails=True)
+    build.script(
+        "db", fake.run("sleep 600", delay=600), fake.run("rm -f /tmp/rudder-script-"), fails=True
+    )
     failing = "      - type: shell\n        shell: {inline: exit 1}\n"
     slow = "      - type: shell\n        shell: {inline: sleep 600}\n"
     with pytest.raises(StepFailed, match=r"VM web: step 1 .* exited with code 1"):
@@ -169,8 +171,7 @@ def test_after_a_handbuild_step_that_rebooted_the_guest_the_build_reconnects(bui
 
 
 def test_a_handbuild_step_failed_by_a_person_fails_with_their_reason(build) -> None:
-    build.script("web")
-    build.guests["web"].script.pop()
+    build.script("web", fails=True)
     continue_when_waiting(build, 0, "fail", "the installer crashed")
     with pytest.raises(
         StepFailed, match=r"step 1 \(tune\) failed: failed by a person: the installer"
@@ -179,16 +180,14 @@ def test_a_handbuild_step_failed_by_a_person_fails_with_their_reason(build) -> N
 
 
 def test_a_handbuild_step_nobody_continues_fails_at_its_step_timeout(build) -> None:
-    build.script("web")
-    build.guests["web"].script.pop()
+    build.script("web", fails=True)
     steps = HANDBUILD + "        stepTimeout: 300ms\n"
     with pytest.raises(StepFailed, match="nobody pressed Continue within 0s"):
         build.run(manifest_text(vm_yaml("web", steps)))
 
 
 def test_cancel_while_a_handbuild_step_waits_for_a_person_stops_the_build(build) -> None:
-    build.script("web")
-    build.guests["web"].script.pop()
+    build.script("web", fails=True)
     cancel_later(build, 0.2)
     with pytest.raises(BuildCancelled, match="cancelled by alice"):
         build.run(manifest_text(vm_yaml("web", HANDBUILD)))

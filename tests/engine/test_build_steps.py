@@ -46,8 +46,7 @@ def test_a_shell_step_is_one_command_with_its_script_and_env_on_stdin(build) -> 
 
 
 def test_a_failing_shell_step_names_the_step_and_its_exit_code(build) -> None:
-    build.script("web", fake.run("exit 3", exit_status=3), bare=False)
-    build.guests["web"].script.pop()  # no poweroff: the build stops at the failure
+    build.script("web", fake.run("exit 3", exit_status=3), fails=True)
     steps = shell("exit 3", name="migrate") + SHELL
     with pytest.raises(StepFailed) as failed:
         build.run(manifest_text(vm_yaml("web", steps)))
@@ -59,8 +58,9 @@ def test_a_failing_shell_step_names_the_step_and_its_exit_code(build) -> None:
 
 
 def test_a_step_timeout_fails_the_step_and_the_script_is_still_removed(build) -> None:
-    build.script("web", fake.run("sleep 60", delay=30), fake.run("rm -f /tmp/rudder-script-"))
-    build.guests["web"].script.pop()
+    build.script(
+        "web", fake.run("sleep 60", delay=30), fake.run("rm -f /tmp/rudder-script-"), fails=True
+    )
     with pytest.raises(
         StepFailed, match=r"step 1 \(slow\) failed: timed out after 0s \(stepTimeout\)"
     ):
@@ -71,8 +71,7 @@ def test_a_step_timeout_fails_the_step_and_the_script_is_still_removed(build) ->
 
 
 def test_a_connection_lost_during_a_step_fails_that_step_with_the_reason(build) -> None:
-    build.script("web", fake.drop_connection("reboot-ish", "going"))
-    build.guests["web"].script.pop()
+    build.script("web", fake.drop_connection("reboot-ish", "going"), fails=True)
     with pytest.raises(StepFailed, match=r"step 1 .* failed: connection to the fake guest lost"):
         build.run(manifest_text(vm_yaml("web", shell("reboot-ish"))))
     assert build.reporter.finished()[0][1] is False
@@ -91,8 +90,7 @@ def test_a_file_step_uploads_the_file_to_its_destination(build) -> None:
 
 def test_a_refused_upload_fails_the_step_with_the_guests_words(build) -> None:
     refused = TransferFailed("upload to /root/x failed: Permission denied")
-    build.script("web", fake.upload("/root/x", error=refused))
-    build.guests["web"].script.pop()
+    build.script("web", fake.upload("/root/x", error=refused), fails=True)
     steps = "      - type: file\n        file: {fileRef: f, destination: /root/x}\n"
     with pytest.raises(StepFailed, match="Permission denied"):
         build.run(manifest_text(vm_yaml("web", steps), top='files:\n  - {name: f, inline: "x"}\n'))
@@ -110,8 +108,7 @@ def test_a_reboot_step_reboots_the_guest_and_goes_on_with_the_next_step(build) -
 
 
 def test_a_reboot_slower_than_its_step_timeout_fails_the_step(build) -> None:
-    build.script("web", fake.reboot(takes=30))
-    build.guests["web"].script.pop()
+    build.script("web", fake.reboot(takes=30), fails=True)
     steps = "      - type: reboot\n        reboot: {}\n        stepTimeout: 200ms\n"
     with pytest.raises(StepFailed, match="did not reboot in time"):
         build.run(manifest_text(vm_yaml("web", steps)))
