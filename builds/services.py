@@ -36,6 +36,7 @@ from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.templates import define_templates, remove_templates
 from ruddervirt.manifest import Manifest, parse
+from ruddervirt.spec import SpecError, disk_files
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,10 @@ def resolve_parents(manifest: Manifest) -> dict[str, list[Path]]:
                 raise BuildError(
                     f"VM {vm.name}: buildRef {ref.module!r}: the module has no succeeded build yet"
                 )
-        templates = list(version.vms.all())
+        try:
+            templates = version.version_spec.vms
+        except SpecError as exc:
+            raise BuildError(f"VM {vm.name}: buildRef {version}: {exc}") from exc
         if ref.vm_name:
             chosen = [t for t in templates if t.name == ref.vm_name]
             if not chosen:
@@ -236,7 +240,7 @@ def resolve_parents(manifest: Manifest) -> dict[str, list[Path]]:
             raise BuildError(
                 f"VM {vm.name}: buildRef {version} has several VMs ({names}): set vmName"
             )
-        parents[vm.name] = [Path(d["path"]) for d in template.spec["disks"]]
+        parents[vm.name] = list(disk_files(template, engine_config().storage_root))
     return parents
 
 
@@ -366,9 +370,9 @@ def _succeed(
         dest = config.storage_root / "modules" / module.name / f"v{number}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(result.capture_dir), dest)
-        templates = result.relocated(result.capture_dir, dest)
+        spec = result.spec.rebased(dest.relative_to(config.storage_root).as_posix())
         domains = define_templates(
-            hv, config, key=f"m{module.pk}v{number}", label=f"{module.name}@{number}", vms=templates
+            hv, config, key=f"m{module.pk}v{number}", label=f"{module.name}@{number}", spec=spec
         )
         try:
             version = ModuleVersion.objects.create(
@@ -378,14 +382,11 @@ def _succeed(
                 manifest_text=build.manifest_text,
                 manifest_sha256=build.manifest_sha256,
                 storage_path=str(dest),
+                spec=spec.to_json(),
             )
-            for index, (tpl, domain) in enumerate(zip(templates, domains, strict=True)):
+            for index, (vm, domain) in enumerate(zip(spec.vms, domains, strict=True)):
                 TemplateVM.objects.create(
-                    version=version,
-                    name=tpl.name,
-                    index=index,
-                    domain_name=domain,
-                    spec=tpl.to_spec(),
+                    version=version, name=vm.name, index=index, domain_name=domain
                 )
             transition(build, BuildStatus.SUCCEEDED)
         except Exception:

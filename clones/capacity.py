@@ -21,6 +21,7 @@ from pathlib import Path
 from django.conf import settings
 
 from builds.models import ModuleVersion
+from ruddervirt.spec import SpecError, disk_files
 
 MIB = 1024**2
 GIB = 1024**3
@@ -91,14 +92,14 @@ def per_clone(version: ModuleVersion, *, full_copy: bool) -> tuple[int, int]:
     """(memory, disk) bytes one clone of `version` is counted at."""
     overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
     allowance = setting("RUDDERVIRT_CLONE_DISK_ALLOWANCE")
+    root = Path(settings.RUDDERVIRT_STORAGE_ROOT)
     memory = disk = 0
-    for vm in version.vms.all():
-        memory += int(vm.spec["memory"]) + overhead
-        for d in vm.spec["disks"]:
+    for vm in version.version_spec.vms:
+        memory += vm.memory + overhead
+        for record, path in zip(vm.disks, disk_files(vm, root), strict=True):
             disk += allowance
             if full_copy:
-                path = Path(d["path"])
-                disk += path.stat().st_blocks * 512 if path.exists() else int(d["size"])
+                disk += path.stat().st_blocks * 512 if path.exists() else record.size
     return memory, disk
 
 
@@ -110,10 +111,22 @@ def committed_memory() -> int:
         status__in=[CloneStatus.PENDING, CloneStatus.PROVISIONING, CloneStatus.STARTING]
     ).select_related("version")
     overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
+    per_version: dict[int, int] = {}
     total = 0
     for clone in waiting:
-        total += sum(int(vm.spec["memory"]) + overhead for vm in clone.version.vms.all())
+        if clone.version_id not in per_version:
+            per_version[clone.version_id] = _memory_of(clone.version, overhead)
+        total += per_version[clone.version_id]
     return total
+
+
+def _memory_of(version: ModuleVersion, overhead: int) -> int:
+    """The memory one clone of `version` takes; none when its record cannot be read (its
+    clones fail, and take no memory)."""
+    try:
+        return sum(vm.memory + overhead for vm in version.version_spec.vms)
+    except SpecError:
+        return 0
 
 
 def estimate(version: ModuleVersion, clones: int, *, full_copy: bool = False) -> Estimate:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ruddervirt.engine import bootcmd, efi, netconfig
+from ruddervirt.engine.capture import build_vm_spec
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
 from ruddervirt.engine.files import FileStore
 from ruddervirt.engine.httpserver import BuildHTTPServer
@@ -27,7 +28,8 @@ from ruddervirt.hypervisor import disks as qimg
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.hypervisor.driver import DomainState, WaitCancelled, WaitTimedOut
 from ruddervirt.hypervisor.seed import cloud_config_with_keys, make_nocloud_seed, nocloud_meta_data
-from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, EfiSpec, MgmtForward, NicSpec
+from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, EfiSpec
+from ruddervirt.spec import Placement, Role, machine_spec
 
 POWEROFF_POSIX = (
     "sudo -n poweroff 2>/dev/null || poweroff || sudo -n shutdown -h now || shutdown -h now"
@@ -226,13 +228,10 @@ class VMRunner(InstallerMedia):
 
     # --- boot -----------------------------------------------------------------------
     def domain_spec(self, disks: list[PreparedDisk], seed: Path | None) -> DomainSpec:
+        """The build VM's domain: its record (the one capture keeps) in the build role."""
         # The boot disk comes first: blank, it fails over to the installer CD-ROM; once
         # installed, the installer's reboot starts the new system from it.
-        specs = [
-            DiskSpec(path=d.path, target_bus=d.bus, boot_order=1 if i == 0 else None)
-            for i, d in enumerate(disks)
-        ]
-        specs += [
+        media = [
             DiskSpec(
                 path=iso, target_bus="sata", format="raw", device="cdrom", readonly=True,
                 boot_order=2 + i,
@@ -240,30 +239,28 @@ class VMRunner(InstallerMedia):
             for i, iso in enumerate(self.isos)
         ]  # fmt: skip
         if self.floppy is not None:
-            specs.append(
+            media.append(
                 DiskSpec(path=self.floppy, target_bus="fdc", format="raw", device="floppy")
             )
         if seed is not None:
-            specs.append(
+            media.append(
                 DiskSpec(path=seed, target_bus="sata", format="raw", device="cdrom", readonly=True)
             )
-        nics = tuple(
-            NicSpec(mac=n.mac, network=n.network, model=n.model, pci_slot=n.slot) for n in self.nics
-        )
-        return DomainSpec(
+        record = build_vm_spec(self.vm, self.nics, domain=self.domain, efi_spec=self.efi)
+        where = Placement(
             name=self.domain,
-            vcpus=self.vm.resources.cpu,
-            memory_bytes=self.vm.resources.memory,
             domain_type=self.config.domain_type,
-            disks=tuple(specs),
-            nics=nics,
-            mgmt=MgmtForward(host_port=self.port, mac=mgmt_mac_for(self.domain)),
-            efi=self.efi,
-            machine=efi.firmware(self.efi.secure_boot).machine if self.efi else "pc",
+            storage_root=self.config.storage_root,
+            disks=tuple(d.path for d in disks),
+            networks={n.name: n.network for n in self.nics},
+            nvram=self.efi.nvram if self.efi else None,
+            mgmt_port=self.port,
+            media=tuple(media),
             serial_log=self.dir / "serial.log",
             metadata={**self.metadata, "vm": self.vm.name},
             title=f"build {self.key} VM {self.vm.name}",
         )
+        return machine_spec(record, Role.BUILD, where)
 
     def boot(self, disks: list[PreparedDisk], seed: Path | None) -> None:
         last_error: Exception | None = None

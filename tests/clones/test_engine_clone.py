@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -11,8 +11,9 @@ from ruddervirt.engine.config import EngineConfig
 from ruddervirt.hypervisor import disks as qimg
 from ruddervirt.hypervisor.driver import DomainState, HypervisorError
 from ruddervirt.hypervisor.fake import FakeHypervisor
-from ruddervirt.manifest import parse
+from ruddervirt.spec import VMSpec
 from tests.clones.conftest import MANIFEST, MEMORY, MIB, NICS
+from tests.specs import version_of, vm_record
 
 PREFIX = "rvu-"
 
@@ -29,28 +30,26 @@ def hv() -> FakeHypervisor:
 
 
 @pytest.fixture
-def templates(tmp_path) -> tuple[engine.TemplateVM, ...]:
+def templates(tmp_path) -> tuple[VMSpec, ...]:
+    """The version's VM records; their disks under the storage root (tmp_path)."""
     vms = []
     for name in ("web", "dc"):
         disk = tmp_path / "tpl" / f"{name}.qcow2"
         disk.parent.mkdir(exist_ok=True)
         qimg.create_blank(disk, 64 * MIB)
-        spec = {
-            "cpu": 1,
-            "memory": MEMORY[name],
-            "disks": [{"name": "root", "path": str(disk), "bus": "virtio", "size": 64 * MIB}],
-            "nics": NICS[name],
-            "invisible": name == "dc",
-        }
-        vms.append(engine.TemplateVM.from_spec(name, spec, mgmt_mac="52:54:00:99:99:99"))
+        vms.append(
+            vm_record(
+                name, memory=MEMORY[name], disks=[("root", f"tpl/{name}.qcow2", 64 * MIB)],
+                nics=NICS[name], invisible=name == "dc", mgmt_mac="52:54:00:99:99:99",
+            )
+        )  # fmt: skip
     return tuple(vms)
 
 
 def request(tmp_path: Path, templates, key: str = "c1", **kwargs) -> engine.CloneRequest:
     return engine.CloneRequest(
         key=key,
-        manifest=parse(MANIFEST),
-        vms=templates,
+        spec=version_of(MANIFEST, templates),
         workdir=tmp_path / "clones" / key,
         title="lab@1 for carol",
         **kwargs,
@@ -77,7 +76,7 @@ def test_linked_clone_disks_are_small_overlays_on_the_template(tmp_path, hv, con
     result = engine.create_clone(request(tmp_path, templates), hv=hv, config=config)
     disk = result.vms[0].disks[0]
     info = qimg.info(disk)
-    assert info["backing-filename"] == str(templates[0].disks[0].path)
+    assert info["backing-filename"] == str(tmp_path / templates[0].disks[0].path)
     assert engine.disk_usage(disk) < 1 * MIB
 
 
@@ -114,11 +113,11 @@ def test_a_failed_creation_leaves_nothing_behind(tmp_path, hv, config, templates
         engine.create_clone(request(tmp_path, templates), hv=hv, config=config)
     assert hv.domains == {} and hv.networks == {}
     assert not (tmp_path / "clones" / "c1").exists()
-    assert all(vm.disks[0].path.exists() for vm in templates)  # templates untouched
+    assert all((tmp_path / vm.disks[0].path).exists() for vm in templates)  # templates untouched
 
 
 def test_a_missing_template_disk_is_named(tmp_path, hv, config, templates):
-    templates[1].disks[0].path.unlink()
+    (tmp_path / templates[1].disks[0].path).unlink()
     with pytest.raises(engine.CloneError, match=r"VM dc: template disk .* is missing"):
         engine.create_clone(request(tmp_path, templates), hv=hv, config=config)
 
@@ -171,7 +170,7 @@ def test_create_many_returns_the_error_of_a_clone_that_failed(tmp_path, hv, conf
     from dataclasses import replace
 
     good = request(tmp_path, templates, "c1")
-    lost = replace(templates[0].disks[0], path=tmp_path / "gone.qcow2")
+    lost = replace(templates[0].disks[0], path=PurePosixPath("gone.qcow2"))
     broken = request(tmp_path, (replace(templates[0], disks=(lost,)), templates[1]), "c2")
     results = engine.create_many([good, broken], hv=hv, config=config)
     assert isinstance(results[0], engine.CloneResult)
