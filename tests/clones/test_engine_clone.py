@@ -185,3 +185,49 @@ def test_starting_a_clone_left_paused_resumes_it(tmp_path, hv, config, templates
     engine.start_clone(req, hv=hv, config=config, ports={})
     assert hv.state(f"{PREFIX}c1-web") is DomainState.RUNNING
     assert hv.state(f"{PREFIX}c1-dc") is DomainState.RUNNING
+
+
+def uefi(templates, tmp_path: Path, secure: bool = True) -> tuple[VMSpec, ...]:
+    """The templates with web on UEFI, its captured NVRAM under the storage root."""
+    from dataclasses import replace
+
+    from ruddervirt.engine import efi
+    from ruddervirt.spec import FirmwareRecord, NvramRecord
+
+    (tmp_path / "tpl/web-nvram.fd").write_bytes(b"variables the build left")
+    chosen = efi.SECURE if secure else efi.PLAIN
+    firmware = FirmwareRecord(
+        kind="uefi", machine=chosen.machine, secure_boot=secure,
+        loader=PurePosixPath(str(chosen.loader)),
+        vars_template=PurePosixPath(str(chosen.vars_template)),
+        nvram=NvramRecord(path=PurePosixPath("tpl/web-nvram.fd")),
+    )  # fmt: skip
+    return (replace(templates[0], firmware=firmware), templates[1])
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_uefi_clone_boots_its_own_copy_of_the_captured_nvram_with_the_builds_loader(
+    tmp_path, hv, config, templates, secure
+):
+    vms = uefi(templates, tmp_path, secure)
+    engine.create_clone(request(tmp_path, vms), hv=hv, config=config)
+    web = hv.domains[f"{PREFIX}c1-web"].spec
+    assert web.efi.nvram == tmp_path / "clones/c1/web/efivars.fd"
+    assert web.efi.nvram.read_bytes() == b"variables the build left"  # not OVMF's pristine ones
+    assert str(web.efi.loader) == str(vms[0].firmware.loader)  # the very file the build booted
+    assert (web.efi.secure_boot, web.machine) == (secure, "q35" if secure else "pc")
+    web.efi.nvram.write_bytes(b"written by the clone's firmware")
+    assert (tmp_path / "tpl/web-nvram.fd").read_bytes() == b"variables the build left"
+    assert hv.domains[f"{PREFIX}c1-dc"].spec.efi is None
+
+
+def test_a_uefi_clone_whose_template_lost_its_nvram_fails_with_the_reason(
+    tmp_path, hv, config, templates
+):
+    vms = uefi(templates, tmp_path)
+    (tmp_path / "tpl/web-nvram.fd").unlink()
+    with pytest.raises(
+        engine.CloneError, match=r"VM web: the template's UEFI variables .* missing"
+    ):
+        engine.create_clone(request(tmp_path, vms), hv=hv, config=config)
+    assert hv.domains == {} and not (tmp_path / "clones/c1").exists()
