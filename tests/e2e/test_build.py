@@ -55,10 +55,8 @@ def log_text(build: Build) -> str:
     )
 
 
-def template_disk(build: Build, vm: str = "web"):
-    version = ModuleVersion.objects.get(build=build)
-    spec = version.vms.get(name=vm).spec
-    return spec["disks"][0]["path"]
+def template_disk(build: Build, vm: str = "web") -> str:
+    return str(template_disks(ModuleVersion.objects.get(build=build), vm)[0])
 
 
 FULL_RECIPE = """\

@@ -9,6 +9,8 @@ the same template disks.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -76,10 +78,14 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(django_db_setup, django_db_blocker, image_server, tmp_path_factory) -> Built:
-    root = tmp_path_factory.mktemp("templates")
-    for folder in (root, *root.parents):  # QEMU (libvirt-qemu) must reach the disks
-        if folder == Path("/tmp"):
+def built(django_db_setup, django_db_blocker, image_server):
+    # Under var/, not pytest's temporary folder: every pytest that starts on the host makes
+    # /tmp/pytest-of-<user> private again, and QEMU (libvirt-qemu) must reach the disks.
+    root = ROOT / "var" / "test-storage" / f"{os.getpid()}-built-templates"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for folder in (root, *root.parents):
+        if folder == ROOT.parent:
             break
         folder.chmod(folder.stat().st_mode | 0o055)
     text = tiny_manifest(image_server)
@@ -103,7 +109,8 @@ def built(django_db_setup, django_db_blocker, image_server, tmp_path_factory) ->
         from django.core.management import call_command
 
         call_command("flush", interactive=False, verbosity=0)
-    return snapshot
+    yield snapshot
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def restore(built: Built, owner, *, memory: int | None = None, name: str = "tiny") -> ModuleVersion:
@@ -148,9 +155,10 @@ def manage(*args: str) -> subprocess.CompletedProcess:
 
 
 def template_disk(built: Built) -> str:
-    """The first template disk, as clones in this test's storage root see it."""
+    """The first template disk, where it is (qemu-img records an overlay's backing file
+    with its links resolved; this test's storage root links to the build's modules)."""
     path = built.spec["vms"][0]["disks"][0]["path"]
-    return str(Path(settings.RUDDERVIRT_STORAGE_ROOT) / path)
+    return str((Path(settings.RUDDERVIRT_STORAGE_ROOT) / path).resolve())
 
 
 def login(port: int) -> ssh.SSHSession:
