@@ -120,8 +120,10 @@ def _portal_output(build: Build) -> Path:
         lines = BuildLogLine.objects.filter(build=build).order_by("-seq")[:25]
         tail = "\n".join(reversed([line.text for line in lines]))
         raise RudderFailed(f"build {build.pk} ended {build.status}: {build.error}\n{tail}")
-    template = build.version.vms.get()
-    return Path(template.spec["disks"][0]["path"])
+    from ruddervirt.spec import disk_files
+
+    [vm] = build.version.version_spec.vms
+    return disk_files(vm, services.engine_config().storage_root)[0]
 
 
 def run_engine(

@@ -35,18 +35,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ruddervirt.engine import clone as engine  # noqa: E402
+from ruddervirt.engine.capture import topology_record  # noqa: E402
 from ruddervirt.engine.cleanup import remove_owned  # noqa: E402
 from ruddervirt.engine.config import EngineConfig  # noqa: E402
 from ruddervirt.hypervisor import disks as qimg  # noqa: E402
+from ruddervirt.hypervisor.domain_xml import mgmt_mac_for  # noqa: E402
 from ruddervirt.hypervisor.libvirt_driver import LibvirtHypervisor  # noqa: E402
 from ruddervirt.manifest import parse  # noqa: E402
+from ruddervirt.spec import DiskRecord, MgmtRecord, NicRecord, VersionSpec, VMSpec  # noqa: E402
 
 MIB = 1024 * 1024
 MANIFEST = """\
@@ -109,22 +112,34 @@ def template_disk(folder: Path) -> Path:
     return disk
 
 
-def template_vm(disk: Path, memory_mib: int) -> engine.TemplateVM:
-    return engine.TemplateVM(
+def version_spec(folder: Path, disk: Path, memory_mib: int) -> VersionSpec:
+    """The record a build of MANIFEST would write, with `disk` (under `folder`, the storage
+    root) as its template disk."""
+    manifest = parse(MANIFEST.replace("MEMORY", f"{memory_mib}Mi"))
+    vm = VMSpec(
         name="web",
         cpu=1,
         memory=memory_mib * MIB,
-        disks=(engine.TemplateDisk("root", disk, "virtio", 1024 * MIB),),
-        nics=(engine.TemplateNic("eth0", "52:54:00:be:0c:01", "10.10.0.10"),),
-    )
+        disks=(
+            DiskRecord(
+                name="root", bus="virtio", size=1024 * MIB, boot_order=1,
+                path=PurePosixPath(disk.relative_to(folder).as_posix()),
+            ),
+        ),
+        nics=(
+            NicRecord(name="eth0", subnet="lan", slot=1, mac="52:54:00:be:0c:01",
+                      ip="10.10.0.10", static=True),
+        ),
+        mgmt=MgmtRecord(mac=mgmt_mac_for("bench-web")),
+    )  # fmt: skip
+    return VersionSpec(vms=(vm,), topology=topology_record(manifest, manifest.for_build()))
 
 
-def one_round(hv, config, manifest, vm, folder: Path, mode: str, n: int, keep: float) -> Round:
+def one_round(hv, config, spec, folder: Path, mode: str, n: int, keep: float) -> Round:
     requests = [
         engine.CloneRequest(
             key=f"{mode[0]}{n}x{i}",
-            manifest=manifest,
-            vms=(vm,),
+            spec=spec,
             workdir=folder / "clones" / f"{mode}-{n}-{i}",
             full_copy=mode == "full",
             title=f"bench {mode} {i}",
@@ -209,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = wait_quiet(ARGS.wait_quiet, ARGS.max_load) if ARGS.wait_quiet else ""
     try:
         disk = template_disk(folder)
-        vm = template_vm(disk, ARGS.memory)
-        manifest = parse(MANIFEST.replace("MEMORY", f"{ARGS.memory}Mi"))
+        spec = version_spec(folder, disk, ARGS.memory)
         print(
             f"clone bench {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
             f"{os.cpu_count()} CPUs, {quiet or f'load {os.getloadavg()[0]:.2f}'}, "
@@ -220,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for n in (int(s) for s in ARGS.sizes.split(",")):
             for mode in ARGS.modes.split(","):
-                result = one_round(hv, config, manifest, vm, folder, mode, n, ARGS.keep_running)
+                result = one_round(hv, config, spec, folder, mode, n, ARGS.keep_running)
                 rounds.append(result)
                 print(f"  {asdict(result)}", file=sys.stderr)
     finally:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+from django.utils.functional import cached_property
 
 from modules.models import ManifestRevision, Module
+from ruddervirt.spec import SpecError, VersionSpec
 
 
 class BuildStatus(models.TextChoices):
@@ -159,6 +161,10 @@ class ModuleVersion(models.Model):
     manifest_text = models.TextField()
     manifest_sha256 = models.CharField(max_length=64)
     storage_path = models.CharField(max_length=500)
+    # The version's record (ruddervirt.spec.VersionSpec as JSON), written once at capture:
+    # what templates, clones, capacity, consoles and the topology picture read. Null only
+    # for a version an older RudderVirt made that the migration could not convert.
+    spec = models.JSONField(null=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -170,15 +176,27 @@ class ModuleVersion(models.Model):
     def __str__(self) -> str:
         return f"{self.module.name}@{self.number}"
 
+    @cached_property
+    def version_spec(self) -> VersionSpec:
+        """The typed record; SpecError (with the version's name) when there is none or it
+        cannot be read."""
+        if self.spec is None:
+            raise SpecError(
+                f"{self} has no version record (an older RudderVirt made it and the "
+                f"migration could not convert it): build the module again"
+            )
+        try:
+            return VersionSpec.from_json(self.spec)
+        except SpecError as exc:
+            raise SpecError(f"{self}: {exc}") from exc
+
 
 class TemplateVM(models.Model):
     version = models.ForeignKey(ModuleVersion, on_delete=models.CASCADE, related_name="vms")
     name = models.CharField(max_length=63)
     index = models.PositiveIntegerField()
+    # The halted template domain; what the VM is lives in ModuleVersion.spec.
     domain_name = models.CharField(max_length=200)
-    # What clones copy: cpu, memory, disks (name, path, bus, size), nics (name, subnet,
-    # slot, mac, ip, model), efi, invisible. Written once at capture.
-    spec = models.JSONField()
 
     class Meta:
         ordering = ["version", "index"]

@@ -40,6 +40,7 @@ from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.templates import define_templates, remove_templates
 from ruddervirt.fetch_settings import portal_fetch_policy
 from ruddervirt.manifest import NO_LIMITS, Manifest, ManifestInvalid, parse
+from ruddervirt.spec import SpecError, disk_files
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,11 @@ def resolve_parents(manifest: Manifest, *, user) -> dict[str, list[Path]]:
             template = refs.template_for(user, vm)
         except refs.RefRefused as exc:
             raise BuildError(f"VM {vm.name}: buildRef {exc}") from None
-        parents[vm.name] = [Path(d["path"]) for d in template.spec["disks"]]
+        try:
+            recorded = template.version.version_spec.vm(template.name)
+        except (SpecError, KeyError) as exc:
+            raise BuildError(f"VM {vm.name}: buildRef {template.version}: {exc}") from exc
+        parents[vm.name] = list(disk_files(recorded, engine_config().storage_root))
     return parents
 
 
@@ -358,9 +363,9 @@ def _succeed(
         dest = config.storage_root / "modules" / module.name / f"v{number}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(result.capture_dir), dest)
-        templates = result.relocated(result.capture_dir, dest)
+        spec = result.spec.rebased(dest.relative_to(config.storage_root).as_posix())
         domains = define_templates(
-            hv, config, key=f"m{module.pk}v{number}", label=f"{module.name}@{number}", vms=templates
+            hv, config, key=f"m{module.pk}v{number}", label=f"{module.name}@{number}", spec=spec
         )
         try:
             version = ModuleVersion.objects.create(
@@ -370,14 +375,11 @@ def _succeed(
                 manifest_text=build.manifest_text,
                 manifest_sha256=build.manifest_sha256,
                 storage_path=str(dest),
+                spec=spec.to_json(),
             )
-            for index, (tpl, domain) in enumerate(zip(templates, domains, strict=True)):
+            for index, (vm, domain) in enumerate(zip(spec.vms, domains, strict=True)):
                 TemplateVM.objects.create(
-                    version=version,
-                    name=tpl.name,
-                    index=index,
-                    domain_name=domain,
-                    spec=tpl.to_spec(),
+                    version=version, name=vm.name, index=index, domain_name=domain
                 )
             transition(build, BuildStatus.SUCCEEDED)
         except Exception:

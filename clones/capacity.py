@@ -31,6 +31,7 @@ from django.conf import settings
 from builds.models import ACTIVE, Build, ModuleVersion
 from ruddervirt.engine.clone import disk_usage
 from ruddervirt.manifest import NO_LIMITS, Manifest, ManifestInvalid, parse
+from ruddervirt.spec import SpecError, disk_files
 
 MIB = 1024**2
 GIB = 1024**3
@@ -107,14 +108,14 @@ def per_clone(version: ModuleVersion, *, full_copy: bool) -> tuple[int, int]:
     """(memory, disk budget) bytes one clone of `version` is counted at."""
     overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
     allowance = setting("RUDDERVIRT_CLONE_DISK_ALLOWANCE")
+    root = Path(settings.RUDDERVIRT_STORAGE_ROOT)
     memory = disk = 0
-    for vm in version.vms.all():
-        memory += int(vm.spec["memory"]) + overhead
-        for d in vm.spec["disks"]:
+    for vm in version.version_spec.vms:
+        memory += vm.memory + overhead
+        for record, path in zip(vm.disks, disk_files(vm, root), strict=True):
             disk += allowance
             if full_copy:
-                path = Path(d["path"])
-                disk += path.stat().st_blocks * 512 if path.exists() else int(d["size"])
+                disk += path.stat().st_blocks * 512 if path.exists() else record.size
     return memory, disk
 
 
@@ -147,12 +148,24 @@ def committed_memory() -> int:
 
     waiting = Clone.objects.filter(
         status__in=[CloneStatus.PENDING, CloneStatus.PROVISIONING, CloneStatus.STARTING]
-    ).prefetch_related("version__vms")
+    ).select_related("version")
     overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
+    per_version: dict[int, int] = {}
     total = 0
     for clone in waiting:
-        total += sum(int(vm.spec["memory"]) + overhead for vm in clone.version.vms.all())
+        if clone.version_id not in per_version:
+            per_version[clone.version_id] = _memory_of(clone.version, overhead)
+        total += per_version[clone.version_id]
     return total + sum(per_build(m)[0] for _, m in _active_builds())
+
+
+def _memory_of(version: ModuleVersion, overhead: int) -> int:
+    """The memory one clone of `version` takes; none when its record cannot be read (its
+    clones fail, and take no memory)."""
+    try:
+        return sum(vm.memory + overhead for vm in version.version_spec.vms)
+    except SpecError:
+        return 0
 
 
 def committed_disk() -> int:
@@ -163,8 +176,11 @@ def committed_disk() -> int:
 
     total = 0
     clones = Clone.objects.exclude(status__in=[CloneStatus.FAILED, CloneStatus.DELETING])
-    for clone in clones.select_related("version").prefetch_related("version__vms"):
-        budget = per_clone(clone.version, full_copy=clone.full_copy)[1]
+    for clone in clones.select_related("version"):
+        try:
+            budget = per_clone(clone.version, full_copy=clone.full_copy)[1]
+        except SpecError:  # an unreadable record: its clones fail, and hold nothing
+            continue
         folder = Path(clone.storage_path) if clone.storage_path else None
         used = disk_usage(folder) if folder is not None and folder.exists() else 0
         total += max(0, budget - used)

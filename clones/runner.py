@@ -18,15 +18,13 @@ from pathlib import Path
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from builds.models import BuildVM
 from builds.services import engine_config, get_hypervisor, worker_identity
 from clones.models import Clone, CloneStatus, CloneVM
 from clones.transitions import InvalidTransition, transition
 from ruddervirt.engine import clone as engine
-from ruddervirt.engine.clone import CloneError, CloneRequest, TemplateVM
-from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
+from ruddervirt.engine.clone import CloneError, CloneRequest
 from ruddervirt.hypervisor.driver import DomainState, Hypervisor
-from ruddervirt.manifest import NO_LIMITS, parse
+from ruddervirt.spec import SpecError
 
 log = logging.getLogger(__name__)
 S = CloneStatus
@@ -51,22 +49,12 @@ def domain_for(clone: Clone, vm: str) -> str:
 
 
 def clone_request(clone: Clone) -> CloneRequest:
-    """The engine's view of a clone: its version's templates, pinned addresses and ports."""
+    """The engine's view of a clone: its version's record, pinned ports."""
     version = clone.version
-    build_domains = dict(
-        BuildVM.objects.filter(build_id=version.build_id).values_list("name", "domain_name")
-    )
-    prefix = engine_config().name_prefix
-    vms = []
-    for tpl in version.vms.all():
-        # The build's management NIC MAC: guests see the interfaces they were built with.
-        build_domain = build_domains.get(tpl.name) or f"{prefix}b{version.build_id}-{tpl.name}"
-        vms.append(TemplateVM.from_spec(tpl.name, tpl.spec, mgmt_mac=mgmt_mac_for(build_domain)))
     ports = {vm.name: vm.mgmt_port for vm in clone.vms.all() if vm.mgmt_port}
     return CloneRequest(
         key=clone.key,
-        manifest=parse(version.manifest_text, limits=NO_LIMITS),  # accepted when built
-        vms=tuple(vms),
+        spec=version.version_spec,
         workdir=clone_workdir(clone),
         full_copy=clone.full_copy,
         ports=ports,
@@ -95,7 +83,8 @@ def execute(
     try:
         HANDLERS[action](clone, hv, vm)
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, CloneError | InvalidTransition) else _internal(exc)
+        known = CloneError | InvalidTransition | SpecError
+        reason = str(exc) if isinstance(exc, known) else _internal(exc)
         log.warning("clone %s: %s failed: %s", clone_id, action, reason)
         _fail(clone, reason, hv)
     finally:
@@ -141,7 +130,7 @@ def provision_many(clone_ids: list[int], *, hv: Hypervisor, workers: int = INLIN
                 requests.append(clone_request(clone))
                 ready.append(clone)
             except Exception as exc:
-                _fail(clone, _internal(exc), hv)
+                _fail(clone, str(exc) if isinstance(exc, SpecError) else _internal(exc), hv)
         results = engine.create_many(requests, hv=hv, config=engine_config(), workers=workers)
         for clone, result in zip(ready, results, strict=True):
             if isinstance(result, CloneError):

@@ -24,6 +24,7 @@ from clones import capacity
 from clones.models import AT_REST, Class, ClassMembership, Clone, CloneStatus, CloneVM
 from clones.transitions import InvalidTransition, transition
 from modules.services import can_manage
+from ruddervirt.spec import SpecError, record_json
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,10 @@ def launch(
     todo = [s for s in members if s.pk not in have]
     if not todo:
         raise CloneNotAllowed(f"every student of {klass} already has a clone of {version}")
+    try:
+        version.version_spec  # noqa: B018  (a version without a readable record cannot clone)
+    except SpecError as exc:
+        raise CloneNotAllowed(str(exc)) from exc
     estimate = capacity.estimate(version, len(todo), full_copy=full_copy)
     if not estimate.fits:
         raise CapacityRefused(estimate)
@@ -183,16 +188,17 @@ def _create_clone_rows(klass, version, student, by, full_copy, expires_at, inact
         inactivity_timeout_s=inactivity_s,
     )
     Clone.objects.filter(pk=clone.pk).update(storage_path=str(clone_workdir(clone)))
+    spec = version.version_spec
     CloneVM.objects.bulk_create(
         CloneVM(
             clone=clone,
-            name=tpl.name,
-            index=tpl.index,
-            domain_name=domain_for(clone, tpl.name),
-            invisible=bool(tpl.spec.get("invisible")),
-            nics=tpl.spec.get("nics", []),
+            name=vm.name,
+            index=index,
+            domain_name=domain_for(clone, vm.name),
+            invisible=vm.invisible,
+            nics=[record_json(n) for n in vm.nics],
         )
-        for tpl in version.vms.all()
+        for index, vm in enumerate(spec.vms)
     )
     return clone
 

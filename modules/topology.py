@@ -1,8 +1,10 @@
 """A module's network topology as an SVG picture, for the instructor to check at a glance.
 
-Pure: :func:`render_svg` takes a parsed (base) manifest and, once the module is built, the
-NICs its template VMs recorded (MACs, addresses), and returns SVG text built with
-ElementTree (so every name and address is escaped). Nothing here touches the database.
+Pure: :func:`render_svg` takes a :class:`Picture` and returns SVG text built with ElementTree
+(so every name and address is escaped). A built version's picture comes from its record
+(:func:`picture_of_version`: the MACs and addresses its build resolved), never from its
+manifest text; only a revision not built yet is pictured from its parsed manifest
+(:func:`picture_of_manifest`). Nothing here touches the database.
 
 Layout: one column per VM, its box at the top; one horizontal lane per subnet, lanes grouped
 in a box per VPC (with its internet marker). A VM's line runs down its column; a dot where it
@@ -13,10 +15,12 @@ crosses a lane is one NIC, labelled with its name, address, MAC and slot. Groups
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ruddervirt.engine.capture import topology_record
 from ruddervirt.engine.topology import plan
+from ruddervirt.spec import SubnetRecord, VersionSpec, VpcRecord
 
 SVG_NS = "http://www.w3.org/2000/svg"
 ET.register_namespace("", SVG_NS)
@@ -53,6 +57,69 @@ class NicView:
     static: bool
 
 
+@dataclass(frozen=True)
+class VmView:
+    name: str
+    cpu: int
+    memory: int  # bytes
+    invisible: bool
+
+
+@dataclass(frozen=True)
+class Picture:
+    """What the picture shows: VPCs and subnets in manifest order, VMs, their NICs."""
+
+    vpcs: tuple[VpcRecord, ...]
+    subnets: tuple[SubnetRecord, ...]
+    vms: tuple[VmView, ...]
+    nics: tuple[NicView, ...]
+
+
+def picture_of_version(spec: VersionSpec) -> Picture:
+    """A built version, from its record: the MACs and addresses its build resolved."""
+    return Picture(
+        vpcs=spec.topology.vpcs,
+        subnets=spec.topology.subnets,
+        vms=tuple(VmView(vm.name, vm.cpu, vm.memory, vm.invisible) for vm in spec.vms),
+        nics=tuple(
+            NicView(vm.name, n.name, n.subnet, n.slot, n.ip, n.mac, n.static)
+            for vm in spec.vms
+            for n in vm.nics
+        ),
+    )
+
+
+def picture_of_manifest(manifest) -> Picture:
+    """A revision not built yet (a parsed base manifest): the addresses a build will give
+    (static, or the stable address from the top of its subnet); MACs only where declared."""
+    counter = iter(range(1, 1 << 24))
+    planned = plan(
+        manifest,
+        owner="p",
+        prefix="p-",
+        allow_internet=False,
+        new_mac=lambda: (
+            "52:54:00:" + ":".join(f"{b:02x}" for b in next(counter).to_bytes(3, "big"))
+        ),
+    )
+    topology = topology_record(manifest, manifest.for_build())
+    nics = []
+    for vm in manifest.vms:
+        declared = {n.name: n.mac for n in vm.nics if n.mac}
+        for nic in planned.nics[vm.name]:
+            mac = declared.get(nic.name)
+            nics.append(NicView(vm.name, nic.name, nic.subnet, nic.slot, nic.ip, mac, nic.static))
+    return Picture(
+        vpcs=topology.vpcs,
+        subnets=topology.subnets,
+        vms=tuple(
+            VmView(vm.name, vm.resources.cpu, vm.resources.memory, vm.invisible)
+            for vm in manifest.vms
+        ),
+        nics=tuple(nics),
+    )
+
+
 def _tag(name: str) -> str:
     return f"{{{SVG_NS}}}{name}"
 
@@ -65,50 +132,10 @@ def _el(parent: ET.Element, name: str, text: str | None = None, **attrs: object)
     return element
 
 
-def nic_views(manifest, built: Mapping[str, Sequence[Mapping]] | None = None) -> list[NicView]:
-    """Every NIC of the manifest, with its address: the recorded one for a built VM
-    (TemplateVM.spec["nics"]), else the one the build will give it (static, or the stable
-    address from the top of its subnet)."""
-    counter = iter(range(1, 1 << 24))
-    planned = plan(
-        manifest,
-        owner="p",
-        prefix="p-",
-        allow_internet=False,
-        new_mac=lambda: (
-            "52:54:00:" + ":".join(f"{b:02x}" for b in next(counter).to_bytes(3, "big"))
-        ),
-    )
-    views = []
-    for vm in manifest.vms:
-        recorded = {n.get("name"): n for n in (built or {}).get(vm.name, ())}
-        for nic in planned.nics[vm.name]:
-            known = recorded.get(nic.name)
-            views.append(
-                NicView(
-                    vm=vm.name,
-                    name=nic.name,
-                    subnet=nic.subnet,
-                    slot=nic.slot,
-                    ip=(known.get("ip") if known else nic.ip),
-                    mac=(known.get("mac") if known else None) or _declared_mac(vm, nic.name),
-                    static=nic.static,
-                )
-            )
-    return views
-
-
-def _declared_mac(vm, nic_name: str) -> str | None:
-    return next((n.mac for n in vm.nics if n.name == nic_name and n.mac), None)
-
-
-def render_svg(
-    manifest, built: Mapping[str, Sequence[Mapping]] | None = None, *, title: str = ""
-) -> str:
-    """The topology picture of ``manifest`` (see the module docstring) as SVG text."""
-    nics = nic_views(manifest, built)
-    vms = [vm.name for vm in manifest.vms]
-    lanes, bottom = _lanes(manifest)
+def render_svg(picture: Picture, *, title: str = "") -> str:
+    """The topology picture (see the module docstring) as SVG text."""
+    vms = [vm.name for vm in picture.vms]
+    lanes, bottom = _lanes(picture)
     width = MARGIN * 2 + LABEL_W + COLUMN_W * len(vms)
     height = bottom + MARGIN - GAP
     root = ET.Element(
@@ -125,20 +152,21 @@ def render_svg(
     )
     _el(root, "title", title or "Network topology")
     lane_y = {name: y for name, y in lanes}
-    _draw_vpcs(root, manifest, lane_y, width)
+    _draw_vpcs(root, picture, lane_y, width)
     columns = {name: MARGIN + LABEL_W + COLUMN_W * i + 20 for i, name in enumerate(vms)}
-    for vm in manifest.vms:
-        _draw_vm(root, vm, columns[vm.name], [n for n in nics if n.vm == vm.name], lane_y)
+    for vm in picture.vms:
+        nics = [n for n in picture.nics if n.vm == vm.name]
+        _draw_vm(root, vm, columns[vm.name], nics, lane_y)
     return ET.tostring(root, encoding="unicode")
 
 
-def _lanes(manifest) -> tuple[list[tuple[str, int]], int]:
+def _lanes(picture: Picture) -> tuple[list[tuple[str, int]], int]:
     """(subnet, y of its lane), VPC by VPC in manifest order; and the bottom of the last VPC."""
     y = MARGIN + VM_H + GAP * 2
     lanes = []
-    for vpc in manifest.network.vpcs:
+    for vpc in picture.vpcs:
         y += VPC_HEAD
-        for subnet in manifest.network.subnets:
+        for subnet in picture.subnets:
             if subnet.vpc == vpc.name:
                 lanes.append((subnet.name, y + LANE_H // 3))
                 y += LANE_H
@@ -146,16 +174,15 @@ def _lanes(manifest) -> tuple[list[tuple[str, int]], int]:
     return lanes, y
 
 
-def _internet(manifest, vpc) -> str:
-    during_build = manifest.for_build().network.vpc(vpc.name).internet
+def _internet(vpc: VpcRecord) -> str:
     if vpc.internet:
         return "internet (NAT where the host allows it)"
-    return "no internet" + (" (internet while building)" if during_build else "")
+    return "no internet" + (" (internet while building)" if vpc.internet_while_building else "")
 
 
-def _draw_vpcs(root: ET.Element, manifest, lane_y: Mapping[str, int], width: int) -> None:
-    for vpc in manifest.network.vpcs:
-        subnets = [s for s in manifest.network.subnets if s.vpc == vpc.name]
+def _draw_vpcs(root: ET.Element, picture: Picture, lane_y: Mapping[str, int], width: int) -> None:
+    for vpc in picture.vpcs:
+        subnets = [s for s in picture.subnets if s.vpc == vpc.name]
         if not subnets:
             continue
         top = lane_y[subnets[0].name] - LANE_H // 3 - VPC_HEAD
@@ -179,7 +206,7 @@ def _draw_vpcs(root: ET.Element, manifest, lane_y: Mapping[str, int], width: int
         _el(
             group,
             "text",
-            _internet(manifest, vpc),
+            _internet(vpc),
             x=MARGIN + 110,
             y=top + 19,
             fill=color,
@@ -231,7 +258,9 @@ def _draw_lane(parent: ET.Element, subnet, y: int, width: int) -> None:
     )
 
 
-def _draw_vm(root: ET.Element, vm, x: int, nics: list[NicView], lane_y: Mapping[str, int]) -> None:
+def _draw_vm(
+    root: ET.Element, vm: VmView, x: int, nics: list[NicView], lane_y: Mapping[str, int]
+) -> None:
     group = _el(root, "g", class_="vm", data_name=vm.name)
     box_w = COLUMN_W - 40
     if nics:
@@ -262,8 +291,8 @@ def _draw_vm(root: ET.Element, vm, x: int, nics: list[NicView], lane_y: Mapping[
         stroke=COLORS["text"],
     )
     _el(group, "text", vm.name, x=x + 10, y=MARGIN + 19, font_weight="bold", font_size=14)
-    memory = vm.resources.memory // (1024 * 1024)
-    details = f"{vm.resources.cpu} vCPU · {memory} MiB" + (" · invisible" if vm.invisible else "")
+    memory = vm.memory // (1024 * 1024)
+    details = f"{vm.cpu} vCPU · {memory} MiB" + (" · invisible" if vm.invisible else "")
     _el(group, "text", details, x=x + 10, y=MARGIN + 36, fill=COLORS["muted"], font_size=11)
     for nic in nics:
         _draw_nic(group, nic, x + 12, lane_y[nic.subnet])

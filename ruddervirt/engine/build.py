@@ -15,22 +15,23 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ruddervirt.engine import cleanup, efi, isos
+from ruddervirt.engine.capture import build_vm_spec, version_spec
 from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.context import BuildContext, BuildScope, Clock, VMPlan
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.files import FileStore
 from ruddervirt.engine.httpserver import BuildHTTPServer, Listener, listener_for
 from ruddervirt.engine.reporter import Reporter, Stopper
-from ruddervirt.engine.topology import NicPlan, Topology, random_mac
+from ruddervirt.engine.topology import Topology
 from ruddervirt.engine.topology import plan as plan_topology
 from ruddervirt.engine.vm import VMOutcome, VMRunner
 from ruddervirt.guest.ssh import generate_keypair, load_private_key
 from ruddervirt.hypervisor.driver import Hypervisor, HypervisorError
-from ruddervirt.hypervisor.specs import DiskBus
 from ruddervirt.manifest.model import Manifest, Vm
+from ruddervirt.spec import VersionSpec
 
 POLL_INTERVAL_S = 0.5
 NETWORK_TEARDOWN_TIMEOUT_S = 120.0
@@ -45,54 +46,12 @@ class BuildPlan:
 
 
 @dataclass(frozen=True)
-class CapturedDisk:
-    name: str
-    path: Path
-    bus: DiskBus
-    size: int
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "path": str(self.path), "bus": self.bus, "size": self.size}
-
-
-@dataclass(frozen=True)
-class CapturedVM:
-    """What a template VM is made of. Values are the manifest's base values (not the
-    build overrides): clones get exactly these."""
-
-    name: str
-    cpu: int
-    memory: int
-    disks: tuple[CapturedDisk, ...]
-    nics: tuple[NicPlan, ...]
-    invisible: bool
-    efi: dict | None
-    communicator: dict
-
-    def to_spec(self) -> dict:
-        return {
-            "cpu": self.cpu,
-            "memory": self.memory,
-            "disks": [d.to_dict() for d in self.disks],
-            "nics": [n.to_dict() for n in self.nics],
-            "invisible": self.invisible,
-            "efi": self.efi,
-            "communicator": self.communicator,
-        }
-
-
-@dataclass(frozen=True)
 class BuildResult:
-    capture_dir: Path
-    vms: tuple[CapturedVM, ...]
+    """The captured disks and NVRAMs in `capture_dir`, and the version's record with its
+    paths relative to `capture_dir` (rebase it once the folder has moved)."""
 
-    def relocated(self, old: Path, new: Path) -> list[CapturedVM]:
-        """The VMs with disk paths moved from `old` to `new` (after the capture folder moved)."""
-        moved = []
-        for vm in self.vms:
-            disks = tuple(replace(d, path=new / d.path.relative_to(old)) for d in vm.disks)
-            moved.append(replace(vm, disks=disks, efi=efi.relocate(vm.efi, old, new)))
-        return moved
+    capture_dir: Path
+    spec: VersionSpec
 
 
 class _Monitor(threading.Thread):
@@ -362,71 +321,42 @@ def _capture(
     topology: Topology,
     outcomes: list[VMOutcome],
 ) -> BuildResult:
-    """Flatten and compact every disk into the capture folder."""
+    """Flatten and compact every disk into the capture folder, keep every NVRAM, and write
+    the version's record."""
     base, config, reporter, stopper = plan.manifest, ctx.config, ctx.reporter, ctx.stopper
     capture_dir = plan.workdir / "capture"
     shutil.rmtree(capture_dir, ignore_errors=True)
-    base_vms = {vm.name: vm for vm in base.vms}
     captured = []
     for outcome, vm in zip(outcomes, manifest.vms, strict=True):
         if stopper.stopped:
             raise BuildCancelled(stopper.reason)
         target = capture_dir / vm.name
         target.mkdir(parents=True)
+        record = build_vm_spec(
+            vm, topology.nics[vm.name], domain=outcome.domain, efi_spec=outcome.efi
+        )
         disks = []
-        for disk in outcome.disks:
-            dest = target / f"{disk.name}.qcow2"
+        for disk, prepared in zip(record.disks, outcome.disks, strict=True):
+            dest = target / f"{prepared.name}.qcow2"
             started = time.monotonic()
-            ctx.images.convert(disk.path, dest, compress=config.compress_templates)
+            ctx.images.convert(prepared.path, dest, compress=config.compress_templates)
             size = ctx.images.virtual_size(dest, fmt="qcow2")
-            disks.append(CapturedDisk(disk.name, dest, disk.bus, size))
+            disks.append(replace(disk, size=size, path=_relative(dest, capture_dir)))
             reporter.log(
-                f"captured disk {disk.name}: {dest.stat().st_size} bytes on disk "
+                f"captured disk {prepared.name}: {dest.stat().st_size} bytes on disk "
                 f"in {time.monotonic() - started:.1f}s",
                 vm=vm.name,
             )
-        efi_record = efi.capture_nvram(outcome.efi, target) if outcome.efi else None
-        if efi_record:
+        firmware = record.firmware
+        if outcome.efi is not None:
+            nvram = efi.capture_nvram(outcome.efi, target, capture_dir)
+            firmware = replace(firmware, nvram=nvram)
             reporter.log("captured the UEFI variables (NVRAM) with the disks", vm=vm.name)
         reporter.vm_phase(vm.name, "DiskCaptured")
-        base_vm = base_vms[vm.name]
-        captured.append(
-            CapturedVM(
-                name=vm.name,
-                cpu=base_vm.resources.cpu,
-                memory=base_vm.resources.memory,
-                disks=tuple(disks),
-                nics=_base_nics(base_vm, topology.nics[vm.name]),
-                invisible=base_vm.invisible,
-                efi=efi_record,
-                communicator={
-                    "ssh_username": base_vm.communicator.ssh_username,
-                    "ssh_port": base_vm.communicator.ssh_port,
-                    "shell": base_vm.communicator.shell,
-                },
-            )
-        )
-    return BuildResult(capture_dir=capture_dir, vms=tuple(captured))
+        captured.append(replace(record, disks=tuple(disks), firmware=firmware))
+    spec = version_spec(base, manifest, captured, topology.nics)
+    return BuildResult(capture_dir=capture_dir, spec=spec)
 
 
-def _base_nics(base_vm: Vm, built: tuple[NicPlan, ...]) -> tuple[NicPlan, ...]:
-    """The template's NICs are the base manifest's; each keeps the MAC (and address) it
-    had in the build when the build had a NIC of that name."""
-    by_name = {n.name: n for n in built}
-    result = []
-    for nic in base_vm.nics:
-        used = by_name.get(nic.name)
-        result.append(
-            NicPlan(
-                vm=base_vm.name,
-                name=nic.name,
-                subnet=nic.subnet,
-                network="",
-                slot=nic.slot,
-                mac=(nic.mac or (used.mac if used else random_mac())).lower(),
-                ip=nic.ip or (used.ip if used and used.subnet == nic.subnet else None),
-                static=bool(nic.ip),
-                model=nic.model,
-            )
-        )
-    return tuple(result)
+def _relative(path: Path, base: Path) -> PurePosixPath:
+    return PurePosixPath(path.relative_to(base).as_posix())

@@ -7,8 +7,10 @@ A clone of key ``c12`` gets, for every template VM:
 
 * disks: qcow2 overlays backed by the template's disks (linked clone: a few hundred KiB at
   creation), or full independent copies (``full_copy``);
-* the template's CPU, memory, disk buses, NIC models, PCI slots, MAC and IP addresses, so the
-  guest sees exactly the machine the build captured;
+* the version's CPU, memory, disk buses, NIC models, PCI slots, MAC and IP addresses, and
+  firmware (the build's OVMF loader and a copy of the NVRAM it captured), so the guest sees
+  exactly the machine the build captured: every domain comes from the version's record
+  (ruddervirt.spec.VersionSpec) through ruddervirt.spec.machine_spec;
 * the same management NIC the build had (QEMU user-mode, ``restrict=on``, same MAC, SSH
   forwarded from a loopback port), so guests see the same interfaces as in the build;
 * a domain named ``<prefix>c12-<vm>`` carrying ``kind=clone, clone=c12`` metadata;
@@ -30,10 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ruddervirt.engine import cleanup
+from ruddervirt.engine import cleanup, efi
 from ruddervirt.engine.config import EngineConfig
-from ruddervirt.engine.topology import NicPlan, Topology, random_mac
-from ruddervirt.engine.topology import plan as plan_topology
+from ruddervirt.engine.topology import NicPlan, Topology, network_name, networks_for
 from ruddervirt.engine.vm import free_loopback_port
 from ruddervirt.hypervisor import disks as qimg
 from ruddervirt.hypervisor.driver import (
@@ -42,12 +43,21 @@ from ruddervirt.hypervisor.driver import (
     HypervisorError,
     WaitTimedOut,
 )
-from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, EfiSpec, MgmtForward, NicSpec
+from ruddervirt.hypervisor.specs import DomainSpec
+from ruddervirt.spec import (
+    Placement,
+    Role,
+    VersionSpec,
+    VMSpec,
+    disk_files,
+    machine_spec,
+    nvram_file,
+)
 
 KIND = "clone"
 OFF_STATES = (DomainState.SHUTOFF, DomainState.ABSENT)
 START_ATTEMPTS = 4
-OVMF = Path("/usr/share/OVMF")
+CLONE_NVRAM = "efivars.fd"  # a clone's own copy of its template's captured NVRAM
 
 
 class CloneError(Exception):
@@ -56,60 +66,13 @@ class CloneError(Exception):
 
 # --- what a clone is made from ---------------------------------------------------------
 @dataclass(frozen=True)
-class TemplateDisk:
-    name: str
-    path: Path
-    bus: str
-    size: int
-
-
-@dataclass(frozen=True)
-class TemplateNic:
-    name: str
-    mac: str
-    ip: str | None
-
-
-@dataclass(frozen=True)
-class TemplateVM:
-    """One VM of a module version, as captured by its build."""
-
-    name: str
-    cpu: int
-    memory: int
-    disks: tuple[TemplateDisk, ...]
-    nics: tuple[TemplateNic, ...] = ()
-    invisible: bool = False
-    efi: Mapping | None = None
-    mgmt_mac: str | None = None  # the build's management NIC MAC (None: derived from the name)
-
-    @classmethod
-    def from_spec(cls, name: str, spec: Mapping, *, mgmt_mac: str | None = None) -> TemplateVM:
-        """From a TemplateVM row's `spec` JSON (see builds.models.TemplateVM)."""
-        return cls(
-            name=name,
-            cpu=int(spec["cpu"]),
-            memory=int(spec["memory"]),
-            disks=tuple(
-                TemplateDisk(d["name"], Path(d["path"]), d["bus"], int(d["size"]))
-                for d in spec["disks"]
-            ),
-            nics=tuple(TemplateNic(n["name"], n["mac"], n.get("ip")) for n in spec["nics"]),
-            invisible=bool(spec.get("invisible")),
-            efi=spec.get("efi"),
-            mgmt_mac=mgmt_mac,
-        )
-
-
-@dataclass(frozen=True)
 class CloneRequest:
     """Everything needed to make, start or remove one clone; the same request always gives
     the same names, MACs and addresses (reprovision keeps a clone's identity)."""
 
     key: str  # "c12": part of every domain and network name
-    manifest: object  # the version's base Manifest (clones get the base values)
-    vms: tuple[TemplateVM, ...]
-    workdir: Path  # the clone's own folder: disks, serial logs
+    spec: VersionSpec  # the version's record: its VMs and topology, as the build captured
+    workdir: Path  # the clone's own folder: disks, NVRAM, serial logs
     full_copy: bool = False
     ports: Mapping[str, int] = field(default_factory=dict)  # management ports to keep, by VM
     title: str = ""  # e.g. "lab@3 for carol"
@@ -118,6 +81,10 @@ class CloneRequest:
     @property
     def owner(self) -> dict[str, str]:
         return {"kind": KIND, "clone": self.key}
+
+    @property
+    def vms(self) -> tuple[VMSpec, ...]:
+        return self.spec.vms
 
 
 @dataclass(frozen=True)
@@ -147,19 +114,25 @@ def vm_dir(req: CloneRequest, vm: str) -> Path:
 
 
 def plan_networks(req: CloneRequest, config: EngineConfig) -> Topology:
-    """The clone's networks and NICs: the template's MACs and addresses, pinned."""
-    macs = {(vm.name, n.name): n.mac for vm in req.vms for n in vm.nics}
-    ips = {(vm.name, n.name): n.ip for vm in req.vms for n in vm.nics if n.ip}
-    return plan_topology(
-        req.manifest,
+    """The clone's networks and NICs: the version's MACs and addresses, as captured."""
+    nics = {
+        vm.name: tuple(
+            NicPlan(
+                vm=vm.name, name=n.name, subnet=n.subnet,
+                network=network_name(config.name_prefix, req.key, n.subnet),
+                slot=n.slot, mac=n.mac, ip=n.ip, static=n.static, model=n.model,
+            )
+            for n in vm.nics
+        )
+        for vm in req.vms
+    }  # fmt: skip
+    return networks_for(
+        req.spec.topology,
+        nics,
         owner=req.key,
         prefix=config.name_prefix,
         allow_internet=config.allow_internet,
-        macs=macs,
-        ips=ips,
         metadata={**req.tags, **req.owner},
-        # A template NIC always has a MAC; a NIC the manifest gained since is a bug upstream.
-        new_mac=random_mac,
     )
 
 
@@ -172,69 +145,60 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def _efi(vm: TemplateVM, folder: Path) -> tuple[EfiSpec | None, str]:
-    """UEFI firmware with fresh variables for the clone, and the machine type it needs."""
-    if not vm.efi:
-        return None, "pc"
-    secure = bool(vm.efi.get("secure_boot"))
-    code = "OVMF_CODE_4M.ms.fd" if secure else "OVMF_CODE_4M.fd"
-    varstore = "OVMF_VARS_4M.ms.fd" if secure else "OVMF_VARS_4M.fd"
-    spec = EfiSpec(
-        loader=OVMF / code,
-        nvram=folder / "efivars.fd",
-        nvram_template=OVMF / varstore,
-        secure_boot=secure,
-    )
-    return spec, "q35" if secure else "pc"
+def nvram_path(req: CloneRequest, vm: VMSpec) -> Path | None:
+    """The clone's own copy of the VM's captured NVRAM (None for BIOS VMs)."""
+    return vm_dir(req, vm.name) / CLONE_NVRAM if vm.firmware.uefi else None
 
 
 def domain_spec(
-    req: CloneRequest, config: EngineConfig, vm: TemplateVM, nics: Sequence[NicPlan], port: int
+    req: CloneRequest, config: EngineConfig, vm: VMSpec, nics: Sequence[NicPlan], port: int
 ) -> DomainSpec:
+    """The clone's domain: the version's VM record in the clone role."""
     folder = vm_dir(req, vm.name)
-    efi, machine = _efi(vm, folder)
-    return DomainSpec(
+    where = Placement(
         name=domain_name(config, req.key, vm.name),
-        vcpus=vm.cpu,
-        memory_bytes=vm.memory,
         domain_type=config.domain_type,
-        disks=tuple(
-            DiskSpec(path=path, target_bus=disk.bus, boot_order=1 if i == 0 else None)
-            for i, (disk, path) in enumerate(zip(vm.disks, disk_paths(req, vm), strict=True))
-        ),
-        nics=tuple(
-            NicSpec(mac=n.mac, network=n.network, model=n.model, pci_slot=n.slot) for n in nics
-        ),
-        mgmt=MgmtForward(host_port=port, mac=vm.mgmt_mac),
-        efi=efi,
-        machine=machine,
+        storage_root=config.storage_root,
+        disks=tuple(disk_paths(req, vm)),
+        networks={n.name: n.network for n in nics},
+        nvram=nvram_path(req, vm),
+        mgmt_port=port,
         serial_log=folder / "serial.log",
         metadata={**req.tags, **req.owner, "vm": vm.name},
         title=f"{req.title} VM {vm.name}".strip()[:200] if req.title else None,
     )
+    return machine_spec(vm, Role.CLONE, where)
 
 
-def disk_paths(req: CloneRequest, vm: TemplateVM) -> list[Path]:
+def disk_paths(req: CloneRequest, vm: VMSpec) -> list[Path]:
     folder = vm_dir(req, vm.name)
     return [folder / f"disk{i}-{d.name}.qcow2" for i, d in enumerate(vm.disks)]
 
 
 # --- disks -----------------------------------------------------------------------------
-def make_disks(req: CloneRequest) -> dict[str, list[Path]]:
-    """Overlays on (or full copies of) every template disk. Existing files are an error:
-    a clone's disks are only ever made fresh."""
+def make_disks(req: CloneRequest, config: EngineConfig) -> dict[str, list[Path]]:
+    """Overlays on (or full copies of) every template disk, and a copy of every captured
+    NVRAM. Existing files are an error: a clone's disks are only ever made fresh."""
     made: dict[str, list[Path]] = {}
     for vm in req.vms:
         folder = vm_dir(req, vm.name)
         folder.mkdir(parents=True, exist_ok=True)
         paths = disk_paths(req, vm)
-        for disk, path in zip(vm.disks, paths, strict=True):
-            if not disk.path.is_file():
-                raise CloneError(f"VM {vm.name}: template disk {disk.path} is missing")
+        for disk, base, path in zip(
+            vm.disks, disk_files(vm, config.storage_root), paths, strict=True
+        ):
+            if not base.is_file():
+                raise CloneError(f"VM {vm.name}: template disk {base} is missing")
             if req.full_copy:
-                qimg.copy_full(disk.path, path)
+                qimg.copy_full(base, path)
             else:
-                qimg.create_overlay(disk.path, path, backing_format="qcow2")
+                qimg.create_overlay(base, path, backing_format=disk.format)
+        captured = nvram_file(vm, config.storage_root)
+        if captured is not None:
+            try:
+                efi.copy_nvram(captured, folder, name=CLONE_NVRAM)
+            except FileNotFoundError as exc:
+                raise CloneError(f"VM {vm.name}: {exc}") from exc
         made[vm.name] = paths
     return made
 
@@ -267,7 +231,7 @@ def create_clone(req: CloneRequest, *, hv, config: EngineConfig, start: bool = T
     of the clone is removed (disks included) and CloneError raised."""
     try:
         topology = plan_networks(req, config)
-        make_disks(req)
+        make_disks(req, config)
         networks = ensure_networks(hv, config, req.key, topology)
         if start:
             ports = start_clone(

@@ -1,28 +1,26 @@
-"""UEFI (OVMF) for builds, templates and clones, and the NVRAM that travels with a template.
+"""UEFI (OVMF) for builds, and the NVRAM that travels with a template.
 
 A VM with `efiFirmware` boots OVMF; with `secureBoot: true` it boots the Secure Boot build
 of OVMF with Microsoft's and the distributions' keys enrolled (what a Windows or a signed
 Linux installer expects), which needs a q35 machine with SMM. Its NVRAM (boot entries, Secure
 Boot state) starts as a copy of OVMF's variable template, made by libvirt at first start in
-the build's working folder. Capture copies it next to the template's disks and records it in
-the template spec:
-
-    TemplateVM.spec["efi"] == {"secure_boot": bool, "machine": "pc" | "q35", "nvram": "<path>"}
-
-Clones must not share that file (the firmware writes to it): `instance_efi` copies it for
-each clone and returns the EfiSpec (and `machine_for` the machine type) to boot it with,
-so a clone boots exactly the way the build's VM did.
+the build's working folder. Capture copies it next to the template's disks; the version's
+firmware record (ruddervirt.spec.FirmwareRecord) keeps the exact loader and variable
+template the build booted and that NVRAM. Templates point at it; every clone boots from a
+copy of it (`copy_nvram`) with the same loader, through ruddervirt.spec.machine_spec, so a
+clone boots exactly the way the build's VM did.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ruddervirt.engine.errors import BuildError
 from ruddervirt.hypervisor.specs import EfiSpec
+from ruddervirt.spec import FirmwareRecord, NvramRecord
 
 OVMF_DIR = Path("/usr/share/OVMF")
 NVRAM_NAME = "nvram.fd"
@@ -51,13 +49,6 @@ def firmware(secure_boot: bool) -> Firmware:
     return chosen
 
 
-def machine_for(efi: Mapping[str, object] | None) -> str:
-    """The machine type a VM with this `efi` record boots on ("pc" for BIOS)."""
-    if not efi:
-        return "pc"
-    return str(efi.get("machine") or ("q35" if efi.get("secure_boot") else "pc"))
-
-
 def build_efi(workdir: Path, secure_boot: bool) -> EfiSpec:
     """The EfiSpec of a build VM: a fresh NVRAM in `workdir` (libvirt creates it at start)."""
     chosen = firmware(secure_boot)
@@ -70,8 +61,25 @@ def build_efi(workdir: Path, secure_boot: bool) -> EfiSpec:
     )
 
 
-def capture_nvram(spec: EfiSpec, dest_dir: Path) -> dict[str, object]:
-    """Copy a shut-off build VM's NVRAM into `dest_dir`; returns the template's efi record.
+def firmware_record(spec: EfiSpec | None) -> FirmwareRecord:
+    """The firmware record of a build VM booted with `spec` (BIOS for None): the exact
+    loader and variable template files it booted, not yet its captured NVRAM."""
+    if spec is None:
+        return FirmwareRecord()
+    return FirmwareRecord(
+        kind="uefi",
+        machine=SECURE.machine if spec.secure_boot else PLAIN.machine,
+        secure_boot=spec.secure_boot,
+        loader=PurePosixPath(str(spec.loader)),
+        vars_template=PurePosixPath(
+            str(spec.nvram_template or firmware(spec.secure_boot).vars_template)
+        ),
+    )
+
+
+def capture_nvram(spec: EfiSpec, dest_dir: Path, base: Path) -> NvramRecord:
+    """Copy a shut-off build VM's NVRAM into `dest_dir`; returns its record, the path
+    relative to `base` (the capture folder).
 
     When the VM never started (no NVRAM yet), the pristine template is copied instead."""
     dest = dest_dir / NVRAM_NAME
@@ -80,58 +88,23 @@ def capture_nvram(spec: EfiSpec, dest_dir: Path) -> dict[str, object]:
         raise BuildError(f"the VM's UEFI variables ({spec.nvram}) are missing")
     shutil.copyfile(source, dest)
     dest.chmod(0o644)
-    return {
-        "secure_boot": spec.secure_boot,
-        "machine": firmware(spec.secure_boot).machine,
-        "nvram": str(dest),
-    }
-
-
-def template_efi(efi: Mapping[str, object] | None) -> EfiSpec | None:
-    """The EfiSpec of a halted template domain: it points at the captured NVRAM itself.
-
-    Never start a domain defined with it (it would write the template's NVRAM), and
-    undefine it with remove_nvram=False, or libvirt deletes the template's NVRAM."""
-    if not efi:
-        return None
-    secure = bool(efi.get("secure_boot"))
-    chosen = firmware(secure)
-    nvram = efi.get("nvram")
-    return EfiSpec(
-        loader=chosen.loader,
-        nvram=Path(str(nvram)) if nvram else Path("/nonexistent") / NVRAM_NAME,
-        secure_boot=secure,
-        nvram_template=chosen.vars_template,
+    return NvramRecord(
+        path=PurePosixPath(dest.relative_to(base).as_posix()), sha256=sha256_of(dest)
     )
 
 
-def instance_efi(efi: Mapping[str, object] | None, dest_dir: Path) -> EfiSpec | None:
-    """For a clone (or any VM booted from a template's disks): copy the template's NVRAM
-    into `dest_dir` and return the EfiSpec to boot with (None for BIOS templates).
-
-    A template without a stored NVRAM falls back to OVMF's pristine variables (libvirt
-    copies them at first start). Pair it with `machine_for(efi)` for DomainSpec.machine."""
-    if not efi:
-        return None
-    secure = bool(efi.get("secure_boot"))
-    chosen = firmware(secure)
+def copy_nvram(captured: Path, dest_dir: Path, *, name: str = NVRAM_NAME) -> Path:
+    """A clone's own copy of a template's captured NVRAM, in `dest_dir` (the firmware
+    writes to it, so clones never share one). FileNotFoundError when it is missing: a
+    clone never silently boots with pristine variables instead."""
+    if not captured.is_file():
+        raise FileNotFoundError(f"the template's UEFI variables {captured} are missing")
     dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / NVRAM_NAME
-    stored = efi.get("nvram")
-    if stored and Path(str(stored)).is_file():
-        shutil.copyfile(Path(str(stored)), dest)
-        dest.chmod(0o644)
-    return EfiSpec(
-        loader=chosen.loader, nvram=dest, secure_boot=secure, nvram_template=chosen.vars_template
-    )
+    dest = dest_dir / name
+    shutil.copyfile(captured, dest)
+    dest.chmod(0o644)
+    return dest
 
 
-def relocate(efi: Mapping[str, object] | None, old: Path, new: Path) -> dict[str, object] | None:
-    """The record with its NVRAM path moved from under `old` to under `new`."""
-    if not efi:
-        return None
-    moved = dict(efi)
-    nvram = efi.get("nvram")
-    if nvram:
-        moved["nvram"] = str(new / Path(str(nvram)).relative_to(old))
-    return moved
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -102,17 +102,34 @@ def plan(
     hands out addresses (unmanaged, no DHCP) or no longer contains it."""
     subnets = {s.name: s for s in manifest.network.subnets}
     nics = _plan_nics(manifest, subnets, owner, prefix, dict(macs or {}), dict(ips or {}), new_mac)
+    return networks_for(
+        manifest.network,
+        {k: tuple(v) for k, v in nics.items()},
+        owner=owner,
+        prefix=prefix,
+        allow_internet=allow_internet,
+        metadata=metadata,
+    )
+
+
+def networks_for(
+    network,
+    nics: Mapping[str, tuple[NicPlan, ...]],
+    *,
+    owner: str,
+    prefix: str,
+    allow_internet: bool,
+    metadata: Mapping[str, str] | None = None,
+) -> Topology:
+    """The networks of `network` (a manifest's, or a version's TopologyRecord: VPCs and
+    subnets) for NICs whose MACs and addresses are already resolved."""
     networks, warnings = [], []
-    for subnet in manifest.network.subnets:
-        spec, warning = _network(manifest, subnet, nics, owner, prefix, allow_internet, metadata)
+    for subnet in network.subnets:
+        spec, warning = _network(network, subnet, nics, owner, prefix, allow_internet, metadata)
         networks.append(spec)
         if warning and warning not in warnings:
             warnings.append(warning)
-    return Topology(
-        networks=tuple(networks),
-        nics={k: tuple(v) for k, v in nics.items()},
-        warnings=tuple(warnings),
-    )
+    return Topology(networks=tuple(networks), nics=dict(nics), warnings=tuple(warnings))
 
 
 def _plan_nics(manifest, subnets, owner, prefix, macs, ips, new_mac) -> dict[str, list[NicPlan]]:
@@ -176,7 +193,7 @@ def _fresh_mac(new_mac: Callable[[], str], used: set[str]) -> str:
     raise ValueError("could not generate a MAC address that is not already used")
 
 
-def _network(manifest, subnet, nics, owner, prefix, allow_internet, metadata):
+def _network(network, subnet, nics, owner, prefix, allow_internet, metadata):
     """The NetworkSpec of one subnet, and a warning when its VPC's internet is refused."""
     name = network_name(prefix, owner, subnet.name)
     common = {
@@ -186,7 +203,7 @@ def _network(manifest, subnet, nics, owner, prefix, allow_internet, metadata):
     }
     if subnet.unmanaged:
         return NetworkSpec(**common), None
-    vpc = manifest.network.vpc(subnet.vpc)
+    vpc = network.vpc(subnet.vpc)
     warning = None
     if vpc.internet and not allow_internet:
         warning = (
@@ -205,7 +222,7 @@ def _network(manifest, subnet, nics, owner, prefix, allow_internet, metadata):
         ipv4=ipaddress.IPv4Interface(f"{subnet.gateway}/{net.prefixlen}"),
         dhcp_range=dhcp_range,
         dhcp_hosts=dhcp_hosts,
-        dns_hosts=_dns_hosts(manifest, subnet, nics),
+        dns_hosts=_dns_hosts(network, subnet, nics),
         dns_servers=tuple(ipaddress.IPv4Address(a) for a in subnet.dns),
         nat=bool(vpc.internet and allow_internet),
         router=router_name(prefix, owner, vpc.name),
@@ -213,12 +230,12 @@ def _network(manifest, subnet, nics, owner, prefix, allow_internet, metadata):
     return spec, warning
 
 
-def _dns_hosts(manifest, subnet, nics) -> tuple[DnsHost, ...]:
+def _dns_hosts(network, subnet, nics) -> tuple[DnsHost, ...]:
     """Every VM with an address in a managed subnet of this subnet's VPC, by name: its
     address in this subnet when it has one (no detour through the router), else its first
     address in the VPC. Addresses on unmanaged subnets are left out: the VPC's router cannot
     reach those segments."""
-    managed = {s.name for s in manifest.network.subnets if s.vpc == subnet.vpc and not s.unmanaged}
+    managed = {s.name for s in network.subnets if s.vpc == subnet.vpc and not s.unmanaged}
     chosen: dict[str, str] = {}
     for plans in nics.values():
         in_vpc = [p for p in plans if p.ip and p.subnet in managed]

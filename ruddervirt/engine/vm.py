@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ruddervirt.engine import bootcmd, efi, netconfig
+from ruddervirt.engine.capture import build_vm_spec
 from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
 from ruddervirt.engine.installer_media import InstallerMedia
@@ -23,7 +24,7 @@ from ruddervirt.guest.shellscript import build_shell_command, run_shell_script
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.hypervisor.driver import DomainState, WaitCancelled, WaitTimedOut
 from ruddervirt.hypervisor.seed import cloud_config_with_keys, nocloud_meta_data, seed_drive
-from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, EfiSpec, MgmtForward, NicSpec
+from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, EfiSpec
 from ruddervirt.manifest.model import (
     AnyStep,
     FileStep,
@@ -31,6 +32,7 @@ from ruddervirt.manifest.model import (
     RebootStep,
     ShellStep,
 )
+from ruddervirt.spec import Placement, Role, machine_spec
 
 Fail = Callable[..., StepFailed]  # fail(message, exit_code=None): the StepFailed to raise
 
@@ -163,13 +165,10 @@ class VMRunner(VMDisks, InstallerMedia):
 
     # --- boot -----------------------------------------------------------------------
     def domain_spec(self, disks: list[PreparedDisk], seed: Path | None) -> DomainSpec:
+        """The build VM's domain: its record (the one capture keeps) in the build role."""
         # The boot disk comes first: blank, it fails over to the installer CD-ROM; once
         # installed, the installer's reboot starts the new system from it.
-        specs = [
-            DiskSpec(path=d.path, target_bus=d.bus, boot_order=1 if i == 0 else None)
-            for i, d in enumerate(disks)
-        ]
-        specs += [
+        media = [
             DiskSpec(
                 path=iso, target_bus="sata", format="raw", device="cdrom", readonly=True,
                 boot_order=2 + i,
@@ -177,28 +176,26 @@ class VMRunner(VMDisks, InstallerMedia):
             for i, iso in enumerate(self.isos)
         ]  # fmt: skip
         if self.floppy is not None:
-            specs.append(
+            media.append(
                 DiskSpec(path=self.floppy, target_bus="fdc", format="raw", device="floppy")
             )
         if seed is not None:
-            specs.append(seed_drive(seed))  # virtio-scsi: cloud kernels have no AHCI
-        nics = tuple(
-            NicSpec(mac=n.mac, network=n.network, model=n.model, pci_slot=n.slot) for n in self.nics
-        )
-        return DomainSpec(
+            media.append(seed_drive(seed))  # virtio-scsi: cloud kernels have no AHCI
+        record = build_vm_spec(self.vm, self.nics, domain=self.domain, efi_spec=self.efi)
+        where = Placement(
             name=self.domain,
-            vcpus=self.vm.resources.cpu,
-            memory_bytes=self.vm.resources.memory,
             domain_type=self.config.domain_type,
-            disks=tuple(specs),
-            nics=nics,
-            mgmt=MgmtForward(host_port=self.port, mac=mgmt_mac_for(self.domain)),
-            efi=self.efi,
-            machine=efi.firmware(self.efi.secure_boot).machine if self.efi else "pc",
+            storage_root=self.config.storage_root,
+            disks=tuple(d.path for d in disks),
+            networks={n.name: n.network for n in self.nics},
+            nvram=self.efi.nvram if self.efi else None,
+            mgmt_port=self.port,
+            media=tuple(media),
             serial_log=self.dir / "serial.log",
             metadata={**self.scope.metadata, "vm": self.vm.name},
             title=f"build {self.key} VM {self.vm.name}",
         )
+        return machine_spec(record, Role.BUILD, where)
 
     def boot(self, disks: list[PreparedDisk], seed: Path | None) -> None:
         last_error: Exception | None = None

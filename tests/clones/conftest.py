@@ -13,8 +13,10 @@ from builds.models import Build, BuildStatus, BuildVM, ModuleVersion, TemplateVM
 from clones.models import Class, ClassMembership
 from modules.services import create_module
 from ruddervirt.hypervisor import disks as qimg
+from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.hypervisor.fake import FakeHypervisor
 from tests.helpers import make_user
+from tests.specs import version_of, vm_record
 
 MIB = 1024 * 1024
 
@@ -56,6 +58,24 @@ def make_version(owner, root: Path, *, name: str = "lab", memory: dict | None = 
         status=BuildStatus.SUCCEEDED,
     )
     folder = root / "modules" / name / "v1"
+    records = []
+    for index, vm in enumerate(("web", "dc")):
+        disk = folder / vm / "root.qcow2"
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        if not disk.exists():
+            qimg.create_blank(disk, 64 * MIB)
+        domain = f"rvt-b{build.pk}-{vm}"
+        BuildVM.objects.create(build=build, name=vm, index=index, domain_name=domain)
+        records.append(
+            vm_record(
+                vm,
+                memory=(memory or MEMORY)[vm],
+                disks=[("root", f"modules/{name}/v1/{vm}/root.qcow2", 64 * MIB)],
+                nics=NICS[vm],
+                invisible=vm == "dc",
+                mgmt_mac=mgmt_mac_for(domain),
+            )
+        )
     version = ModuleVersion.objects.create(
         module=outcome.module,
         number=1,
@@ -63,30 +83,10 @@ def make_version(owner, root: Path, *, name: str = "lab", memory: dict | None = 
         manifest_text=MANIFEST,
         manifest_sha256=outcome.revision.sha256,
         storage_path=str(folder),
+        spec=version_of(MANIFEST, records).to_json(),
     )
     for index, vm in enumerate(("web", "dc")):
-        disk = folder / vm / "root.qcow2"
-        disk.parent.mkdir(parents=True, exist_ok=True)
-        if not disk.exists():
-            qimg.create_blank(disk, 64 * MIB)
-        BuildVM.objects.create(
-            build=build, name=vm, index=index, domain_name=f"rvt-b{build.pk}-{vm}"
-        )
-        TemplateVM.objects.create(
-            version=version,
-            name=vm,
-            index=index,
-            domain_name=f"tpl-{vm}",
-            spec={
-                "cpu": 1,
-                "memory": (memory or MEMORY)[vm],
-                "disks": [{"name": "root", "path": str(disk), "bus": "virtio", "size": 64 * MIB}],
-                "nics": NICS[vm],
-                "invisible": vm == "dc",
-                "efi": None,
-                "communicator": {"ssh_username": "root", "ssh_port": 22, "shell": "bash"},
-            },
-        )
+        TemplateVM.objects.create(version=version, name=vm, index=index, domain_name=f"tpl-{vm}")
     return version
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -11,8 +11,9 @@ from ruddervirt.engine.config import EngineConfig
 from ruddervirt.hypervisor import disks as qimg
 from ruddervirt.hypervisor.driver import DomainState, HypervisorError
 from ruddervirt.hypervisor.fake import FakeHypervisor
-from ruddervirt.manifest import parse
+from ruddervirt.spec import VMSpec
 from tests.clones.conftest import MANIFEST, MEMORY, MIB, NICS
+from tests.specs import version_of, vm_record
 
 PREFIX = "rvu-"
 
@@ -29,28 +30,26 @@ def hv() -> FakeHypervisor:
 
 
 @pytest.fixture
-def templates(tmp_path) -> tuple[engine.TemplateVM, ...]:
+def templates(tmp_path) -> tuple[VMSpec, ...]:
+    """The version's VM records; their disks under the storage root (tmp_path)."""
     vms = []
     for name in ("web", "dc"):
         disk = tmp_path / "tpl" / f"{name}.qcow2"
         disk.parent.mkdir(exist_ok=True)
         qimg.create_blank(disk, 64 * MIB)
-        spec = {
-            "cpu": 1,
-            "memory": MEMORY[name],
-            "disks": [{"name": "root", "path": str(disk), "bus": "virtio", "size": 64 * MIB}],
-            "nics": NICS[name],
-            "invisible": name == "dc",
-        }
-        vms.append(engine.TemplateVM.from_spec(name, spec, mgmt_mac="52:54:00:99:99:99"))
+        vms.append(
+            vm_record(
+                name, memory=MEMORY[name], disks=[("root", f"tpl/{name}.qcow2", 64 * MIB)],
+                nics=NICS[name], invisible=name == "dc", mgmt_mac="52:54:00:99:99:99",
+            )
+        )  # fmt: skip
     return tuple(vms)
 
 
 def request(tmp_path: Path, templates, key: str = "c1", **kwargs) -> engine.CloneRequest:
     return engine.CloneRequest(
         key=key,
-        manifest=parse(MANIFEST),
-        vms=templates,
+        spec=version_of(MANIFEST, templates),
         workdir=tmp_path / "clones" / key,
         title="lab@1 for carol",
         **kwargs,
@@ -77,7 +76,7 @@ def test_linked_clone_disks_are_small_overlays_on_the_template(tmp_path, hv, con
     result = engine.create_clone(request(tmp_path, templates), hv=hv, config=config)
     disk = result.vms[0].disks[0]
     info = qimg.info(disk)
-    assert info["backing-filename"] == str(templates[0].disks[0].path)
+    assert info["backing-filename"] == str(tmp_path / templates[0].disks[0].path)
     assert engine.disk_usage(disk) < 1 * MIB
 
 
@@ -114,11 +113,11 @@ def test_a_failed_creation_leaves_nothing_behind(tmp_path, hv, config, templates
         engine.create_clone(request(tmp_path, templates), hv=hv, config=config)
     assert hv.domains == {} and hv.networks == {}
     assert not (tmp_path / "clones" / "c1").exists()
-    assert all(vm.disks[0].path.exists() for vm in templates)  # templates untouched
+    assert all((tmp_path / vm.disks[0].path).exists() for vm in templates)  # templates untouched
 
 
 def test_a_missing_template_disk_is_named(tmp_path, hv, config, templates):
-    templates[1].disks[0].path.unlink()
+    (tmp_path / templates[1].disks[0].path).unlink()
     with pytest.raises(engine.CloneError, match=r"VM dc: template disk .* is missing"):
         engine.create_clone(request(tmp_path, templates), hv=hv, config=config)
 
@@ -171,7 +170,7 @@ def test_create_many_returns_the_error_of_a_clone_that_failed(tmp_path, hv, conf
     from dataclasses import replace
 
     good = request(tmp_path, templates, "c1")
-    lost = replace(templates[0].disks[0], path=tmp_path / "gone.qcow2")
+    lost = replace(templates[0].disks[0], path=PurePosixPath("gone.qcow2"))
     broken = request(tmp_path, (replace(templates[0], disks=(lost,)), templates[1]), "c2")
     results = engine.create_many([good, broken], hv=hv, config=config)
     assert isinstance(results[0], engine.CloneResult)
@@ -186,3 +185,49 @@ def test_starting_a_clone_left_paused_resumes_it(tmp_path, hv, config, templates
     engine.start_clone(req, hv=hv, config=config, ports={})
     assert hv.state(f"{PREFIX}c1-web") is DomainState.RUNNING
     assert hv.state(f"{PREFIX}c1-dc") is DomainState.RUNNING
+
+
+def uefi(templates, tmp_path: Path, secure: bool = True) -> tuple[VMSpec, ...]:
+    """The templates with web on UEFI, its captured NVRAM under the storage root."""
+    from dataclasses import replace
+
+    from ruddervirt.engine import efi
+    from ruddervirt.spec import FirmwareRecord, NvramRecord
+
+    (tmp_path / "tpl/web-nvram.fd").write_bytes(b"variables the build left")
+    chosen = efi.SECURE if secure else efi.PLAIN
+    firmware = FirmwareRecord(
+        kind="uefi", machine=chosen.machine, secure_boot=secure,
+        loader=PurePosixPath(str(chosen.loader)),
+        vars_template=PurePosixPath(str(chosen.vars_template)),
+        nvram=NvramRecord(path=PurePosixPath("tpl/web-nvram.fd")),
+    )  # fmt: skip
+    return (replace(templates[0], firmware=firmware), templates[1])
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_uefi_clone_boots_its_own_copy_of_the_captured_nvram_with_the_builds_loader(
+    tmp_path, hv, config, templates, secure
+):
+    vms = uefi(templates, tmp_path, secure)
+    engine.create_clone(request(tmp_path, vms), hv=hv, config=config)
+    web = hv.domains[f"{PREFIX}c1-web"].spec
+    assert web.efi.nvram == tmp_path / "clones/c1/web/efivars.fd"
+    assert web.efi.nvram.read_bytes() == b"variables the build left"  # not OVMF's pristine ones
+    assert str(web.efi.loader) == str(vms[0].firmware.loader)  # the very file the build booted
+    assert (web.efi.secure_boot, web.machine) == (secure, "q35" if secure else "pc")
+    web.efi.nvram.write_bytes(b"written by the clone's firmware")
+    assert (tmp_path / "tpl/web-nvram.fd").read_bytes() == b"variables the build left"
+    assert hv.domains[f"{PREFIX}c1-dc"].spec.efi is None
+
+
+def test_a_uefi_clone_whose_template_lost_its_nvram_fails_with_the_reason(
+    tmp_path, hv, config, templates
+):
+    vms = uefi(templates, tmp_path)
+    (tmp_path / "tpl/web-nvram.fd").unlink()
+    with pytest.raises(
+        engine.CloneError, match=r"VM web: the template's UEFI variables .* missing"
+    ):
+        engine.create_clone(request(tmp_path, vms), hv=hv, config=config)
+    assert hv.domains == {} and not (tmp_path / "clones/c1").exists()

@@ -12,6 +12,7 @@ from builds.models import Build, BuildLogLine, BuildStatus, BuildStep, ModuleVer
 from builds.services import build_workdir, execute_build, request_cancel, submit_manifest
 from tests.e2e.guestfs import read_file
 from tests.helpers import make_user
+from tests.specs import template_disks
 
 pytestmark = [
     pytest.mark.e2e,
@@ -54,10 +55,8 @@ def log_text(build: Build) -> str:
     )
 
 
-def template_disk(build: Build, vm: str = "web"):
-    version = ModuleVersion.objects.get(build=build)
-    spec = version.vms.get(name=vm).spec
-    return spec["disks"][0]["path"]
+def template_disk(build: Build, vm: str = "web") -> str:
+    return str(template_disks(ModuleVersion.objects.get(build=build), vm)[0])
 
 
 FULL_RECIPE = """\
@@ -141,17 +140,18 @@ def test_extra_disks_are_blank_and_sit_on_the_bus_the_manifest_names(image_serve
     assert done.status == BuildStatus.SUCCEEDED, done.error
     log = log_text(done)
     assert "disk vda on virtio" in log
-    disks = ModuleVersion.objects.get(build=done).vms.get().spec["disks"]
-    assert [d["bus"] for d in disks] == ["virtio", "scsi", "sata", "usb"]
-    for disk in disks[1:]:
-        raw = tmp_path / f"{disk['bus']}.raw"
+    version = ModuleVersion.objects.get(build=done)
+    disks = list(zip(version.version_spec.vms[0].disks, template_disks(version), strict=True))
+    assert [d.bus for d, _path in disks] == ["virtio", "scsi", "sata", "usb"]
+    for disk, path in disks[1:]:
+        raw = tmp_path / f"{disk.bus}.raw"
         subprocess.run(
-            ["qemu-img", "convert", "-O", "raw", disk["path"], str(raw)],
+            ["qemu-img", "convert", "-O", "raw", str(path), str(raw)],
             check=True, timeout=120, capture_output=True,
         )  # fmt: skip
         assert raw.stat().st_size == 8 * 1024 * 1024
         # What the guest wrote to the disk it saw on that bus is on the manifest's disk.
-        assert raw.read_bytes()[:32].split(b"\n")[0] == f"rudder-disk-on-{disk['bus']}".encode()
+        assert raw.read_bytes()[:32].split(b"\n")[0] == f"rudder-disk-on-{disk.bus}".encode()
 
 
 def test_wrong_checksum_fails_before_anything_boots(image_server, hv):

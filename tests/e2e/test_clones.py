@@ -72,7 +72,9 @@ class Built:
 
     manifest: str
     build_domains: dict[str, str]
-    templates: list[tuple[str, int, str, dict]]  # name, index, domain, spec
+    templates: list[tuple[str, int, str]]  # name, index, domain
+    spec: dict  # the version's record (paths relative to the storage root)
+    root: Path  # the storage root the build ran in
     storage_path: str
 
 
@@ -92,7 +94,9 @@ def built(django_db_setup, django_db_blocker, image_server) -> Iterator[Built]:
             build_domains=dict(
                 BuildVM.objects.filter(build=build).values_list("name", "domain_name")
             ),
-            templates=[(t.name, t.index, t.domain_name, t.spec) for t in version.vms.all()],
+            templates=[(t.name, t.index, t.domain_name) for t in version.vms.all()],
+            spec=version.spec,
+            root=root,
             storage_path=version.storage_path,
         )
         from django.core.management import call_command
@@ -104,7 +108,14 @@ def built(django_db_setup, django_db_blocker, image_server) -> Iterator[Built]:
 
 def restore(built: Built, owner, *, memory: int | None = None, name: str = "tiny") -> ModuleVersion:
     """The module, its build and version 1 as the build made them (optionally with every
-    VM asking for `memory`)."""
+    VM asking for `memory`), in this test's storage root: its modules folder is the
+    build's (a link), so the version's storage-relative paths find the template disks."""
+    link = Path(settings.RUDDERVIRT_STORAGE_ROOT) / "modules"
+    if not link.exists():
+        link.symlink_to(built.root / "modules", target_is_directory=True)
+    spec = built.spec
+    if memory:
+        spec = {**spec, "vms": [{**vm, "memory": memory} for vm in spec["vms"]]}
     module = Module.objects.create(name=name, owner=owner)
     revision = ManifestRevision.objects.create(
         module=module, number=1, text=built.manifest, sha256="0" * 64, created_by=owner
@@ -117,13 +128,10 @@ def restore(built: Built, owner, *, memory: int | None = None, name: str = "tiny
         BuildVM.objects.create(build=build, name=vm, index=index, domain_name=domain)
     version = ModuleVersion.objects.create(
         module=module, number=1, build=build, manifest_text=built.manifest,
-        manifest_sha256="0" * 64, storage_path=built.storage_path,
+        manifest_sha256="0" * 64, storage_path=built.storage_path, spec=spec,
     )  # fmt: skip
-    for vm, index, domain, spec in built.templates:
-        spec = {**spec, "memory": memory} if memory else spec
-        TemplateVM.objects.create(
-            version=version, name=vm, index=index, domain_name=domain, spec=spec
-        )
+    for vm, index, domain in built.templates:
+        TemplateVM.objects.create(version=version, name=vm, index=index, domain_name=domain)
     return version
 
 
@@ -142,7 +150,10 @@ def manage(*args: str) -> subprocess.CompletedProcess:
 
 
 def template_disk(built: Built) -> str:
-    return built.templates[0][3]["disks"][0]["path"]
+    """The first template disk, where it is (qemu-img records an overlay's backing file
+    with its links resolved; this test's storage root links to the build's modules)."""
+    path = built.spec["vms"][0]["disks"][0]["path"]
+    return str((Path(settings.RUDDERVIRT_STORAGE_ROOT) / path).resolve())
 
 
 def login(port: int) -> ssh.SSHSession:
@@ -210,7 +221,7 @@ def test_a_class_of_three_gets_isolated_linked_clones_of_the_build(built, hv, st
         c.error for c in clones.values()
     ]
 
-    template_mac = built.templates[0][3]["nics"][0]["mac"]
+    template_mac = built.spec["vms"][0]["nics"][0]["mac"]
     for clone in clones.values():
         vm = clone.vms.get(name="web")
         disk = vm.disks[0]

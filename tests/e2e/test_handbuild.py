@@ -21,6 +21,7 @@ from tests.consoles.rfbclient import RFBClient
 from tests.e2e.guestfs import read_file
 from tests.e2e.livebuild import in_background, until  # noqa: F401  (fixture)
 from tests.helpers import make_user
+from tests.specs import template_disks
 
 pytestmark = [
     pytest.mark.e2e,
@@ -147,7 +148,7 @@ def test_a_person_works_in_the_console_and_presses_continue(
 
     done = running.finish()
     assert done.status == BuildStatus.SUCCEEDED, done.error
-    disk = done.version.vms.get().spec["disks"][0]["path"]
+    disk = str(template_disks(done.version)[0])
     assert read_file(disk, "/root/from-console") == b"typed-through-vnc\n"
     log = "\n".join(BuildLogLine.objects.filter(build=done).values_list("text", flat=True))
     assert "continue pressed by alice-hb" in log
@@ -267,7 +268,7 @@ def test_an_instructor_finishes_a_handbuild_step_in_the_browser(
     assert not browser.find_element(By.CSS_SELECTOR, ".handbuild-panel").is_displayed()
     done = running.finish()
     assert done.status == BuildStatus.SUCCEEDED, done.error
-    disk = done.version.vms.get().spec["disks"][0]["path"]
+    disk = str(template_disks(done.version)[0])
     assert read_file(disk, "/root/from-console") == b"typed-through-vnc\n"
     log = "\n".join(BuildLogLine.objects.filter(build=done).values_list("text", flat=True))
     assert "did not survive the step" in log and "SSH is up" in log

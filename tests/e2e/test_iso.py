@@ -8,26 +8,35 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import subprocess
 import textwrap
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from selenium.webdriver.common.by import By
 
+from accounts.roles import STUDENTS
 from builds.models import Build, BuildLogLine, BuildStatus, ModuleVersion
 from builds.services import execute_build, submit_manifest
+from clones import services as clone_services
+from clones.models import Class, ClassMembership, Clone, CloneStatus
+from clones.runner import run_inline
 from ruddervirt.engine import efi
 from ruddervirt.engine.vm import free_loopback_port
 from ruddervirt.guest import ssh
 from ruddervirt.hypervisor import disks as qimg
 from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, MgmtForward
+from ruddervirt.spec import nvram_file
 from tests.browser.live import browser, live_portal  # noqa: F401  (fixtures)
 from tests.browser.screens import canvas_stats, console_state, save_screenshot
 from tests.e2e.conftest import IMAGE_CACHE
 from tests.e2e.livebuild import in_background, until  # noqa: F401  (fixture)
+from tests.e2e.ovmfvars import monotonic_count
 from tests.helpers import make_user
+from tests.specs import template_disks
 
 pytestmark = [
     pytest.mark.e2e,
@@ -113,45 +122,67 @@ def excerpt(lines: list[str]) -> str:
     return "\n".join(line for line in lines if any(w in line for w in wanted))
 
 
-def boot_disk_alone(hv, storage: Path, template: dict, private_key: str) -> str:
-    """Boot a copy of the template's disk with nothing else attached (no ISO, no floppy, no
-    seed; its UEFI variables when it has some) and return what the guest says about itself."""
+def boot_disk_alone(hv, storage: Path, version: ModuleVersion, private_key: str) -> str:
+    """Boot a copy of a BIOS template's disk with nothing else attached (no ISO, no floppy,
+    no seed) and return what the guest says about itself."""
     folder = storage / "alone"
     folder.mkdir()
     disk = folder / "root.qcow2"
-    qimg.create_overlay(Path(template["disks"][0]["path"]), disk, backing_format="qcow2")
+    qimg.create_overlay(template_disks(version)[0], disk, backing_format="qcow2")
     name = f"{settings.RUDDERVIRT_NAME_PREFIX}iso-alone"
     port = free_loopback_port()
     hv.define(
         DomainSpec(
             name=name,
             vcpus=1,
-            memory_bytes=template["memory"],
+            memory_bytes=version.version_spec.vm("web").memory,
             domain_type=settings.RUDDERVIRT_DOMAIN_TYPE,
             disks=(DiskSpec(path=disk, target_bus="virtio", boot_order=1),),
             mgmt=MgmtForward(host_port=port),
-            efi=efi.instance_efi(template["efi"], folder),
-            machine=efi.machine_for(template["efi"]),
             serial_log=folder / "serial.log",
             metadata={"kind": "test"},
         )
     )
     try:
         hv.start(name)
-        target = ssh.SSHTarget(port=port, username="root", private_key=private_key)
-        session = ssh.wait_for_ssh(target, timeout=300)
-        try:
-            result = session.run_capture("cat /etc/installed-by-ruddervirt /root/provisioned")
-        finally:
-            session.close()
-        return result.stdout.decode()
+        return what_the_guest_says(port, private_key)
     finally:
         hv.destroy(name)
         hv.undefine(name)
 
 
-def template_of(done: Build) -> dict:
-    return ModuleVersion.objects.get(build=done).vms.get(name="web").spec
+def what_the_guest_says(port: int, private_key: str) -> str:
+    target = ssh.SSHTarget(port=port, username="root", private_key=private_key)
+    session = ssh.wait_for_ssh(target, timeout=300)
+    try:
+        result = session.run_capture("cat /etc/installed-by-ruddervirt /root/provisioned")
+    finally:
+        session.close()
+    return result.stdout.decode()
+
+
+def domain_xml(name: str) -> str:
+    """What libvirt says the domain is (its live XML)."""
+    uri = settings.RUDDERVIRT_LIBVIRT_URI
+    done = subprocess.run(["virsh", "-c", uri, "dumpxml", name], check=True,
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    return done.stdout
+
+
+def launch_one_clone(version: ModuleVersion) -> Clone:
+    """A real clone of `version` for one student, made the way the portal makes them."""
+    owner = version.build.requested_by
+    klass = Class.objects.create(name="UEFI lab", owner=owner)
+    ClassMembership.objects.create(klass=klass, student=make_user("uefi-student", STUDENTS))
+    [clone] = clone_services.launch(klass, version, by=owner, queue=False)
+    run_inline([clone.pk], "provision")
+    clone.refresh_from_db()
+    assert clone.status == CloneStatus.RUNNING, clone.error
+    return clone
+
+
+def version_of(done: Build) -> ModuleVersion:
+    return ModuleVersion.objects.get(build=done)
 
 
 def test_an_iso_install_takes_its_answers_over_http_and_the_result_boots_alone(
@@ -171,9 +202,9 @@ def test_an_iso_install_takes_its_answers_over_http_and_the_result_boots_alone(
     assert f"HTTP server for the build's guests on {typed[1]}:{typed[2]}" in log
     assert "firmware=bios source=url disk=/dev/vda" in log
     assert "installed-web" in log
-    template = template_of(done)
-    assert template["efi"] is None
-    said = boot_disk_alone(hv, storage, template, keypair[0])
+    version = version_of(done)
+    assert not version.version_spec.vm("web").firmware.uefi
+    said = boot_disk_alone(hv, storage, version, keypair[0])
     assert "firmware=bios source=url" in said and "provisioned-after-install" in said
 
 
@@ -194,12 +225,26 @@ def test_a_uefi_iso_install_reads_a_floppy_and_its_clone_boots_with_the_kept_nvr
     assert "floppy attached with answers" in log
     assert "firmware=uefi source=floppy disk=/dev/vda" in log
     assert " GET /answers" not in log  # the answers came from the floppy
-    template = template_of(done)
-    nvram = Path(template["efi"]["nvram"])
-    assert template["efi"]["secure_boot"] is False and nvram.is_file()
+    version = version_of(done)
+    firmware = version.version_spec.vm("web").firmware
+    nvram = nvram_file(version.version_spec.vm("web"), storage)
+    assert firmware.secure_boot is False and nvram.is_file()
     assert nvram.read_bytes() != efi.PLAIN.vars_template.read_bytes()  # OVMF wrote boot entries
-    said = boot_disk_alone(hv, storage, template, keypair[0])
+    captured = monotonic_count(nvram)  # OVMF counts every boot: installer, installed system
+    assert captured >= 2
+
+    clone = launch_one_clone(version)
+    vm = clone.vms.get(name="web")
+    xml = ET.fromstring(domain_xml(vm.domain_name))
+    own = Path(xml.findtext("os/nvram"))
+    assert xml.findtext("os/loader") == str(firmware.loader) == str(efi.PLAIN.loader)
+    assert own != nvram and own.is_relative_to(Path(clone.storage_path))
+    said = what_the_guest_says(vm.mgmt_port, keypair[0])
     assert "firmware=uefi source=floppy" in said and "provisioned-after-install" in said
+    # The clone's firmware went on from the build's variables (its boot counter continued),
+    # not from OVMF's pristine ones (it would be 1); the template's own NVRAM is untouched.
+    assert monotonic_count(own) > captured
+    assert efi.sha256_of(nvram) == firmware.nvram.sha256
 
 
 @pytest.mark.browser

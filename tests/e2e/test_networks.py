@@ -19,13 +19,12 @@ import pytest
 
 from builds.models import Build, BuildLogLine, BuildStatus, BuildVM, ModuleVersion
 from builds.services import engine_config, execute_build, submit_manifest
-from ruddervirt.engine.clone import CloneRequest, TemplateVM, create_clone, delete_clone
+from ruddervirt.engine.clone import CloneRequest, create_clone, delete_clone
 from ruddervirt.guest import ssh
 from ruddervirt.hypervisor import gateway
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.hypervisor.network_xml import bridge_name_for
 from ruddervirt.hypervisor.specs import NetworkSpec
-from ruddervirt.manifest import parse
 from tests.helpers import make_user
 
 pytestmark = [
@@ -335,31 +334,23 @@ def expected_nics(done: Build) -> dict[tuple[str, str], tuple[str, str, str]]:
     the template's MACs and addresses (the dynamic one from the top of its subnet)."""
     cidrs = {"lan": 24, "lan2": 24}
     table = {}
-    for tpl in ModuleVersion.objects.get(build=done).vms.all():
-        nics = sorted(tpl.spec["nics"], key=lambda n: n["slot"])
+    for tpl in ModuleVersion.objects.get(build=done).version_spec.vms:
+        nics = sorted(tpl.nics, key=lambda n: n.slot)
         for index, nic in enumerate(nics):
-            addr = f"{nic['ip']}/{cidrs[nic['subnet']]}" if nic["ip"] else "none"
-            table[tpl.name, f"eth{index}"] = (
-                nic["mac"],
-                f"0000:00:{0x10 + nic['slot']:02x}.0",
-                addr,
-            )
+            addr = f"{nic.ip}/{cidrs[nic.subnet]}" if nic.ip else "none"
+            table[tpl.name, f"eth{index}"] = (nic.mac, f"0000:00:{0x10 + nic.slot:02x}.0", addr)
         domain = BuildVM.objects.get(build=done, name=tpl.name).domain_name
-        table[tpl.name, f"eth{len(nics)}"] = (mgmt_mac_for(domain), "0000:00:1e.0", "10.0.2.15/24")
+        assert tpl.mgmt.mac == mgmt_mac_for(domain)  # the build's management NIC, recorded
+        table[tpl.name, f"eth{len(nics)}"] = (tpl.mgmt.mac, "0000:00:1e.0", "10.0.2.15/24")
     assert table["client", "eth2"][2] == "10.11.0.254/24"
     return table
 
 
 def clone_of(done: Build, storage: Path):
     version = ModuleVersion.objects.get(build=done)
-    domains = dict(BuildVM.objects.filter(build=done).values_list("name", "domain_name"))
     req = CloneRequest(
         key=f"c{secrets.token_hex(3)}",
-        manifest=parse(version.manifest_text),
-        vms=tuple(
-            TemplateVM.from_spec(t.name, t.spec, mgmt_mac=mgmt_mac_for(domains[t.name]))
-            for t in version.vms.all()
-        ),
+        spec=version.version_spec,
         workdir=storage / "clones" / secrets.token_hex(3),
     )
     return req, create_clone(req, hv=get_hv(), config=engine_config())

@@ -11,6 +11,7 @@ import pytest
 
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
 from ruddervirt.guest import fake
+from ruddervirt.spec.model import CommunicatorRecord
 from tests.engine.buildkit import FakeBuild, manifest_text, vm_yaml
 
 SHELL = '      - type: shell\n        shell: {inline: "echo hi"}\n'
@@ -27,12 +28,13 @@ def build(tmp_path) -> FakeBuild:
 def test_a_successful_build_returns_the_captured_template_of_each_vm(build) -> None:
     build.script("web", fake.run("echo hi"))
     result = build.run(manifest_text(vm_yaml("web", SHELL)))
-    (vm,) = result.vms
-    assert (vm.name, vm.cpu, vm.memory, vm.efi) == ("web", 1, 256 * 2**20, None)
+    (vm,) = result.spec.vms
+    assert (vm.name, vm.cpu, vm.memory, vm.firmware.uefi) == ("web", 1, 256 * 2**20, False)
     (disk,) = vm.disks
-    assert disk.path == result.capture_dir / "web" / "root.qcow2" and disk.path.is_file()
-    assert build.images.virtual_size(disk.path, fmt="qcow2") == disk.size == 20 * 2**30
-    assert vm.communicator == {"ssh_username": "root", "ssh_port": 22, "shell": "bash"}
+    path = result.capture_dir / str(disk.path)
+    assert path == result.capture_dir / "web" / "root.qcow2" and path.is_file()
+    assert build.images.virtual_size(path, fmt="qcow2") == disk.size == 20 * 2**30
+    assert vm.communicator == CommunicatorRecord(ssh_username="root", ssh_port=22, shell="bash")
     assert build.reporter.phases()[-2:] == ["ShuttingDown", "DiskCaptured"]
     build.guests["web"].assert_done()
 

@@ -330,9 +330,9 @@ def test_build_overrides_shape_the_build_only_and_clones_get_the_base():
     lan, wire = built.networks
     assert lan.nat and wire.ipv4 is not None  # internet and a managed wire while building
     assert [(n.name, n.slot) for n in built.nics["web"]] == [("eth0", 1), ("up", 4)]
-    from ruddervirt.engine.build import _base_nics
+    from ruddervirt.engine.capture import base_nics
 
-    recorded = _base_nics(base.vm("web"), built.nics["web"])
+    recorded = base_nics(base, built.nics)["web"]
     assert [(n.name, n.slot, n.subnet) for n in recorded] == [
         ("eth0", 1, "lan"),
         ("eth1", 2, "wire"),

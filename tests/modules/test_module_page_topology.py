@@ -7,6 +7,7 @@ import pytest
 from builds.models import Build, ModuleVersion, TemplateVM
 from modules.services import create_module, save_manifest
 from tests.helpers import client_for
+from tests.specs import version_of, vm_record
 
 pytestmark = pytest.mark.django_db
 
@@ -32,6 +33,16 @@ def built_version(module, revision) -> ModuleVersion:
         manifest_sha256=revision.sha256,
         requested_by=module.owner,
     )
+    records = [
+        vm_record(
+            name, disks=[("root", f"modules/pair/v1/{name}/root.qcow2", 1 << 30)],
+            nics=[{"name": "eth0", "subnet": "lan", "slot": 1, "mac": mac, "ip": ip}],
+        )
+        for name, mac, ip in [
+            ("web", "52:54:00:00:00:01", "10.10.0.10"),
+            ("client", "52:54:00:00:00:02", "10.10.0.254"),
+        ]
+    ]  # fmt: skip
     version = ModuleVersion.objects.create(
         module=module,
         number=1,
@@ -39,14 +50,10 @@ def built_version(module, revision) -> ModuleVersion:
         manifest_text=revision.text,
         manifest_sha256=revision.sha256,
         storage_path="/nonexistent",
+        spec=version_of(revision.text, records).to_json(),
     )
-    for index, (name, mac, ip) in enumerate(
-        [("web", "52:54:00:00:00:01", "10.10.0.10"), ("client", "52:54:00:00:00:02", "10.10.0.254")]
-    ):
-        nic = {"name": "eth0", "subnet": "lan", "slot": 1, "mac": mac, "ip": ip, "static": False}
-        TemplateVM.objects.create(
-            version=version, name=name, index=index, domain_name=f"t-{name}", spec={"nics": [nic]}
-        )
+    for index, name in enumerate(["web", "client"]):
+        TemplateVM.objects.create(version=version, name=name, index=index, domain_name=f"t-{name}")
     return version
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from modules.topology import SVG_NS, render_svg
+from modules.topology import SVG_NS, picture_of_manifest, picture_of_version, render_svg
+from ruddervirt.engine.capture import topology_record
 from ruddervirt.manifest import parse
+from ruddervirt.spec import VersionSpec
+from tests.specs import vm_record
 
 NS = {"svg": SVG_NS}
 
@@ -35,7 +38,32 @@ vms:
 
 
 def picture(text: str = LAB, built=None) -> ET.Element:
-    return ET.fromstring(render_svg(parse(text), built, title="lab@1"))
+    """The picture of `text` not built yet, or of its version with the `built` NICs (by VM;
+    the other VMs as planned)."""
+    manifest = parse(text)
+    if built is None:
+        return ET.fromstring(render_svg(picture_of_manifest(manifest), title="lab@1"))
+    return ET.fromstring(render_svg(picture_of_version(version(manifest, built)), title="lab@1"))
+
+
+def version(manifest, built) -> VersionSpec:
+    """The version a build of `manifest` would record, with the `built` NICs recorded."""
+    planned = picture_of_manifest(manifest)
+    vms = []
+    for vm in manifest.vms:
+        nics = built.get(vm.name) or [
+            {"name": n.name, "subnet": n.subnet, "slot": n.slot, "ip": n.ip,
+             "mac": n.mac or "52:54:00:00:00:ff", "static": n.static}
+            for n in planned.nics if n.vm == vm.name
+        ]  # fmt: skip
+        vms.append(
+            vm_record(
+                vm.name, cpu=vm.resources.cpu, memory=vm.resources.memory,
+                disks=[("root", f"modules/lab/v1/{vm.name}/root.qcow2", 1 << 30)],
+                nics=nics, invisible=vm.invisible,
+            )
+        )  # fmt: skip
+    return VersionSpec(vms=tuple(vms), topology=topology_record(manifest, manifest.for_build()))
 
 
 def groups(root: ET.Element, kind: str) -> list[ET.Element]:
@@ -126,6 +154,6 @@ def test_the_default_topology_is_one_vpc_with_internet_and_one_subnet() -> None:
 
 
 def test_names_are_escaped_not_markup() -> None:
-    svg = render_svg(parse(LAB), None, title='<script>alert("x")</script>')
+    svg = render_svg(picture_of_manifest(parse(LAB)), title='<script>alert("x")</script>')
     assert "<script>" not in svg
     assert ET.fromstring(svg) is not None

@@ -1,0 +1,45 @@
+"""The typed record of a module version (:class:`VersionSpec`) and the one way from a VM
+record to a domain (:func:`machine_spec`). Django-free; depends only on the hypervisor's
+spec types. See model.py for what a version records and machine.py for the roles."""
+
+from __future__ import annotations
+
+from ruddervirt.spec.codec import record_json
+from ruddervirt.spec.machine import Placement, Role, disk_files, machine_spec, nvram_file
+from ruddervirt.spec.model import (
+    SCHEMA_VERSION,
+    CommunicatorRecord,
+    DiskRecord,
+    FirmwareRecord,
+    MgmtRecord,
+    NicRecord,
+    NvramRecord,
+    SpecError,
+    SubnetRecord,
+    TopologyRecord,
+    VersionSpec,
+    VMSpec,
+    VpcRecord,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CommunicatorRecord",
+    "DiskRecord",
+    "FirmwareRecord",
+    "MgmtRecord",
+    "NicRecord",
+    "NvramRecord",
+    "Placement",
+    "Role",
+    "SpecError",
+    "SubnetRecord",
+    "TopologyRecord",
+    "VMSpec",
+    "VersionSpec",
+    "VpcRecord",
+    "disk_files",
+    "machine_spec",
+    "nvram_file",
+    "record_json",
+]
