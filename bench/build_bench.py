@@ -167,8 +167,8 @@ class Bench:
     def setup(self) -> None:
         configure_environment(self.tmp, self.prefix)
         self.user = setup_django()
-        from builds.services import engine_config, get_hypervisor
         from ruddervirt.engine.sources import fetch
+        from ruddervirt.runtime import engine_config, get_hypervisor
         from tools.testimage.build import build_image
 
         self.hv, self.config = get_hypervisor(), engine_config()

@@ -25,12 +25,14 @@ from pathlib import Path
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connections
 
+import builds.runner as runner
 import builds.services as services
 from bench.build_recipe import VM_NAME
 from bench.build_timing import Event, Timeline, timed_reporter_class
 from bench.build_watch import GuestWatch, newer_files
 from builds.models import Build, BuildLogLine, BuildStatus
 from builds.reporting import DBReporter
+from ruddervirt import runtime
 from ruddervirt.engine.build import BuildPlan, run_build
 from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.context import BuildContext
@@ -99,20 +101,20 @@ def run_portal(
     timeline = Timeline()
 
     def build() -> RudderRun:
-        original = services.DBReporter
-        services.DBReporter = timed_reporter_class(DBReporter, timeline)
+        original = runner.DBReporter
+        runner.DBReporter = timed_reporter_class(DBReporter, timeline)
         try:
             start = time.monotonic()
             submitted = services.submit_manifest(
                 text=text, module_name=MODULE, user=user, queue=False
             )
-            done = services.execute_build(submitted.pk, echo=echo)
+            done = runner.execute_build(submitted.pk, echo=echo)
             end = time.monotonic()
         finally:
-            services.DBReporter = original
+            runner.DBReporter = original
         return RudderRun(start, end, timeline.events(), _portal_output(done), {})
 
-    return _in_thread(build, timeline, services.engine_config())
+    return _in_thread(build, timeline, runtime.engine_config())
 
 
 def _portal_output(build: Build) -> Path:
@@ -123,7 +125,7 @@ def _portal_output(build: Build) -> Path:
     from ruddervirt.spec import disk_files
 
     [vm] = build.version.version_spec.vms
-    return disk_files(vm, services.engine_config().storage_root)[0]
+    return disk_files(vm, runtime.engine_config().storage_root)[0]
 
 
 def run_engine(

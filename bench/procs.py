@@ -135,8 +135,8 @@ def qemu_domains(count: int) -> Iterator[list[int]]:
     """`count` diskless QEMU domains (SeaBIOS on screen); yields their VNC ports."""
     from django.conf import settings
 
-    from builds.services import get_hypervisor
     from ruddervirt.hypervisor.specs import DomainSpec
+    from ruddervirt.runtime import get_hypervisor
 
     hv = get_hypervisor()
     names = [f"{settings.RUDDERVIRT_NAME_PREFIX}vnc{i}" for i in range(count)]

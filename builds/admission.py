@@ -3,7 +3,12 @@
 A build is refused at submit, with what is missing, when it does not fit now; it is never
 queued to wait for room (a queued build that cannot start would hold a worker and surprise
 its instructor hours later). Settings: RUDDERVIRT_MAX_CONCURRENT_BUILDS, and those of
-clones.capacity for memory and disk.
+ruddervirt.capacity for memory and disk.
+
+What queued and running builds hold of the host is promised here (`promised_by_builds`,
+registered with ruddervirt.capacity by BuildsConfig.ready): a build VM's memory is counted
+in full while the build lasts (QEMU touches it as the guest runs), and its disks at their
+full declared size (they are then flattened), less what its folder allocates already.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from builds.models import ACTIVE, Build
-from ruddervirt.manifest import Manifest
+from builds.runner import build_workdir
+from ruddervirt import capacity
+from ruddervirt.engine.clone import disk_usage
+from ruddervirt.manifest import NO_LIMITS, Manifest, ManifestInvalid, parse
 
 
 def refusal(manifest: Manifest, *, user) -> str | None:
@@ -21,8 +29,6 @@ def refusal(manifest: Manifest, *, user) -> str | None:
     Call it inside the transaction that creates the build: it locks the user's row, so two
     submissions of one person are counted one after the other (SQLite's IMMEDIATE
     transactions serialise every writer anyway)."""
-    from clones import capacity  # clones build on builds, not the reverse
-
     get_user_model().objects.select_for_update().filter(pk=user.pk).first()
     limit = settings.RUDDERVIRT_MAX_CONCURRENT_BUILDS
     going = Build.objects.filter(requested_by=user, status__in=ACTIVE).count()
@@ -36,3 +42,27 @@ def refusal(manifest: Manifest, *, user) -> str | None:
     if problems:
         return "this build does not fit on the host now: " + "; ".join(problems)
     return None
+
+
+def _active_builds() -> list[tuple[Build, Manifest]]:
+    builds = Build.objects.filter(status__in=ACTIVE).only("manifest_text")
+    found = []
+    for build in builds:
+        try:  # accepted when submitted: not held to today's caps again
+            found.append((build, parse(build.manifest_text, limits=NO_LIMITS)))
+        except ManifestInvalid:
+            continue
+    return found
+
+
+def promised_by_builds() -> capacity.Promised:
+    """What every queued or running build holds: its VMs' memory, and what its disks may
+    still grow by (their full size minus what its folder allocates now, never below 0)."""
+    memory = disk = 0
+    for build, manifest in _active_builds():
+        build_memory, build_disk = capacity.per_build(manifest)
+        folder = build_workdir(build.pk)
+        used = disk_usage(folder) if folder.exists() else 0
+        memory += build_memory
+        disk += max(0, build_disk - used)
+    return capacity.Promised(memory=memory, disk=disk)

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import django_rq
 from django_rq import job
 from rq import Worker
 
 from builds.models import Build
+from builds.runner import execute_build
+from ruddervirt.runtime import process_alive
 
 QUEUE = "builds"  # served by build workers only (scripts/run.sh), never by clone workers
 
 
 @job(QUEUE, timeout=24 * 3600)
 def run_build_job(build_id: int) -> str:
-    from builds.services import execute_build
-
     build = execute_build(build_id)
     return build.status
 
@@ -34,26 +33,6 @@ def workers_listening(queue_name: str = QUEUE) -> int:
         return 0
     host = socket.gethostname()
     return sum(1 for w in workers if w.hostname != host or process_alive(w.pid))
-
-
-def worker_alive(identity: str) -> bool | None:
-    """Whether the worker `identity` ("host:pid", as recorded on a build or clone) is alive:
-    True/False when it ran on this host; None when we cannot tell."""
-    host, _, pid = identity.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    return process_alive(int(pid))
-
-
-def process_alive(pid: int | None) -> bool:
-    """Whether `pid` runs on this host (a zombie, killed but not reaped, does not count)."""
-    if not pid:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in {"Z", "X"}
 
 
 def job_timeout_for(build: Build) -> int:

@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils.functional import cached_property
 
 from modules.models import ManifestRevision, Module
-from ruddervirt.spec import SpecError, VersionSpec
+from ruddervirt.spec import SpecError, VersionSpec, load_spec
 
 
 class BuildStatus(models.TextChoices):
@@ -186,7 +186,7 @@ class ModuleVersion(models.Model):
                 f"migration could not convert it): build the module again"
             )
         try:
-            return VersionSpec.from_json(self.spec)
+            return load_spec(self.spec)
         except SpecError as exc:
             raise SpecError(f"{self}: {exc}") from exc
 

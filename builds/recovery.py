@@ -14,12 +14,12 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from builds.jobs import worker_alive
 from builds.models import ACTIVE, Build, BuildStatus
-from builds.services import append_log, engine_config, remove_build_disks
+from builds.runner import append_log, remove_build_disks
 from builds.transitions import InvalidTransition, transition
 from ruddervirt.engine.cleanup import remove_domain
 from ruddervirt.hypervisor.driver import Hypervisor
+from ruddervirt.runtime import engine_config, worker_alive
 
 log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(seconds=90)

@@ -189,7 +189,7 @@ class DBReporter:
                 return
             except IntegrityError:
                 # A line appended from outside the worker (Continue, Fail, Cancel:
-                # services.append_log) took a seq this reporter had already handed out.
+                # runner.append_log) took a seq this reporter had already handed out.
                 if attempt == 2:
                     raise
                 self._renumber(batch)

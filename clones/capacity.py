@@ -1,71 +1,36 @@
-"""Will a class, or a build, fit on this host? Memory and disk, before anything is created.
+"""Will a class fit on this host? Memory and disk, before any clone is created.
 
-Memory: every VM (its memory plus a per-VM allowance for QEMU itself) against the host's
-MemAvailable minus a reserve, minus what is promised but not in MemAvailable yet: clones
-being made, and every VM of every build that is queued or running (a build VM's memory is
-counted in full while the build lasts: QEMU touches it as the guest runs).
+Memory: every VM of a clone (its memory plus a per-VM allowance for QEMU itself) against
+the host's room (ruddervirt.capacity: MemAvailable minus a reserve, minus what is promised
+but not in MemAvailable yet: clones being made, and every VM of every build that is queued
+or running).
 
 Disk: a linked clone starts at a few hundred KiB but grows as the guest writes. Each of
 its disks has a budget of RUDDERVIRT_CLONE_DISK_ALLOWANCE; a full copy's budget is the
 template disk's size on disk plus that allowance. A new clone needs its whole budget; an
 existing clone (not failed or being deleted) still holds the part of its budget it has
 not written yet (budget minus what its folder allocates now, at least 0), because what it
-did write is already gone from the free space. A build's disks can grow to their full
-declared size (and are then flattened), so a build is counted at the sum of its disk
-sizes, less what its folder allocates already. All against the storage root's free space
-minus a reserve. A clone that writes beyond its allowance is not stopped (that needs
-quotas); the reserve is what absorbs it.
+did write is already gone from the free space. Builds promise theirs (builds.admission).
+All against the storage root's free space minus a reserve. A clone that writes beyond its
+allowance is not stopped (that needs quotas); the reserve is what absorbs it.
 
-Settings (bytes): RUDDERVIRT_HOST_MEMORY_RESERVE, RUDDERVIRT_CLONE_MEMORY_OVERHEAD (per
-VM, builds' VMs too), RUDDERVIRT_HOST_DISK_RESERVE, RUDDERVIRT_CLONE_DISK_ALLOWANCE.
+What clones hold is promised here (`promised_by_clones`, registered with
+ruddervirt.capacity by ClonesConfig.ready). Settings: those of ruddervirt.capacity.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
 
-from builds.models import ACTIVE, Build, ModuleVersion
+from builds.models import ModuleVersion
+from clones.models import Clone, CloneStatus
+from ruddervirt import capacity
+from ruddervirt.capacity import human, setting
 from ruddervirt.engine.clone import disk_usage
-from ruddervirt.manifest import NO_LIMITS, Manifest, ManifestInvalid, parse
 from ruddervirt.spec import SpecError, disk_files
-
-MIB = 1024**2
-GIB = 1024**3
-DEFAULTS = {
-    "RUDDERVIRT_HOST_MEMORY_RESERVE": 1 * GIB,
-    "RUDDERVIRT_CLONE_MEMORY_OVERHEAD": 64 * MIB,
-    "RUDDERVIRT_HOST_DISK_RESERVE": 2 * GIB,
-    "RUDDERVIRT_CLONE_DISK_ALLOWANCE": 512 * MIB,
-}
-
-
-def setting(name: str) -> int:
-    return int(getattr(settings, name, DEFAULTS[name]))
-
-
-def human(n: float) -> str:
-    """Bytes for people: 1.5 GiB, 300 MiB."""
-    for unit, size in (("TiB", 1024**4), ("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
-    """The kernel's estimate of memory available for new work, in bytes."""
-    for line in meminfo.read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no MemAvailable in {meminfo}")
-
-
-def disk_free(root: Path) -> int:
-    """Bytes free for new files in the file system holding `root`."""
-    return shutil.disk_usage(root).free
 
 
 @dataclass(frozen=True)
@@ -103,7 +68,7 @@ class Estimate:
         }
 
 
-# --- what one clone or one build is counted at -------------------------------------------
+# --- what one clone is counted at -------------------------------------------------------
 def per_clone(version: ModuleVersion, *, full_copy: bool) -> tuple[int, int]:
     """(memory, disk budget) bytes one clone of `version` is counted at."""
     overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
@@ -119,33 +84,15 @@ def per_clone(version: ModuleVersion, *, full_copy: bool) -> tuple[int, int]:
     return memory, disk
 
 
-def per_build(manifest: Manifest) -> tuple[int, int]:
-    """(memory, disk) bytes a build of `manifest` is counted at: its VMs at their build-time
-    memory (buildOverrides applied) plus the per-VM overhead, its disks at their full size."""
-    built = manifest.for_build()
-    overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
-    memory = sum(vm.resources.memory + overhead for vm in built.vms)
-    disk = sum(d.size for vm in built.vms for d in vm.disks)
-    return memory, disk
-
-
 # --- what is promised already ------------------------------------------------------------
-def _active_builds() -> list[tuple[Build, Manifest]]:
-    builds = Build.objects.filter(status__in=ACTIVE).only("manifest_text")
-    found = []
-    for build in builds:
-        try:  # accepted when submitted: not held to today's caps again
-            found.append((build, parse(build.manifest_text, limits=NO_LIMITS)))
-        except ManifestInvalid:
-            continue
-    return found
+def promised_by_clones() -> capacity.Promised:
+    """Memory of clones being made or started (not, or not all, in MemAvailable yet), and
+    the disk existing clones may still write: each one's budget minus what its folder
+    allocates now (never below 0)."""
+    return capacity.Promised(memory=_memory_waiting(), disk=_disk_held())
 
 
-def committed_memory() -> int:
-    """Memory of clones being made or started, and of every queued or running build's VMs:
-    not (or not all) in MemAvailable yet."""
-    from clones.models import Clone, CloneStatus
-
+def _memory_waiting() -> int:
     waiting = Clone.objects.filter(
         status__in=[CloneStatus.PENDING, CloneStatus.PROVISIONING, CloneStatus.STARTING]
     ).select_related("version")
@@ -156,7 +103,7 @@ def committed_memory() -> int:
         if clone.version_id not in per_version:
             per_version[clone.version_id] = _memory_of(clone.version, overhead)
         total += per_version[clone.version_id]
-    return total + sum(per_build(m)[0] for _, m in _active_builds())
+    return total
 
 
 def _memory_of(version: ModuleVersion, overhead: int) -> int:
@@ -168,12 +115,7 @@ def _memory_of(version: ModuleVersion, overhead: int) -> int:
         return 0
 
 
-def committed_disk() -> int:
-    """Disk that existing clones and queued or running builds may still write: each one's
-    budget minus what its folder allocates now (never below 0)."""
-    from builds.services import build_workdir
-    from clones.models import Clone, CloneStatus
-
+def _disk_held() -> int:
     total = 0
     clones = Clone.objects.exclude(status__in=[CloneStatus.FAILED, CloneStatus.DELETING])
     for clone in clones.select_related("version"):
@@ -184,30 +126,14 @@ def committed_disk() -> int:
         folder = Path(clone.storage_path) if clone.storage_path else None
         used = disk_usage(folder) if folder is not None and folder.exists() else 0
         total += max(0, budget - used)
-    for build, manifest in _active_builds():
-        folder = build_workdir(build.pk)
-        used = disk_usage(folder) if folder.exists() else 0
-        total += max(0, per_build(manifest)[1] - used)
     return total
-
-
-def free_now() -> tuple[int, int, Path]:
-    """(memory, disk) bytes free for new work after the reserves and every promise, and the
-    storage root the disk figure is about."""
-    memory = mem_available() - setting("RUDDERVIRT_HOST_MEMORY_RESERVE")
-    memory -= committed_memory()
-    root = Path(settings.RUDDERVIRT_STORAGE_ROOT)
-    root.mkdir(parents=True, exist_ok=True)
-    disk = disk_free(root) - setting("RUDDERVIRT_HOST_DISK_RESERVE")
-    disk -= committed_disk()
-    return max(memory, 0), max(disk, 0), root
 
 
 # --- the checks --------------------------------------------------------------------------
 def estimate(version: ModuleVersion, clones: int, *, full_copy: bool = False) -> Estimate:
     """The memory and disk `clones` new clones of `version` need, against the host."""
     memory_one, disk_one = per_clone(version, full_copy=full_copy)
-    memory_free, disk_free, root = free_now()
+    memory_free, disk_free, root = capacity.free_now()
     problems = []
     if memory_one * clones > memory_free:
         problems.append(
@@ -233,25 +159,3 @@ def estimate(version: ModuleVersion, clones: int, *, full_copy: bool = False) ->
         disk_available=disk_free,
         problems=tuple(problems),
     )
-
-
-def build_problems(manifest: Manifest) -> list[str]:
-    """Why a build of `manifest` does not fit on the host now (empty when it does): every
-    VM of a build runs at once, so the whole build must fit."""
-    memory, disk = per_build(manifest)
-    memory_free, disk_free, root = free_now()
-    problems = []
-    if memory > memory_free:
-        problems.append(
-            f"not enough memory for this build: its {len(manifest.vms)} VM(s) need "
-            f"{human(memory)} while building, but the host has {human(memory_free)} "
-            "available after its reserve, the clones being made and the other builds "
-            f"({human(memory - memory_free)} short)"
-        )
-    if disk > disk_free:
-        problems.append(
-            f"not enough disk for this build: its disks can grow to {human(disk)}, but "
-            f"{root} has {human(disk_free)} free after its reserve and what clones and "
-            f"other builds may still write ({human(disk - disk_free)} short)"
-        )
-    return problems

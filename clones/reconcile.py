@@ -19,14 +19,13 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from builds.jobs import worker_alive
-from builds.services import engine_config
 from clones.models import BUSY, Clone, CloneStatus
 from clones.runner import record_states, run_inline
 from clones.transitions import InvalidTransition, transition
 from ruddervirt.engine.cleanup import remove_domain
 from ruddervirt.engine.clone import KIND
 from ruddervirt.hypervisor.driver import DomainState, Hypervisor
+from ruddervirt.runtime import engine_config, worker_alive
 
 log = logging.getLogger(__name__)
 S = CloneStatus

@@ -18,12 +18,12 @@ from pathlib import Path
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from builds.services import engine_config, get_hypervisor, worker_identity
 from clones.models import Clone, CloneStatus, CloneVM
 from clones.transitions import InvalidTransition, transition
 from ruddervirt.engine import clone as engine
 from ruddervirt.engine.clone import CloneError, CloneRequest
 from ruddervirt.hypervisor.driver import DomainState, Hypervisor
+from ruddervirt.runtime import engine_config, get_hypervisor, worker_identity
 from ruddervirt.spec import SpecError
 
 log = logging.getLogger(__name__)

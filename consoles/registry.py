@@ -75,7 +75,7 @@ def locate(kind: str, domain_name: str) -> ConsoleAddress:
     custom = getattr(module, "locate", None)
     if custom is not None:
         return custom(domain_name)
-    from builds.services import get_hypervisor
+    from ruddervirt.runtime import get_hypervisor
 
     return get_hypervisor().console_address(domain_name)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Max
@@ -33,15 +35,28 @@ class SaveOutcome:
     warnings: list[Problem]
 
 
+ManifestCheck = Callable[[str, ValidationResult, Any], ValidationResult]
+"""A check only the portal can make: (text, result of validating it, user) -> the result
+with its problems added (and its manifest dropped when one is an error)."""
+
+_checks: dict[str, ManifestCheck] = {}
+
+
+def register_check(name: str, check: ManifestCheck) -> None:
+    """Run `check` in every validate_for from now on (a name registered again is replaced).
+    The apps above this one register theirs in their AppConfig.ready: builds the buildRef
+    check (builds.refs), which must know module versions, a thing this app does not."""
+    _checks[name] = check
+
+
 def validate_for(text: str, *, user) -> ValidationResult:
     """validate(text) held to this host's caps (modules.limits) and fetch policy (every
-    URL, ruddervirt.fetch_settings), plus what only the portal
-    knows: whether each buildRef names a module version `user` may use (builds.refs;
-    imported here because builds build on modules, not the reverse)."""
-    from builds.refs import with_ref_problems
-
+    URL, ruddervirt.fetch_settings), plus every registered check: whether each buildRef
+    names a module version `user` may use (builds.refs)."""
     result = validate(text, limits=manifest_limits(), fetch_policy=portal_fetch_policy())
-    return with_ref_problems(text, result, user)
+    for check in _checks.values():
+        result = check(text, result, user)
+    return result
 
 
 def save_manifest(*, module: Module, text: str, user) -> SaveOutcome:

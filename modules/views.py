@@ -72,19 +72,10 @@ def module_new(request: HttpRequest) -> HttpResponse:
 
 @instructor_required
 def module_detail(request: HttpRequest, name: str) -> HttpResponse:
-    from builds.models import Build, ModuleVersion  # builds build on modules, not the reverse
-
+    """The module page; its versions, builds and topology come from builds' template tags."""
     module = _managed_module(request, name)
     revisions = module.revisions.select_related("created_by")
-    context = {
-        "module": module,
-        "revisions": revisions,
-        "latest": revisions.first(),
-        "versions": ModuleVersion.objects.filter(module=module).select_related("build"),
-        "builds": Build.objects.filter(module=module).select_related("requested_by", "revision")[
-            :20
-        ],
-    }
+    context = {"module": module, "revisions": revisions, "latest": revisions.first()}
     return render(request, "modules/detail.html", context)
 
 

@@ -173,6 +173,11 @@ CHANNEL_LAYERS = {
 
 # --- Virtualization ---------------------------------------------------------------
 RUDDERVIRT_LIBVIRT_URI = os.environ.get("RUDDERVIRT_LIBVIRT_URI", "qemu:///system")
+# The hypervisor driver, by dotted path (ruddervirt.runtime.get_hypervisor calls it with the
+# URI above and name_prefix=RUDDERVIRT_NAME_PREFIX); the libvirt driver unless told otherwise.
+RUDDERVIRT_HYPERVISOR = os.environ.get(
+    "RUDDERVIRT_HYPERVISOR", "ruddervirt.hypervisor.libvirt_driver.LibvirtHypervisor"
+)
 # `kvm` on production hosts; `qemu` (TCG) where nested KVM is broken, as on the test machines.
 RUDDERVIRT_DOMAIN_TYPE = os.environ.get("RUDDERVIRT_DOMAIN_TYPE", "kvm")
 if RUDDERVIRT_DOMAIN_TYPE not in {"kvm", "qemu"}:

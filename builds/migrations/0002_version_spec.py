@@ -118,6 +118,8 @@ def legacy_spec(version, templates, build_domains: dict, root: Path):
 
 
 def forward(apps, schema_editor) -> None:
+    from ruddervirt.spec import dump_spec
+
     ModuleVersion = apps.get_model("builds", "ModuleVersion")
     BuildVM = apps.get_model("builds", "BuildVM")
     root = Path(settings.RUDDERVIRT_STORAGE_ROOT)
@@ -127,7 +129,7 @@ def forward(apps, schema_editor) -> None:
             BuildVM.objects.filter(build_id=version.build_id).values_list("name", "domain_name")
         )
         try:
-            spec = legacy_spec(version, templates, domains, root).to_json()
+            spec = dump_spec(legacy_spec(version, templates, domains, root))
         except Exception as exc:
             print(f"\n  version {version.pk}: no version record ({exc})", file=sys.stderr)
             continue
@@ -135,13 +137,13 @@ def forward(apps, schema_editor) -> None:
 
 
 def backward(apps, schema_editor) -> None:
-    from ruddervirt.spec import VersionSpec, record_json
+    from ruddervirt.spec import load_spec, record_json
 
     ModuleVersion = apps.get_model("builds", "ModuleVersion")
     TemplateVM = apps.get_model("builds", "TemplateVM")
     root = Path(settings.RUDDERVIRT_STORAGE_ROOT)
     for version in ModuleVersion.objects.exclude(spec=None):
-        for vm in VersionSpec.from_json(version.spec).vms:
+        for vm in load_spec(version.spec).vms:
             firmware = vm.firmware
             efi = None
             if firmware.uefi:

@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import shutil
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from ruddervirt.hypervisor import gateway_nat
+from ruddervirt.hypervisor.gateway_names import GatewayNames, names_for
 from ruddervirt.hypervisor.specs import NetworkSpec
 from ruddervirt.proc import ExternalCommandError, run
 
@@ -49,36 +48,6 @@ LEASE_TIME = "1h"
 
 class GatewayError(Exception):
     """A gateway could not be started or stopped."""
-
-
-@dataclass(frozen=True)
-class GatewayNames:
-    """Kernel object names of one network's gateway (interface names fit in 15 characters)."""
-
-    netns: str  # the router's namespace, shared by the subnets of one VPC
-    host_veth: str  # host end of the subnet's veth, a port of the subnet's bridge
-    inner: str  # the gateway's interface inside the namespace
-    uplink_host: str  # host end of the router's NAT uplink
-    uplink_inner: str = "uplink"
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def router_of(spec: NetworkSpec) -> str:
-    return spec.router or spec.name
-
-
-def names_for(spec: NetworkSpec) -> GatewayNames:
-    router = _digest(router_of(spec))
-    subnet = _digest(spec.name)
-    return GatewayNames(
-        netns=f"rvr-{router}",
-        host_veth=f"rvg{subnet}",
-        inner=f"s{subnet}",
-        uplink_host=f"rvu{router}",
-    )
 
 
 # --- pure: the dnsmasq configuration --------------------------------------------------------

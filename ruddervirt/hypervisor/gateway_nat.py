@@ -32,14 +32,11 @@ import shlex
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ruddervirt.hypervisor import gateway_egress
 from ruddervirt.hypervisor.gateway_egress import EgressPolicy
+from ruddervirt.hypervisor.gateway_names import GatewayNames
 from ruddervirt.proc import CommandFailed, run
-
-if TYPE_CHECKING:
-    from ruddervirt.hypervisor.gateway import GatewayNames
 
 UPLINK_POOL = ipaddress.IPv4Network("100.64.0.0/10")
 IPTABLES = "iptables"

@@ -4,7 +4,7 @@ spec types. See model.py for what a version records and machine.py for the roles
 
 from __future__ import annotations
 
-from ruddervirt.spec.codec import record_json
+from ruddervirt.spec.codec import dump_spec, load_spec, record_json
 from ruddervirt.spec.machine import Placement, Role, disk_files, machine_spec, nvram_file
 from ruddervirt.spec.model import (
     SCHEMA_VERSION,
@@ -39,6 +39,8 @@ __all__ = [
     "VersionSpec",
     "VpcRecord",
     "disk_files",
+    "dump_spec",
+    "load_spec",
     "machine_spec",
     "nvram_file",
     "record_json",

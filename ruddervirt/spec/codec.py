@@ -1,6 +1,6 @@
 """The one JSON form of a :class:`~ruddervirt.spec.model.VersionSpec`.
 
-``dump`` gives plain JSON types (what ``ModuleVersion.spec`` stores); ``load`` is strict:
+``dump_spec`` gives plain JSON types (what ``ModuleVersion.spec`` stores); ``load_spec`` is strict:
 a ``schema_version`` other than this code's is refused (a newer RudderVirt wrote it, or an
 older one that no migration converted), and so is a missing or unknown key or a value of
 the wrong type. Every error is a SpecError naming the place, e.g. ``vms[0].disks[1].size``.
@@ -52,7 +52,7 @@ _KEYS: dict[type, dict[str, tuple]] = {
 }  # fmt: skip
 
 
-def dump(spec: VersionSpec) -> dict[str, object]:
+def dump_spec(spec: VersionSpec) -> dict[str, object]:
     """The JSON form of `spec` (dicts, lists, str, int, bool, None)."""
     return _dump(spec)
 
@@ -76,7 +76,7 @@ def _dump(value: Any) -> Any:
     return value
 
 
-def load(data: object) -> VersionSpec:
+def load_spec(data: object) -> VersionSpec:
     """The VersionSpec in `data` (the JSON form), or SpecError saying what is wrong."""
     if not isinstance(data, Mapping):
         raise SpecError(f"a version spec is a JSON object, got {type(data).__name__}")

@@ -307,14 +307,3 @@ class VersionSpec:
             return replace(vm, disks=disks, firmware=firmware)
 
         return replace(self, vms=tuple(vm_under(vm) for vm in self.vms))
-
-    def to_json(self) -> dict[str, object]:
-        from ruddervirt.spec.codec import dump
-
-        return dump(self)
-
-    @classmethod
-    def from_json(cls, data: object) -> VersionSpec:
-        from ruddervirt.spec.codec import load
-
-        return load(data)

@@ -9,8 +9,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from builds.models import Build, BuildStatus, BuildVM, VMPhase
-from builds.services import get_hypervisor, submit_manifest
+from builds.services import submit_manifest
 from ruddervirt.hypervisor.specs import DomainSpec
+from ruddervirt.runtime import get_hypervisor
 from tests.browser.screens import canvas_stats, console_state, diagnosis, save_screenshot
 
 pytestmark = [

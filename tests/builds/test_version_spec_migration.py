@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
-from ruddervirt.spec import VersionSpec
+from ruddervirt.spec import load_spec
 from tests.clones.conftest import MANIFEST
 
 BEFORE = [("builds", "0001_initial")]
@@ -91,7 +91,7 @@ def test_a_version_stored_the_old_way_gets_its_version_record(old_schema, settin
     pk, _old = old_version(old_schema, tmp_path)
     apps = migrate(AFTER)
     version = apps.get_model("builds", "ModuleVersion").objects.get(pk=pk)
-    spec = VersionSpec.from_json(version.spec)
+    spec = load_spec(version.spec)
     web, dc = spec.vms
     assert (web.cpu, web.memory, dc.memory, dc.invisible) == (1, 256 * MIB, 128 * MIB, True)
     assert str(web.disks[0].path) == "modules/lab/v1/web/root.qcow2"  # under the storage root

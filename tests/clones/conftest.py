@@ -15,6 +15,7 @@ from modules.services import create_module
 from ruddervirt.hypervisor import disks as qimg
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.hypervisor.fake import FakeHypervisor
+from ruddervirt.spec import dump_spec
 from tests.helpers import make_user
 from tests.specs import version_of, vm_record
 
@@ -83,7 +84,7 @@ def make_version(owner, root: Path, *, name: str = "lab", memory: dict | None = 
         manifest_text=MANIFEST,
         manifest_sha256=outcome.revision.sha256,
         storage_path=str(folder),
-        spec=version_of(MANIFEST, records).to_json(),
+        spec=dump_spec(version_of(MANIFEST, records)),
     )
     for index, vm in enumerate(("web", "dc")):
         TemplateVM.objects.create(version=version, name=vm, index=index, domain_name=f"tpl-{vm}")
@@ -100,7 +101,7 @@ def storage(settings, tmp_path) -> Path:
 def fake_hv(monkeypatch):
     """A FakeHypervisor used wherever the portal asks for its hypervisor."""
     hv = FakeHypervisor(name_prefix=settings.RUDDERVIRT_NAME_PREFIX)
-    monkeypatch.setattr("builds.services._hypervisor", hv)
+    monkeypatch.setattr("ruddervirt.runtime._hypervisor", hv)
     return hv
 
 

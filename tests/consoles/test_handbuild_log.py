@@ -6,7 +6,7 @@ import pytest
 
 from builds.models import BuildLogLine
 from builds.reporting import DBReporter
-from builds.services import append_log
+from builds.runner import append_log
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -67,7 +67,7 @@ def image_server(tiny_image, tmp_path_factory):
 def nothing_left_on_the_host_after_the_suite():
     """After the whole suite, no domain or network of this test run may remain."""
     yield
-    from builds.services import get_hypervisor
+    from ruddervirt.runtime import get_hypervisor
 
     prefix = settings.RUDDERVIRT_NAME_PREFIX
     hv = get_hypervisor()
@@ -88,7 +88,7 @@ def storage(settings, request) -> Path:
 
 @pytest.fixture
 def hv():
-    from builds.services import get_hypervisor
+    from ruddervirt.runtime import get_hypervisor
 
     return get_hypervisor()
 

@@ -17,7 +17,7 @@ from selenium.common.exceptions import (
 from selenium.webdriver.support.ui import WebDriverWait
 
 from builds.models import Build, BuildStep
-from builds.services import execute_build
+from builds.runner import execute_build
 from tests.browser.screens import diagnosis
 
 

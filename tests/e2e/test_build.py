@@ -9,7 +9,8 @@ import time
 import pytest
 
 from builds.models import Build, BuildLogLine, BuildStatus, BuildStep, ModuleVersion, StepStatus
-from builds.services import build_workdir, execute_build, request_cancel, submit_manifest
+from builds.runner import build_workdir, execute_build
+from builds.services import request_cancel, submit_manifest
 from tests.e2e.guestfs import read_file
 from tests.helpers import make_user
 from tests.specs import template_disks

@@ -10,7 +10,8 @@ import pytest
 
 from builds.models import Build, BuildStatus, BuildStep, StepStatus
 from builds.recovery import reconcile
-from builds.services import build_workdir, start_build
+from builds.runner import build_workdir
+from builds.services import start_build
 from modules.services import create_module
 from tests.e2e.test_build import manifest
 from tests.e2e.workers import kill_hard, manage, start_worker
@@ -140,7 +141,8 @@ def test_build_command_exits_1_when_the_build_fails(image_server, tmp_path):
 
 
 def test_retries_run_a_failed_build_again(image_server):
-    from builds.services import execute_build, submit_manifest
+    from builds.runner import execute_build
+    from builds.services import submit_manifest
 
     user = make_user("alice", superuser=True)
     text = "retries: 1\n" + manifest(

@@ -23,7 +23,8 @@ from django.test import override_settings
 
 from accounts.roles import STUDENTS
 from builds.models import Build, BuildStatus, BuildVM, ModuleVersion, TemplateVM
-from builds.services import execute_build, submit_manifest
+from builds.runner import execute_build
+from builds.services import submit_manifest
 from clones import consoles, services
 from clones.models import Class, ClassMembership, Clone, CloneStatus
 from clones.reconcile import reconcile_clones
@@ -185,10 +186,10 @@ def qemu_img_info(path: str) -> dict:
 
 def gateways_of(clone: Clone) -> set[str]:
     """The network namespaces holding the gateways of the clone's subnets."""
-    from builds.services import engine_config
     from clones.runner import clone_request
     from ruddervirt.engine.clone import plan_networks
     from ruddervirt.hypervisor import gateway
+    from ruddervirt.runtime import engine_config
 
     topology = plan_networks(clone_request(clone), engine_config())
     return {gateway.names_for(spec).netns for spec in topology.networks if spec.ipv4}

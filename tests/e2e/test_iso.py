@@ -20,7 +20,8 @@ from selenium.webdriver.common.by import By
 
 from accounts.roles import STUDENTS
 from builds.models import Build, BuildLogLine, BuildStatus, ModuleVersion
-from builds.services import execute_build, submit_manifest
+from builds.runner import execute_build
+from builds.services import submit_manifest
 from clones import services as clone_services
 from clones.models import Class, ClassMembership, Clone, CloneStatus
 from clones.runner import run_inline

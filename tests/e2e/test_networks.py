@@ -18,13 +18,15 @@ from pathlib import Path
 import pytest
 
 from builds.models import Build, BuildLogLine, BuildStatus, BuildVM, ModuleVersion
-from builds.services import engine_config, execute_build, submit_manifest
+from builds.runner import execute_build
+from builds.services import submit_manifest
 from ruddervirt.engine.clone import CloneRequest, create_clone, delete_clone
 from ruddervirt.guest import ssh
 from ruddervirt.hypervisor import gateway
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.hypervisor.network_xml import bridge_name_for
 from ruddervirt.hypervisor.specs import NetworkSpec
+from ruddervirt.runtime import engine_config
 from tests.helpers import make_user
 
 pytestmark = [
@@ -357,7 +359,7 @@ def clone_of(done: Build, storage: Path):
 
 
 def get_hv():
-    from builds.services import get_hypervisor
+    from ruddervirt.runtime import get_hypervisor
 
     return get_hypervisor()
 

@@ -6,6 +6,7 @@ import pytest
 
 from builds.models import Build, ModuleVersion, TemplateVM
 from modules.services import create_module, save_manifest
+from ruddervirt.spec import dump_spec
 from tests.helpers import client_for
 from tests.specs import version_of, vm_record
 
@@ -50,7 +51,7 @@ def built_version(module, revision) -> ModuleVersion:
         manifest_text=revision.text,
         manifest_sha256=revision.sha256,
         storage_path="/nonexistent",
-        spec=version_of(revision.text, records).to_json(),
+        spec=dump_spec(version_of(revision.text, records)),
     )
     for index, name in enumerate(["web", "client"]):
         TemplateVM.objects.create(version=version, name=name, index=index, domain_name=f"t-{name}")

@@ -9,7 +9,8 @@ import pytest
 
 from builds.models import Build, BuildStatus
 from builds.refs import UNUSABLE
-from builds.services import BuildNotAllowed, execute_build, start_build, submit_manifest
+from builds.runner import execute_build
+from builds.services import BuildNotAllowed, start_build, submit_manifest
 from clones.services import CloneNotAllowed, resolve_version
 from modules.models import Module
 from modules.services import ManifestRejected, create_module, validate_for

@@ -37,7 +37,7 @@ def ipv6_disabled(conf: str, netns: str | None = None) -> bool:
 
 
 def test_a_guest_segment_has_no_host_address_of_any_family():
-    from builds.services import get_hypervisor
+    from ruddervirt.runtime import get_hypervisor
 
     hv = get_hypervisor()
     name = f"{settings.RUDDERVIRT_NAME_PREFIX}sec{secrets.token_hex(3)}-lan"

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from ruddervirt.hypervisor import gateway, gateway_nat
-from ruddervirt.hypervisor.gateway import GatewayNames
+from ruddervirt.hypervisor.gateway_names import GatewayNames
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 

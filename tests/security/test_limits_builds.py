@@ -12,10 +12,10 @@ import pytest
 from builds.models import Build, BuildStatus, BuildStep, BuildVM
 from builds.services import BuildNotAllowed, start_build
 from builds.transitions import transition
-from clones import capacity
 from clones.models import Class, ClassMembership
 from clones.services import CapacityRefused, launch
 from modules.services import create_module
+from ruddervirt import capacity
 from tests.clones.conftest import make_version
 from tests.helpers import make_user
 from tests.manifest.cases import SRC

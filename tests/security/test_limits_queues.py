@@ -51,7 +51,7 @@ def queues(monkeypatch):
 @pytest.fixture
 def fake_hv(monkeypatch) -> FakeHypervisor:
     hv = FakeHypervisor(name_prefix=settings.RUDDERVIRT_NAME_PREFIX)
-    monkeypatch.setattr("builds.services._hypervisor", hv)
+    monkeypatch.setattr("ruddervirt.runtime._hypervisor", hv)
     return hv
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from builds.services import engine_config
 from modules.services import validate_for
 from ruddervirt.fetch_settings import portal_fetch_policy
 from ruddervirt.fetchpolicy import FetchPolicy, parse_networks
 from ruddervirt.manifest import validate
+from ruddervirt.runtime import engine_config
 from tests.helpers import make_user
 
 STRICT = FetchPolicy()

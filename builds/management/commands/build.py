@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from builds import services
+from builds import runner, services
 from builds.jobs import workers_listening
 from builds.management.commands._common import cli_user, dumps
 from builds.models import Build, BuildLogLine, BuildStatus
@@ -93,12 +93,12 @@ class Command(BaseCommand):
 
     def run_here(self, build: Build) -> Build:
         try:
-            return services.execute_build(build.pk, echo=self.echo)
+            return runner.execute_build(build.pk, echo=self.echo)
         except KeyboardInterrupt:
             Build.objects.filter(pk=build.pk).update(cancel_requested=True)
             self.stderr.write("interrupted: the build was cancelled and its VMs removed")
             build.refresh_from_db()
-            services.mark_interrupted(build)
+            runner.mark_interrupted(build)
             raise SystemExit(1) from None
 
     def follow(self, build: Build) -> Build:

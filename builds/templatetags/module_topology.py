@@ -1,5 +1,8 @@
 """``{% module_topology module %}``: the topology picture on the module page.
 
+Here, not in modules, because it reads the module's versions, which this app keeps; the
+drawing itself is modules.topology.
+
 Shows the newest version when it was built from the newest manifest revision (from its
 record: the MACs and addresses its build resolved), else the newest revision, with the
 addresses a build will give it (MACs are made by the build).
@@ -10,6 +13,7 @@ from __future__ import annotations
 from django import template
 from django.utils.safestring import mark_safe
 
+from builds.models import ModuleVersion
 from modules.models import Module
 from modules.topology import picture_of_manifest, picture_of_version, render_svg
 from ruddervirt.manifest import NO_LIMITS, validate
@@ -20,8 +24,6 @@ register = template.Library()
 
 def picture_for(module: Module) -> dict:
     """Context for ``modules/_topology.html``: ``svg`` (safe markup or None) and ``source``."""
-    from builds.models import ModuleVersion  # builds build on modules, not the reverse
-
     latest = module.latest_revision
     version = ModuleVersion.objects.filter(module=module).order_by("-number").first()
     if version is not None and (latest is None or version.manifest_sha256 == latest.sha256):

@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand
 
 from builds.recovery import reconcile
-from builds.services import get_hypervisor
 from clones.reconcile import reconcile_clones
+from ruddervirt.runtime import get_hypervisor
 
 
 class Command(BaseCommand):

@@ -1,0 +1,253 @@
+"""Running a build: the body of the build job, where the ORM meets the engine.
+
+`execute_build(build_id)` runs in an RQ worker (builds.jobs) or in-process (`manage.py build
+--wait` on a host without workers, and tests). It claims the build, runs each attempt
+through the engine, and turns a success into the module's next version; a failure or a
+cancel moves the build to its terminal status. builds.services decides and queues; this
+module does.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from builds import refs
+from builds.models import (
+    Build,
+    BuildLogLine,
+    BuildStatus,
+    BuildStep,
+    BuildVM,
+    ModuleVersion,
+    TemplateVM,
+    VMPhase,
+)
+from builds.reporting import DBReporter
+from builds.transitions import InvalidTransition, transition
+from modules.models import Module
+from ruddervirt.engine.build import BuildPlan, BuildResult, run_build
+from ruddervirt.engine.config import EngineConfig
+from ruddervirt.engine.context import BuildContext
+from ruddervirt.engine.errors import BuildCancelled, BuildError
+from ruddervirt.engine.templates import define_templates, remove_templates
+from ruddervirt.manifest import NO_LIMITS, Manifest, parse
+from ruddervirt.runtime import engine_config, get_hypervisor, worker_identity
+from ruddervirt.spec import SpecError, disk_files, dump_spec
+
+log = logging.getLogger(__name__)
+
+
+# --- the rows and the log a build keeps ------------------------------------------------
+def create_rows(build: Build, manifest: Manifest) -> None:
+    """One BuildVM per manifest VM, one BuildStep per provisioner, all Pending."""
+    BuildVM.objects.filter(build=build).delete()
+    for index, vm in enumerate(manifest.vms):
+        row = BuildVM.objects.create(build=build, name=vm.name, index=index)
+        BuildStep.objects.bulk_create(
+            BuildStep(vm=row, index=i, name=step.name or f"{step.type} {i + 1}", type=step.type)
+            for i, step in enumerate(vm.provisioners)
+        )
+
+
+def append_log(build: Build, text: str, *, vm: str = "") -> None:
+    """Append one line to a build's log from outside the worker."""
+    with transaction.atomic():
+        seq = (BuildLogLine.objects.filter(build=build).aggregate(m=Max("seq"))["m"] or 0) + 1
+        BuildLogLine.objects.create(
+            build=build, seq=seq, created_at=timezone.now(), vm=vm, stream="info", text=text
+        )
+
+
+# --- running ---------------------------------------------------------------------------
+def build_workdir(build_id: int) -> Path:
+    return engine_config().storage_root / "builds" / str(build_id)
+
+
+def resolve_parents(manifest: Manifest, *, user) -> dict[str, list[Path]]:
+    """For each VM whose source is a buildRef: the disk paths of the referenced template VM.
+
+    Fails at once, before anything boots, when a reference is not a succeeded build of a
+    module `user` (who asked for the build) may use now (builds.refs: the uniform refusal
+    for other instructors' modules, the precise reason for the user's own)."""
+    parents: dict[str, list[Path]] = {}
+    for vm in manifest.vms:
+        if vm.source.build_ref is None:
+            continue
+        try:
+            template = refs.template_for(user, vm)
+        except refs.RefRefused as exc:
+            raise BuildError(f"VM {vm.name}: buildRef {exc}") from None
+        try:
+            recorded = template.version.version_spec.vm(template.name)
+        except (SpecError, KeyError) as exc:
+            raise BuildError(f"VM {vm.name}: buildRef {template.version}: {exc}") from exc
+        parents[vm.name] = list(disk_files(recorded, engine_config().storage_root))
+    return parents
+
+
+def execute_build(build_id: int, *, hypervisor=None, echo=None) -> Build:
+    """Run a queued build to its end (the RQ job's body). Retries per the manifest."""
+    build = Build.objects.get(pk=build_id)
+    if build.is_terminal:
+        return build
+    # Claim the build, so a worker that starts late never runs one a `--wait` command runs.
+    owner = worker_identity()
+    if not Build.objects.filter(pk=build_id, worker="").update(
+        worker=owner, heartbeat_at=timezone.now()
+    ):
+        log.warning("build %s is already being run by %s", build_id, build.worker)
+        return build
+    hv = hypervisor or get_hypervisor()
+    config = engine_config()
+    base = parse(build.manifest_text, limits=NO_LIMITS)  # accepted when submitted
+    attempts = base.retries + 1
+    while True:
+        reporter = DBReporter(build, echo=echo)
+        outcome = _run_attempt(build, base, hv, config, reporter)
+        reporter.close()
+        build.refresh_from_db()
+        if outcome is None or build.is_terminal:
+            return build
+        if build.attempt < attempts and not build.cancel_requested:
+            append_log(
+                build,
+                f"attempt {build.attempt} failed: {outcome}; retrying "
+                f"(attempt {build.attempt + 1} of {attempts})",
+            )
+            transition(build, BuildStatus.PENDING)
+            create_rows(build, base)
+            continue
+        _fail(build, outcome)
+        build.refresh_from_db()
+        return build
+
+
+def _run_attempt(
+    build: Build, base: Manifest, hv, config: EngineConfig, reporter: DBReporter
+) -> str | None:
+    """One try. Returns None when the build reached a terminal state, else the error."""
+    workdir = build_workdir(build.pk)
+    try:
+        reporter.log(
+            f"build {build.pk} of module {build.module.name}, attempt {build.attempt}, "
+            f"manifest sha256:{build.manifest_sha256}"
+        )
+        parents = resolve_parents(base, user=build.requested_by)
+        plan = BuildPlan(
+            key=f"b{build.pk}",
+            manifest=base,
+            parents=parents,
+            workdir=workdir,
+        )
+        result = run_build(plan, BuildContext(config=config, hv=hv, reporter=reporter))
+        reporter.flush()
+        _succeed(build, base, result, hv, config, reporter)
+        return None
+    except BuildCancelled as exc:
+        reporter.log(f"build stopped: {exc}", stream="error")
+        reporter.flush()
+        _cancel(build, str(exc))
+        return None
+    except BuildError as exc:
+        reporter.log(f"build failed: {exc}", stream="error")
+        return str(exc)
+    except Exception as exc:
+        log.exception("build %s crashed", build.pk)
+        reporter.log("internal error:\n" + traceback.format_exc(), stream="error")
+        return f"internal error: {exc.__class__.__name__}: {exc}"
+
+
+def mark_interrupted(build: Build) -> None:
+    """The process running the build in the foreground was interrupted (Ctrl-C)."""
+    if not build.is_terminal:
+        _cancel(build, "interrupted")
+
+
+def _fail(build: Build, reason: str) -> None:
+    keep = settings.RUDDERVIRT_FAILED_BUILD_KEEP_S
+    try:
+        transition(build, BuildStatus.FAILED, error=reason)
+    except InvalidTransition:
+        build.refresh_from_db()
+        return
+    Build.objects.filter(pk=build.pk).update(
+        keep_disks_until=timezone.now() + timedelta(seconds=keep)
+    )
+    BuildVM.objects.filter(build=build).exclude(phase__in=[VMPhase.SUCCEEDED]).update(
+        phase=VMPhase.FAILED, finished_at=timezone.now()
+    )
+
+
+def _cancel(build: Build, reason: str) -> None:
+    build.refresh_from_db()
+    target = BuildStatus.CANCELLED if build.cancel_requested else BuildStatus.FAILED
+    try:
+        transition(build, target, error=reason)
+    except InvalidTransition:
+        return
+    if target == BuildStatus.FAILED:  # a timeout, not a person: keep disks for inspection
+        Build.objects.filter(pk=build.pk).update(
+            keep_disks_until=timezone.now()
+            + timedelta(seconds=settings.RUDDERVIRT_FAILED_BUILD_KEEP_S)
+        )
+    else:
+        remove_build_disks(build)
+    BuildVM.objects.filter(build=build).exclude(phase=VMPhase.SUCCEEDED).update(
+        phase=VMPhase.FAILED, message=reason
+    )
+
+
+def _succeed(
+    build: Build, base: Manifest, result: BuildResult, hv, config: EngineConfig, reporter
+) -> None:
+    """Turn captured disks into the module's next immutable version."""
+    build.refresh_from_db()  # the reporter moved its status along meanwhile
+    module = build.module
+    with transaction.atomic():
+        Module.objects.select_for_update().filter(pk=module.pk).first()
+        number = (
+            ModuleVersion.objects.filter(module=module).aggregate(m=Max("number"))["m"] or 0
+        ) + 1
+        dest = config.storage_root / "modules" / module.name / f"v{number}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(result.capture_dir), dest)
+        spec = result.spec.rebased(dest.relative_to(config.storage_root).as_posix())
+        domains = define_templates(
+            hv, config, key=f"m{module.pk}v{number}", label=f"{module.name}@{number}", spec=spec
+        )
+        try:
+            version = ModuleVersion.objects.create(
+                module=module,
+                number=number,
+                build=build,
+                manifest_text=build.manifest_text,
+                manifest_sha256=build.manifest_sha256,
+                storage_path=str(dest),
+                spec=dump_spec(spec),
+            )
+            for index, (vm, domain) in enumerate(zip(spec.vms, domains, strict=True)):
+                TemplateVM.objects.create(
+                    version=version, name=vm.name, index=index, domain_name=domain
+                )
+            transition(build, BuildStatus.SUCCEEDED)
+        except Exception:
+            remove_templates(hv, domains)
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+    BuildVM.objects.filter(build=build).update(phase=VMPhase.SUCCEEDED, finished_at=timezone.now())
+    reporter.log(f"module {module.name} version {number} is ready ({len(domains)} template VM(s))")
+    remove_build_disks(build)
+
+
+def remove_build_disks(build: Build) -> None:
+    shutil.rmtree(build_workdir(build.pk), ignore_errors=True)
+    Build.objects.filter(pk=build.pk).update(disks_removed=True, keep_disks_until=None)
