@@ -27,6 +27,7 @@ from builds.models import (
     StepStatus,
     TemplateVM,
     VMPhase,
+    build_plan_fields,
 )
 from builds.reporting import DBReporter
 from builds.transitions import InvalidTransition, transition
@@ -88,7 +89,14 @@ def _create_rows(build: Build, manifest: Manifest) -> None:
     for index, vm in enumerate(manifest.vms):
         row = BuildVM.objects.create(build=build, name=vm.name, index=index)
         BuildStep.objects.bulk_create(
-            BuildStep(vm=row, index=i, name=step.name or f"{step.type} {i + 1}", type=step.type)
+            BuildStep(
+                vm=row,
+                index=i,
+                name=step.name or f"{step.type} {i + 1}",
+                type=step.type,
+                instructions=getattr(step, "instructions", ""),
+                timeout_s=step.step_timeout,
+            )
             for i, step in enumerate(vm.provisioners)
         )
 
@@ -122,6 +130,7 @@ def start_build(
             manifest_text=revision.text,
             manifest_sha256=revision.sha256,
             requested_by=user,
+            **build_plan_fields(manifest),
         )
         _create_rows(build, manifest)
         if queue:

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
+from django.db.models import Count
 
-from builds.models import ACTIVE, Build, ModuleVersion
+from builds.models import ACTIVE, Build, ModuleVersion, build_plan_fields
 from ruddervirt.engine.clone import disk_usage
-from ruddervirt.manifest import NO_LIMITS, Manifest, ManifestInvalid, parse
+from ruddervirt.manifest import Manifest
 from ruddervirt.spec import SpecError, disk_files
 
 MIB = 1024**2
@@ -122,23 +123,19 @@ def per_clone(version: ModuleVersion, *, full_copy: bool) -> tuple[int, int]:
 def per_build(manifest: Manifest) -> tuple[int, int]:
     """(memory, disk) bytes a build of `manifest` is counted at: its VMs at their build-time
     memory (buildOverrides applied) plus the per-VM overhead, its disks at their full size."""
-    built = manifest.for_build()
+    plan = build_plan_fields(manifest)
     overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
-    memory = sum(vm.resources.memory + overhead for vm in built.vms)
-    disk = sum(d.size for vm in built.vms for d in vm.disks)
-    return memory, disk
+    return int(plan["memory_bytes"]) + overhead * len(manifest.vms), int(plan["disk_bytes"])
 
 
 # --- what is promised already ------------------------------------------------------------
-def _active_builds() -> list[tuple[Build, Manifest]]:
-    builds = Build.objects.filter(status__in=ACTIVE).only("manifest_text")
-    found = []
-    for build in builds:
-        try:  # accepted when submitted: not held to today's caps again
-            found.append((build, parse(build.manifest_text, limits=NO_LIMITS)))
-        except ManifestInvalid:
-            continue
-    return found
+def _active_builds() -> list[tuple[Build, int, int]]:
+    """Every queued or running build, with the (memory, disk) bytes it is counted at: what
+    its manifest asked for when it was submitted (Build.memory_bytes, disk_bytes), plus the
+    per-VM overhead."""
+    overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
+    builds = Build.objects.filter(status__in=ACTIVE).annotate(vm_count=Count("vms"))
+    return [(b, b.memory_bytes + overhead * b.vm_count, b.disk_bytes) for b in builds]
 
 
 def committed_memory() -> int:
@@ -156,7 +153,7 @@ def committed_memory() -> int:
         if clone.version_id not in per_version:
             per_version[clone.version_id] = _memory_of(clone.version, overhead)
         total += per_version[clone.version_id]
-    return total + sum(per_build(m)[0] for _, m in _active_builds())
+    return total + sum(memory for _, memory, _disk in _active_builds())
 
 
 def _memory_of(version: ModuleVersion, overhead: int) -> int:
@@ -184,10 +181,10 @@ def committed_disk() -> int:
         folder = Path(clone.storage_path) if clone.storage_path else None
         used = disk_usage(folder) if folder is not None and folder.exists() else 0
         total += max(0, budget - used)
-    for build, manifest in _active_builds():
+    for build, _memory, disk in _active_builds():
         folder = build_workdir(build.pk)
         used = disk_usage(folder) if folder.exists() else 0
-        total += max(0, per_build(manifest)[1] - used)
+        total += max(0, disk - used)
     return total
 
 
