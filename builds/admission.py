@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db.models import Count
 
 from builds.models import ACTIVE, Build
 from builds.runner import build_workdir
 from ruddervirt import capacity
 from ruddervirt.engine.clone import disk_usage
-from ruddervirt.manifest import NO_LIMITS, Manifest, ManifestInvalid, parse
+from ruddervirt.manifest import Manifest
 
 
 def refusal(manifest: Manifest, *, user) -> str | None:
@@ -44,23 +45,17 @@ def refusal(manifest: Manifest, *, user) -> str | None:
     return None
 
 
-def _active_builds() -> list[tuple[Build, Manifest]]:
-    builds = Build.objects.filter(status__in=ACTIVE).only("manifest_text")
-    found = []
-    for build in builds:
-        try:  # accepted when submitted: not held to today's caps again
-            found.append((build, parse(build.manifest_text, limits=NO_LIMITS)))
-        except ManifestInvalid:
-            continue
-    return found
-
-
 def promised_by_builds() -> capacity.Promised:
     """What every queued or running build holds: its VMs' memory, and what its disks may
-    still grow by (their full size minus what its folder allocates now, never below 0)."""
+    still grow by (their full size minus what its folder allocates now, never below 0). From
+    the rows (Build.memory_bytes, disk_bytes: the manifest as it was submitted), never from
+    the manifest text again."""
     memory = disk = 0
-    for build, manifest in _active_builds():
-        build_memory, build_disk = capacity.per_build(manifest)
+    builds = Build.objects.filter(status__in=ACTIVE).annotate(vm_count=Count("vms"))
+    for build in builds:
+        build_memory, build_disk = capacity.build_cost(
+            build.memory_bytes, build.disk_bytes, build.vm_count
+        )
         folder = build_workdir(build.pk)
         used = disk_usage(folder) if folder.exists() else 0
         memory += build_memory

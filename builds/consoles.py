@@ -18,7 +18,6 @@ from django.utils import timezone
 
 from builds.models import Build, BuildStep, BuildVM, StepStatus, VMPhase
 from modules.services import can_manage
-from ruddervirt.manifest import NO_LIMITS, Manifest, parse
 
 # Phases in which a build VM's domain is (normally) running and has a console.
 CONSOLE_PHASES = frozenset(
@@ -89,24 +88,22 @@ def handbuild_waits(build: Build) -> list[HandbuildWait]:
     )
     if not steps:
         return []
-    manifest = parse(build.manifest_text, limits=NO_LIMITS)  # accepted when submitted
     attempt_start = _attempt_start(build)
-    return [_wait(manifest, step, attempt_start) for step in steps]
+    return [_wait(build, step, attempt_start) for step in steps]
 
 
-def _wait(manifest: Manifest, step: BuildStep, attempt_start: datetime | None) -> HandbuildWait:
-    spec = manifest.vm(step.vm.name).provisioners[step.index]
+def _wait(build: Build, step: BuildStep, attempt_start: datetime | None) -> HandbuildWait:
     # The engine's clock (engine.vm.run_step): the step's own timeout from its start, never
     # past the build timeout counted from the attempt's start. Pausing spends both.
     limits = []
-    if step.started_at and spec.step_timeout:
-        limits.append(step.started_at + timedelta(seconds=spec.step_timeout))
+    if step.started_at and step.timeout_s:
+        limits.append(step.started_at + timedelta(seconds=step.timeout_s))
     if attempt_start:
-        limits.append(attempt_start + timedelta(seconds=manifest.timeout))
+        limits.append(attempt_start + timedelta(seconds=build.timeout_s))
     return HandbuildWait(
         vm=step.vm.name,
         index=step.index,
-        instructions=getattr(spec, "instructions", ""),
+        instructions=step.instructions,
         waiting_since=step.started_at,
         deadline=min(limits) if limits else None,
     )

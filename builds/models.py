@@ -9,6 +9,8 @@ from django.urls import reverse
 from django.utils.functional import cached_property
 
 from modules.models import ManifestRevision, Module
+from ruddervirt import capacity
+from ruddervirt.manifest import Manifest, defaults
 from ruddervirt.spec import SpecError, VersionSpec, load_spec
 
 
@@ -47,6 +49,17 @@ class StepStatus(models.TextChoices):
     FAILED = "Failed"
 
 
+def build_plan_fields(manifest: Manifest) -> dict[str, float | int]:
+    """The Build fields that say what a build of `manifest` asks of the host (see Build)."""
+    memory, disk = capacity.build_demand(manifest)
+    return {
+        "timeout_s": manifest.timeout,
+        "retries": manifest.retries,
+        "memory_bytes": memory,
+        "disk_bytes": disk,
+    }
+
+
 class Build(models.Model):
     module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="builds")
     revision = models.ForeignKey(
@@ -72,6 +85,14 @@ class Build(models.Model):
     # A failed build's disks stay on the host until then, for inspection.
     keep_disks_until = models.DateTimeField(null=True, blank=True)
     disks_removed = models.BooleanField(default=False)
+    # What the build asks of the host, from its manifest when it was submitted (the manifest
+    # defaults when a build is made by hand): its timeout and retries, and its VMs' memory
+    # (buildOverrides applied) and disks at their full size. Read by the job queue and the
+    # capacity checks, so that nothing but the build itself reads its manifest again.
+    timeout_s = models.FloatField(default=defaults.TIMEOUT_SECONDS)
+    retries = models.PositiveIntegerField(default=defaults.RETRIES)
+    memory_bytes = models.BigIntegerField(default=0)
+    disk_bytes = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
@@ -124,6 +145,10 @@ class BuildStep(models.Model):
     duration_s = models.FloatField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     message = models.TextField(blank=True)
+    # handbuild: what the person is asked to do, and the step's own timeout (None: the
+    # build timeout only), from the manifest when the rows are made.
+    instructions = models.TextField(blank=True)
+    timeout_s = models.FloatField(null=True, blank=True)
     # handbuild: set by Continue / Fail from the page or the command.
     user_decision = models.CharField(max_length=10, blank=True)
     user_reason = models.TextField(blank=True)

@@ -53,7 +53,14 @@ def create_rows(build: Build, manifest: Manifest) -> None:
     for index, vm in enumerate(manifest.vms):
         row = BuildVM.objects.create(build=build, name=vm.name, index=index)
         BuildStep.objects.bulk_create(
-            BuildStep(vm=row, index=i, name=step.name or f"{step.type} {i + 1}", type=step.type)
+            BuildStep(
+                vm=row,
+                index=i,
+                name=step.name or f"{step.type} {i + 1}",
+                type=step.type,
+                instructions=getattr(step, "instructions", ""),
+                timeout_s=step.step_timeout,
+            )
             for i, step in enumerate(vm.provisioners)
         )
 

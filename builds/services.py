@@ -14,7 +14,14 @@ from django.db import transaction
 
 from builds import admission, refs
 from builds.jobs import QUEUE, job_timeout_for, run_build_job
-from builds.models import Build, BuildStatus, BuildStep, ModuleVersion, StepStatus
+from builds.models import (
+    Build,
+    BuildStatus,
+    BuildStep,
+    ModuleVersion,
+    StepStatus,
+    build_plan_fields,
+)
 from builds.runner import append_log, create_rows
 from builds.transitions import InvalidTransition, transition
 from modules.limits import manifest_limits
@@ -59,6 +66,7 @@ def start_build(
             manifest_text=revision.text,
             manifest_sha256=revision.sha256,
             requested_by=user,
+            **build_plan_fields(manifest),
         )
         create_rows(build, manifest)
         if queue:

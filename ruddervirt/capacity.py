@@ -101,14 +101,24 @@ def free_now() -> tuple[int, int, Path]:
     return max(memory, 0), max(disk, 0), root
 
 
-def per_build(manifest: Manifest) -> tuple[int, int]:
-    """(memory, disk) bytes a build of `manifest` is counted at: its VMs at their build-time
-    memory (buildOverrides applied) plus the per-VM overhead, its disks at their full size."""
+def build_demand(manifest: Manifest) -> tuple[int, int]:
+    """(memory, disk) bytes the VMs of a build of `manifest` ask for: their build-time memory
+    (buildOverrides applied) and their disks at full size (a build keeps these on its row)."""
     built = manifest.for_build()
-    overhead = setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD")
-    memory = sum(vm.resources.memory + overhead for vm in built.vms)
+    memory = sum(vm.resources.memory for vm in built.vms)
     disk = sum(d.size for vm in built.vms for d in vm.disks)
     return memory, disk
+
+
+def build_cost(memory: int, disk: int, vms: int) -> tuple[int, int]:
+    """(memory, disk) bytes a build is counted at: what it asks for (build_demand) plus the
+    per-VM overhead of each of its `vms` QEMU processes."""
+    return memory + setting("RUDDERVIRT_CLONE_MEMORY_OVERHEAD") * vms, disk
+
+
+def per_build(manifest: Manifest) -> tuple[int, int]:
+    """(memory, disk) bytes a build of `manifest` is counted at (build_cost)."""
+    return build_cost(*build_demand(manifest), len(manifest.vms))
 
 
 def build_problems(manifest: Manifest) -> list[str]:

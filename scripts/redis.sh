@@ -10,10 +10,11 @@
 # packaged one, say) is neither used nor changed. Nothing is saved to disk (--save '').
 set -euo pipefail
 VAR=${1:?usage: scripts/redis.sh VAR_DIR}
-SOCK=$VAR/redis.sock
-PASSFILE=$VAR/redis-password
 umask 077
 mkdir -p "$VAR"
+VAR=$(cd "$VAR" && pwd) # absolute: redis-server changes to --dir before opening its log
+SOCK=$VAR/redis.sock
+PASSFILE=$VAR/redis-password
 
 if [ ! -s "$PASSFILE" ]; then
   tmp=$(mktemp "$VAR/.redis-password.XXXXXX")

@@ -54,10 +54,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def _missing_requirements() -> str | None:
     if os.geteuid() != 0:
         return "needs root (dropbear in a private mount namespace)"
-    for tool in ("dropbear", "dropbearkey", "unshare", "openssl"):
-        if shutil.which(tool) is None:
-            return f"needs {tool}"
     return None
+
+
+def _require(program: str) -> None:
+    """Setup installs every program of scripts/packages.txt: one missing is a broken setup,
+    which a skip would hide (it did: the OpenSSH tests were skipped for a whole round)."""
+    if shutil.which(program, path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None:
+        pytest.fail(f"{program} is missing: scripts/setup.sh installs it (scripts/packages.txt)")
 
 
 def free_port() -> int:
@@ -188,13 +192,14 @@ def server_factory(keys: Keys) -> Iterator[object]:
     reason = _missing_requirements()
     if reason:
         pytest.skip(reason)
+    for program in ("dropbear", "dropbearkey", "unshare", "openssl"):
+        _require(program)
     servers: list[SSHServer] = []
     base = Path(tempfile.mkdtemp(prefix="rv-ssh-test-"))
 
     def make(*, sftp: bool = True, port: int | None = None, kind: str = "dropbear") -> SSHServer:
         if kind == "openssh":
-            if not Path("/usr/sbin/sshd").exists():
-                pytest.skip("needs openssh-server")
+            _require("sshd")
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         workdir = Path(tempfile.mkdtemp(dir=base))
         _prepare_home(workdir / "home", keys.public)

@@ -75,14 +75,14 @@ def test_sftp_upload_and_download(session, workdir: Path) -> None:
     session.upload(b"data", str(workdir / "f"), mode=0o700)
     assert (workdir / "f").stat().st_mode & 0o777 == 0o700
     assert session.download(str(workdir / "f")) == b"data"
-    assert session._sftp_missing is False
+    assert session.sftp_missing is False
 
 
 def test_refused_sftp_subsystem_falls_back_to_cat(openssh_without_sftp, keys, workdir) -> None:
     target = SSHTarget(port=openssh_without_sftp.port, username="root", private_key=keys.private)
     with wait_for_ssh(target, timeout=10) as opened:
         opened.upload(b"via cat", str(workdir / "f"), mode=0o600)
-        assert opened._sftp_missing is True
+        assert opened.sftp_missing is True
         assert (workdir / "f").read_bytes() == b"via cat"
         assert (workdir / "f").stat().st_mode & 0o777 == 0o600
         assert opened.download(str(workdir / "f")) == b"via cat"
