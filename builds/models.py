@@ -8,6 +8,7 @@ from django.db import models
 from django.urls import reverse
 from django.utils.functional import cached_property
 
+from modules.lifecycle import StatusChange
 from modules.models import ManifestRevision, Module
 from ruddervirt.spec import SpecError, VersionSpec
 
@@ -94,6 +95,15 @@ class Build(models.Model):
 
         end = self.finished_at or timezone.now()
         return round((end - self.started_at).total_seconds(), 3)
+
+
+class BuildStatusChange(StatusChange):
+    """One move of a build's status (builds.transitions writes it with the move)."""
+
+    subject = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="history")
+
+    class Meta(StatusChange.Meta):
+        pass
 
 
 class BuildVM(models.Model):

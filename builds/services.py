@@ -21,6 +21,7 @@ from builds import admission, refs
 from builds.models import (
     Build,
     BuildStatus,
+    BuildStatusChange,
     BuildStep,
     BuildVM,
     ModuleVersion,
@@ -30,6 +31,7 @@ from builds.models import (
 )
 from builds.reporting import DBReporter
 from builds.transitions import InvalidTransition, transition
+from modules.lifecycle import record_created
 from modules.limits import manifest_limits
 from modules.models import ManifestRevision, Module
 from modules.services import ModuleNameTaken, can_manage, create_module, save_manifest
@@ -124,6 +126,7 @@ def start_build(
             requested_by=user,
         )
         _create_rows(build, manifest)
+        record_created(BuildStatusChange, build, by=user, why=f"requested by {user}")
         if queue:
             transaction.on_commit(lambda: enqueue(build.pk))
     return build
@@ -163,7 +166,12 @@ def request_cancel(build: Build, *, user) -> Build:
     if build.status == BuildStatus.PENDING and build.attempt == 1 and not build.started_at:
         # The worker may have picked it up meanwhile; it will see cancel_requested.
         with contextlib.suppress(InvalidTransition):
-            transition(build, BuildStatus.CANCELLED, error=f"cancelled by {user} before it started")
+            transition(
+                build,
+                BuildStatus.CANCELLED,
+                by=user,
+                error=f"cancelled by {user} before it started",
+            )
     append_log(build, f"cancel requested by {user}")
     return build
 
@@ -266,7 +274,7 @@ def execute_build(build_id: int, *, hypervisor=None, echo=None) -> Build:
                 f"attempt {build.attempt} failed: {outcome}; retrying "
                 f"(attempt {build.attempt + 1} of {attempts})",
             )
-            transition(build, BuildStatus.PENDING)
+            transition(build, BuildStatus.PENDING, why=f"retry after: {outcome}")
             _create_rows(build, base)
             continue
         _fail(build, outcome)
@@ -334,7 +342,8 @@ def _cancel(build: Build, reason: str) -> None:
     build.refresh_from_db()
     target = BuildStatus.CANCELLED if build.cancel_requested else BuildStatus.FAILED
     try:
-        transition(build, target, error=reason)
+        why = f"cancel requested: {reason}" if target == BuildStatus.CANCELLED else reason
+        transition(build, target, error=reason, why=why)
     except InvalidTransition:
         return
     if target == BuildStatus.FAILED:  # a timeout, not a person: keep disks for inspection
@@ -381,7 +390,7 @@ def _succeed(
                 TemplateVM.objects.create(
                     version=version, name=vm.name, index=index, domain_name=domain
                 )
-            transition(build, BuildStatus.SUCCEEDED)
+            transition(build, BuildStatus.SUCCEEDED, why=f"version {version} captured")
         except Exception:
             remove_templates(hv, domains)
             shutil.rmtree(dest, ignore_errors=True)
