@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from builds import services
-from builds.models import BuildStatus, BuildStatusChange
+from builds.models import Build, BuildStatus, BuildStatusChange
 from builds.services import execute_build, request_cancel, start_build
 from modules.services import create_module
 from ruddervirt.engine.errors import BuildCancelled, BuildError
@@ -51,10 +51,20 @@ def test_a_failing_build_records_the_error_as_the_reason(build, monkeypatch):
 
 
 def test_a_cancel_the_worker_notices_records_the_cancel_request(build, monkeypatch):
-    build.__class__.objects.filter(pk=build.pk).update(cancel_requested=True)
+    Build.objects.filter(pk=build.pk).update(cancel_requested=True)
     done = run_failing(build, monkeypatch, BuildCancelled("cancelled"))
     assert done.status == S.CANCELLED
     assert history(build)[-1] == (S.PENDING, S.CANCELLED, None, "cancel requested: cancelled")
+
+
+def test_recovery_records_why_it_failed_a_build_whose_worker_died(build, monkeypatch):
+    from builds import recovery
+
+    Build.objects.filter(pk=build.pk).update(status=S.BUILDING, worker="host:1")
+    monkeypatch.setattr(recovery, "worker_alive", lambda worker: False)
+    recovery.reconcile(FakeHypervisor(name_prefix="rvt-hist-"))
+    reason = "interrupted: the worker running it (host:1) is gone"
+    assert history(build)[-1] == (S.BUILDING, S.FAILED, None, reason)
 
 
 def test_the_build_page_shows_the_history(build, instructor):
