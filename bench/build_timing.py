@@ -12,6 +12,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ruddervirt.engine.phases import BuildPhase, VMPhase
+
 
 @dataclass(frozen=True)
 class Event:
@@ -50,11 +52,11 @@ class TimedMixin:
 
     timeline: Timeline
 
-    def build_phase(self, phase: str) -> None:
+    def build_phase(self, phase: BuildPhase) -> None:
         self.timeline.add("build_phase", "", phase)
         super().build_phase(phase)  # type: ignore[misc]
 
-    def vm_phase(self, vm: str, phase: str, message: str = "") -> None:
+    def vm_phase(self, vm: str, phase: VMPhase, message: str = "") -> None:
         self.timeline.add("vm_phase", vm, phase)
         super().vm_phase(vm, phase, message)  # type: ignore[misc]
 

@@ -8,8 +8,10 @@ from django.db import models
 from django.urls import reverse
 from django.utils.functional import cached_property
 
+from modules.lifecycle import StatusChange
 from modules.models import ManifestRevision, Module
 from ruddervirt import capacity
+from ruddervirt.engine import phases
 from ruddervirt.manifest import Manifest, defaults
 from ruddervirt.spec import SpecError, VersionSpec, load_spec
 
@@ -28,25 +30,10 @@ TERMINAL = frozenset({BuildStatus.SUCCEEDED, BuildStatus.FAILED, BuildStatus.CAN
 ACTIVE = frozenset(set(BuildStatus) - TERMINAL)
 
 
-class VMPhase(models.TextChoices):
-    PENDING = "Pending"
-    SOURCE_IMPORTING = "SourceImporting"
-    BOOTING = "Booting"
-    BOOT_COMMAND = "BootCommand"
-    WAITING_FOR_SSH = "WaitingForSSH"
-    PROVISIONING = "Provisioning"
-    SHUTTING_DOWN = "ShuttingDown"
-    DISK_CAPTURED = "DiskCaptured"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-
-
-class StepStatus(models.TextChoices):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    WAITING_FOR_USER = "WaitingForUser"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
+# A VM's phase and a step's state are the engine's words (progress from the reporter,
+# written as reported); the build's status above is the portal's (builds.transitions).
+VMPhase = phases.VMPhase
+StepStatus = phases.StepState
 
 
 def build_plan_fields(manifest: Manifest) -> dict[str, float | int]:
@@ -117,11 +104,22 @@ class Build(models.Model):
         return round((end - self.started_at).total_seconds(), 3)
 
 
+class BuildStatusChange(StatusChange):
+    """One move of a build's status (builds.transitions writes it with the move)."""
+
+    subject = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="history")
+
+    class Meta(StatusChange.Meta):
+        pass
+
+
 class BuildVM(models.Model):
     build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="vms")
     name = models.CharField(max_length=63)
     index = models.PositiveIntegerField()
-    phase = models.CharField(max_length=20, choices=VMPhase.choices, default=VMPhase.PENDING)
+    phase = models.CharField(
+        max_length=20, choices=phases.choices(VMPhase), default=VMPhase.PENDING
+    )
     message = models.TextField(blank=True)
     domain_name = models.CharField(max_length=200, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -140,7 +138,9 @@ class BuildStep(models.Model):
     index = models.PositiveIntegerField()
     name = models.CharField(max_length=200)
     type = models.CharField(max_length=30)
-    status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.PENDING)
+    status = models.CharField(
+        max_length=20, choices=phases.choices(StepStatus), default=StepStatus.PENDING
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     duration_s = models.FloatField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)

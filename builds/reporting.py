@@ -21,8 +21,25 @@ from django.db import IntegrityError, close_old_connections, connection
 from django.db.models import Max
 from django.utils import timezone
 
-from builds.models import Build, BuildLogLine, BuildStep, BuildVM, StepStatus, VMPhase
-from builds.transitions import transition
+from builds.models import (
+    Build,
+    BuildLogLine,
+    BuildStatus,
+    BuildStep,
+    BuildVM,
+    StepStatus,
+    VMPhase,
+)
+from builds.transitions import InvalidTransition, transition
+from ruddervirt.engine.errors import BuildCancelled
+from ruddervirt.engine.phases import BuildPhase
+
+# The status a build takes when the engine reports its phase.
+STATUS_FOR_PHASE = {
+    BuildPhase.NETWORKING: BuildStatus.NETWORKING,
+    BuildPhase.BUILDING: BuildStatus.BUILDING,
+    BuildPhase.CAPTURING: BuildStatus.CAPTURING,
+}
 
 FLUSH_INTERVAL_S = 0.25
 ALWAYS_KEPT = frozenset({"phase", "error"})  # streams kept past the line cap
@@ -59,16 +76,24 @@ class DBReporter:
         return BuildStep.objects.filter(vm_id=self._vm_ids[vm], index=index)
 
     # --- Reporter -------------------------------------------------------------------
-    def build_phase(self, phase: str) -> None:
+    def build_phase(self, phase: BuildPhase) -> None:
+        """The engine moved on; the build's status follows (through its transition). When
+        someone else moved the status first (a cancel, recovery), the build stops: the
+        engine gets BuildCancelled, the reason it understands, not an internal error."""
+        status = STATUS_FOR_PHASE[phase]
+
         def move():
             build = Build.objects.get(pk=self.build_id)
-            if build.status != phase:
-                transition(build, phase)
+            if build.status != status:
+                try:
+                    transition(build, status)
+                except InvalidTransition as exc:
+                    raise BuildCancelled(f"the build is {exc.current} now") from None
 
         self._db(move)
         self.log(f"build phase: {phase}")
 
-    def vm_phase(self, vm: str, phase: str, message: str = "") -> None:
+    def vm_phase(self, vm: str, phase: VMPhase, message: str = "") -> None:
         fields: dict = {"phase": phase, "message": message}
         now = timezone.now()
         if phase == VMPhase.SOURCE_IMPORTING:

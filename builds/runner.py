@@ -130,7 +130,7 @@ def execute_build(build_id: int, *, hypervisor=None, echo=None) -> Build:
                 f"attempt {build.attempt} failed: {outcome}; retrying "
                 f"(attempt {build.attempt + 1} of {attempts})",
             )
-            transition(build, BuildStatus.PENDING)
+            transition(build, BuildStatus.PENDING, why=f"retry after: {outcome}")
             create_rows(build, base)
             continue
         _fail(build, outcome)
@@ -198,7 +198,8 @@ def _cancel(build: Build, reason: str) -> None:
     build.refresh_from_db()
     target = BuildStatus.CANCELLED if build.cancel_requested else BuildStatus.FAILED
     try:
-        transition(build, target, error=reason)
+        why = f"cancel requested: {reason}" if target == BuildStatus.CANCELLED else reason
+        transition(build, target, error=reason, why=why)
     except InvalidTransition:
         return
     if target == BuildStatus.FAILED:  # a timeout, not a person: keep disks for inspection
@@ -245,7 +246,7 @@ def _succeed(
                 TemplateVM.objects.create(
                     version=version, name=vm.name, index=index, domain_name=domain
                 )
-            transition(build, BuildStatus.SUCCEEDED)
+            transition(build, BuildStatus.SUCCEEDED, why=f"version {version} captured")
         except Exception:
             remove_templates(hv, domains)
             shutil.rmtree(dest, ignore_errors=True)

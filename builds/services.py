@@ -17,6 +17,7 @@ from builds.jobs import QUEUE, job_timeout_for, run_build_job
 from builds.models import (
     Build,
     BuildStatus,
+    BuildStatusChange,
     BuildStep,
     ModuleVersion,
     StepStatus,
@@ -24,6 +25,7 @@ from builds.models import (
 )
 from builds.runner import append_log, create_rows
 from builds.transitions import InvalidTransition, transition
+from modules.lifecycle import record_created
 from modules.limits import manifest_limits
 from modules.models import ManifestRevision, Module
 from modules.services import ModuleNameTaken, can_manage, create_module, save_manifest
@@ -69,6 +71,7 @@ def start_build(
             **build_plan_fields(manifest),
         )
         create_rows(build, manifest)
+        record_created(BuildStatusChange, build, by=user, why=f"requested by {user}")
         if queue:
             transaction.on_commit(lambda: enqueue(build.pk))
     return build
@@ -104,7 +107,12 @@ def request_cancel(build: Build, *, user) -> Build:
     if build.status == BuildStatus.PENDING and build.attempt == 1 and not build.started_at:
         # The worker may have picked it up meanwhile; it will see cancel_requested.
         with contextlib.suppress(InvalidTransition):
-            transition(build, BuildStatus.CANCELLED, error=f"cancelled by {user} before it started")
+            transition(
+                build,
+                BuildStatus.CANCELLED,
+                by=user,
+                error=f"cancelled by {user} before it started",
+            )
     append_log(build, f"cancel requested by {user}")
     return build
 

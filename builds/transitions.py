@@ -1,15 +1,22 @@
-"""The one place a build's status changes.
+"""The one place a build's status changes: the table of allowed moves and the build's rules
+for what a move writes, bound to the shared machinery (modules.lifecycle).
 
-Every move is checked against ALLOWED and applied with a conditional UPDATE, so a
-worker finishing a build and a person cancelling it at the same moment cannot both win.
+A worker moves its own build, so the caller's copy of the status is the one it claims to
+move from: a copy that is out of date lost a race (to a cancel, to recovery) and raises
+InvalidTransition with the status the build has now (also put on the copy).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import F
 from django.utils import timezone
 
-from builds.models import TERMINAL, Build, BuildStatus
+from builds.models import TERMINAL, Build, BuildStatus, BuildStatusChange
+from modules.lifecycle import InvalidTransition, Transition, transition_for
+
+__all__ = ["ALLOWED", "InvalidTransition", "transition"]
 
 S = BuildStatus
 RUNNING = {S.NETWORKING, S.BUILDING, S.CAPTURING}
@@ -26,32 +33,21 @@ ALLOWED: dict[str, set[str]] = {
 # A move back to Pending is a retry (the manifest's `retries`); nothing else goes backwards.
 
 
-class InvalidTransition(Exception):
-    def __init__(self, current: str, new: str) -> None:
-        super().__init__(f"a build cannot go from {current} to {new}")
-        self.current = current
-        self.new = new
-
-
-def transition(build: Build, new: str, *, error: str = "") -> Build:
-    """Move `build` to `new`, or raise InvalidTransition when the table or a concurrent
-    writer says no. Updates `build` in place and returns it."""
-    current = build.status
-    if new not in ALLOWED.get(current, set()):
-        raise InvalidTransition(current, new)
+def _changes(build: Build, current: str, new: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Start and finish times, the attempt count on a retry; `error` only when given."""
     now = timezone.now()
-    fields: dict = {"status": new}
+    updates = {key: value for key, value in fields.items() if key != "error"}
     if current == S.PENDING and new in RUNNING and build.started_at is None:
-        fields["started_at"] = now
+        updates["started_at"] = now
     if new in TERMINAL:
-        fields["finished_at"] = now
-    if error:
-        fields["error"] = error
+        updates["finished_at"] = now
+    if fields.get("error"):
+        updates["error"] = fields["error"]
     if new == S.PENDING:
-        fields["attempt"] = F("attempt") + 1
-    moved = Build.objects.filter(pk=build.pk, status=current).update(**fields)
-    if not moved:
-        build.refresh_from_db(fields=["status"])
-        raise InvalidTransition(build.status, new)
-    build.refresh_from_db()
-    return build
+        updates["attempt"] = F("attempt") + 1
+    return updates
+
+
+transition: Transition[Build] = transition_for(
+    Build, ALLOWED, BuildStatusChange, changes=_changes, callers_copy_is_claim=True
+)

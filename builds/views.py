@@ -45,7 +45,8 @@ def start(request: HttpRequest, name: str) -> HttpResponse:
 def detail(request: HttpRequest, pk: int) -> HttpResponse:
     build = _build_for(request, pk)
     vms = build.vms.prefetch_related("steps")
-    return render(request, "builds/detail.html", {"build": build, "vms": vms})
+    history = build.history.select_related("by")
+    return render(request, "builds/detail.html", {"build": build, "vms": vms, "history": history})
 
 
 @instructor_required

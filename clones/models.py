@@ -8,6 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from builds.models import ModuleVersion
+from modules.lifecycle import StatusChange
 
 
 class Class(models.Model):
@@ -148,6 +149,15 @@ class Clone(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
+
+
+class CloneStatusChange(StatusChange):
+    """One move of a clone's status (clones.transitions writes it with the move)."""
+
+    subject = models.ForeignKey(Clone, on_delete=models.CASCADE, related_name="history")
+
+    class Meta(StatusChange.Meta):
+        pass
 
 
 class CloneVM(models.Model):

@@ -76,7 +76,12 @@ def sync_states(hv: Hypervisor) -> list[str]:
                 transition(clone, S.STOPPED, note="its VMs were powered off outside the portal")
                 actions.append(f"clone {clone.pk}: now Stopped (as libvirt says)")
             elif clone.status == S.STOPPED and running:
-                transition(clone, S.RUNNING, last_activity_at=timezone.now())
+                transition(
+                    clone,
+                    S.RUNNING,
+                    why="its VMs run (as libvirt says)",
+                    last_activity_at=timezone.now(),
+                )
                 actions.append(f"clone {clone.pk}: now Running (as libvirt says)")
         except InvalidTransition:
             continue  # a job picked it up meanwhile

@@ -21,8 +21,17 @@ from accounts.roles import is_admin
 from builds import refs
 from builds.models import ModuleVersion
 from clones import capacity
-from clones.models import AT_REST, Class, ClassMembership, Clone, CloneStatus, CloneVM
+from clones.models import (
+    AT_REST,
+    Class,
+    ClassMembership,
+    Clone,
+    CloneStatus,
+    CloneStatusChange,
+    CloneVM,
+)
 from clones.transitions import InvalidTransition, transition
+from modules.lifecycle import record_created
 from modules.services import can_manage
 from ruddervirt.spec import SpecError, record_json
 
@@ -188,6 +197,7 @@ def _create_clone_rows(klass, version, student, by, full_copy, expires_at, inact
         inactivity_timeout_s=inactivity_s,
     )
     Clone.objects.filter(pk=clone.pk).update(storage_path=str(clone_workdir(clone)))
+    record_created(CloneStatusChange, clone, by=by, why=f"launched by {by}")
     spec = version.version_spec
     CloneVM.objects.bulk_create(
         CloneVM(
@@ -245,7 +255,11 @@ def request_action(
     try:
         # Only from a resting status: a clone a job is working on refuses requests.
         transition(
-            clone, FIRST_STATUS[action], only_from=AT_REST, note=f"{action} requested by {user}"
+            clone,
+            FIRST_STATUS[action],
+            by=user,
+            only_from=AT_REST,
+            note=f"{action} requested by {user}",
         )
     except InvalidTransition as exc:
         raise CloneNotAllowed(f"cannot {action} now: the clone is {exc.current}") from exc

@@ -1,12 +1,20 @@
-"""The only place a clone's status changes: a table of allowed moves and one guarded update."""
+"""The only place a clone's status changes: the table of allowed moves and the clone's rules
+for what a move writes, bound to the shared machinery (modules.lifecycle).
+
+A clone moves from the status its row has now (jobs and requests act on whatever the
+database says); `only_from` narrows that (requests only from a resting status).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from typing import Any
 
 from django.utils import timezone
 
-from clones.models import Clone, CloneStatus
+from clones.models import Clone, CloneStatus, CloneStatusChange
+from modules.lifecycle import InvalidTransition, Transition, transition_for
+
+__all__ = ["ALLOWED", "InvalidTransition", "transition"]
 
 S = CloneStatus
 ALLOWED: dict[str, frozenset[str]] = {
@@ -24,39 +32,19 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 
 
-class InvalidTransition(Exception):
-    def __init__(self, clone: Clone, current: str, new: str) -> None:
-        super().__init__(f"clone {clone.pk} is {current}: it cannot become {new} now")
-        self.current = current
-        self.new = new
-
-
-def transition(
-    clone: Clone,
-    new: str,
-    *,
-    error: str | None = None,
-    only_from: Collection[str] | None = None,
-    **fields,
-) -> Clone:
-    """Move `clone` from the status it has in the database to `new`, or raise
-    InvalidTransition (also when someone else moved it first, or when its status is not in
-    `only_from`). `error` replaces the clone's message (default: cleared on every move
-    except to Failed); other keyword arguments are fields to set in the same update."""
-    current = Clone.objects.filter(pk=clone.pk).values_list("status", flat=True).first()
-    allowed = ALLOWED.get(current, ()) if current is not None else ()
-    if new not in allowed or (only_from is not None and current not in only_from):
-        raise InvalidTransition(clone, current or "gone", new)
-    updates = {"status": new, "updated_at": timezone.now(), **fields}
+def _changes(clone: Clone, current: str, new: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """`error` replaces the clone's message (None, the default: cleared on every move except
+    to Failed); Running stamps `started_at` unless given; the other fields are written as is."""
+    now = timezone.now()
+    error = fields.get("error")
+    updates = {"updated_at": now, **{k: v for k, v in fields.items() if k != "error"}}
     if error is not None:
         updates["error"] = error
     elif new != S.FAILED:
         updates["error"] = ""
     if new == S.RUNNING and "started_at" not in fields:
-        updates["started_at"] = timezone.now()
-    moved = Clone.objects.filter(pk=clone.pk, status=current).update(**updates)
-    if not moved:
-        raise InvalidTransition(clone, current, new)
-    for key, value in updates.items():
-        setattr(clone, key, value)
-    return clone
+        updates["started_at"] = now
+    return updates
+
+
+transition: Transition[Clone] = transition_for(Clone, ALLOWED, CloneStatusChange, changes=_changes)

@@ -12,6 +12,7 @@ urlpatterns = [
     path("classes/<int:pk>/launch/", views.class_launch, name="class-launch"),
     path("classes/<int:pk>/limits/", views.class_limits, name="class-limits"),
     path("classes/<int:pk>/<slug:action>/", views.class_action, name="class-action"),
+    path("<int:pk>/", views.clone_detail, name="detail"),
     path("<int:pk>/status.json", views.clone_status, name="status"),
     path("<int:pk>/power/<slug:action>/", views.power, name="power"),
     path("<int:pk>/limits/", views.clone_limits, name="limits"),

@@ -195,6 +195,18 @@ def power(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     return _back(request, "labs")
 
 
+@instructor_required
+def clone_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One clone for whoever teaches its class: status, VMs and the history of its status."""
+    clone = _clone_for(request, pk, teacher=True)
+    context = {
+        "clone": clone,
+        "c": services.clone_summary(clone),
+        "history": clone.history.select_related("by"),
+    }
+    return render(request, "clones/clone_detail.html", context)
+
+
 @login_required
 def clone_status(request: HttpRequest, pk: int) -> JsonResponse:
     clone = _clone_for(request, pk, teacher=False)

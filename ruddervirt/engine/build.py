@@ -24,6 +24,7 @@ from ruddervirt.engine.context import BuildContext, BuildScope, Clock, VMPlan
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.files import FileStore
 from ruddervirt.engine.httpserver import BuildHTTPServer, Listener, listener_for
+from ruddervirt.engine.phases import BuildPhase, VMPhase
 from ruddervirt.engine.reporter import Reporter, Stopper
 from ruddervirt.engine.topology import Topology
 from ruddervirt.engine.topology import plan as plan_topology
@@ -101,7 +102,7 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
         teardown.append(_tear_down_networks(hv, config.name_prefix, metadata, reporter))
 
     try:
-        reporter.build_phase("Networking")
+        reporter.build_phase(BuildPhase.NETWORKING)
         topology = plan_topology(
             manifest,
             owner=plan.key,
@@ -122,7 +123,7 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
             manifest.files, config.files_cache_dir, policy=config.fetch_policy, log=reporter.log
         )
         http = _start_http(manifest, topology, files, reporter)
-        reporter.build_phase("Building")
+        reporter.build_phase(BuildPhase.BUILDING)
         scope = BuildScope(
             key=plan.key,
             workdir=plan.workdir,
@@ -138,7 +139,7 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
             http.stop()
             reporter.log(f"HTTP server stopped after {len(http.requests)} request(s)")
             http = None
-        reporter.build_phase("CapturingDisks")
+        reporter.build_phase(BuildPhase.CAPTURING)
         return _capture(ctx, plan, manifest, topology, outcomes)
     finally:
         if http is not None:
@@ -292,7 +293,7 @@ def _run_vms(
         except BaseException as exc:
             if not isinstance(exc, BuildCancelled) or not failures:
                 failures.append((runner.vm.name, exc))
-            reporter.vm_phase(runner.vm.name, "Failed", str(exc))
+            reporter.vm_phase(runner.vm.name, VMPhase.FAILED, str(exc))
             # The first failure fails the build: stop the other VMs now.
             stopper.stop(stopper.reason or f"VM {runner.vm.name} failed")
             raise
@@ -352,7 +353,7 @@ def _capture(
             nvram = efi.capture_nvram(outcome.efi, target, capture_dir)
             firmware = replace(firmware, nvram=nvram)
             reporter.log("captured the UEFI variables (NVRAM) with the disks", vm=vm.name)
-        reporter.vm_phase(vm.name, "DiskCaptured")
+        reporter.vm_phase(vm.name, VMPhase.DISK_CAPTURED)
         captured.append(replace(record, disks=tuple(disks), firmware=firmware))
     spec = version_spec(base, manifest, captured, topology.nics)
     return BuildResult(capture_dir=capture_dir, spec=spec)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
+from ruddervirt.engine.phases import BuildPhase, VMPhase
+
 
 class Reporter(Protocol):
     """Receives progress from the engine. Called from several threads at once:
     implementations must be thread-safe."""
 
-    def build_phase(self, phase: str) -> None: ...
+    def build_phase(self, phase: BuildPhase) -> None: ...
 
-    def vm_phase(self, vm: str, phase: str, message: str = "") -> None: ...
+    def vm_phase(self, vm: str, phase: VMPhase, message: str = "") -> None: ...
 
     def vm_domain(self, vm: str, domain_name: str) -> None: ...
 
@@ -68,10 +70,10 @@ class NullReporter:
         self.lines: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
 
-    def build_phase(self, phase: str) -> None:
+    def build_phase(self, phase: BuildPhase) -> None:
         self.log(f"build phase: {phase}")
 
-    def vm_phase(self, vm: str, phase: str, message: str = "") -> None:
+    def vm_phase(self, vm: str, phase: VMPhase, message: str = "") -> None:
         self.log(f"phase {phase}{': ' + message if message else ''}", vm=vm)
 
     def vm_domain(self, vm: str, domain_name: str) -> None:

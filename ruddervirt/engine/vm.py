@@ -17,6 +17,7 @@ from ruddervirt.engine.capture import build_vm_spec
 from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
 from ruddervirt.engine.installer_media import InstallerMedia
+from ruddervirt.engine.phases import VMPhase
 from ruddervirt.engine.vm_disks import PreparedDisk, VMDisks
 from ruddervirt.guest.communicator import Communicator, Endpoint, OutputCallback
 from ruddervirt.guest.errors import Cancelled, CommandTimeout, GuestError, WaitTimeout
@@ -92,7 +93,7 @@ class VMRunner(VMDisks, InstallerMedia):
     def log(self, text: str, stream: str = "info") -> None:
         self.reporter.log(text, vm=self.vm.name, stream=stream)
 
-    def phase(self, phase: str, message: str = "") -> None:
+    def phase(self, phase: VMPhase, message: str = "") -> None:
         self.check_stop()
         self.reporter.vm_phase(self.vm.name, phase, message)
 
@@ -117,7 +118,7 @@ class VMRunner(VMDisks, InstallerMedia):
             self.release_isos()
 
     def _run(self) -> VMOutcome:
-        self.phase("SourceImporting")
+        self.phase(VMPhase.SOURCE_IMPORTING)
         self.outcome.disks = self.prepare_disks()
         self.isos = self.prepare_isos()
         self.floppy = self.make_floppy() if self.vm.floppy_files else None
@@ -126,20 +127,20 @@ class VMRunner(VMDisks, InstallerMedia):
         if self.vm.efi_firmware is not None:
             self.efi = efi.build_efi(self.dir, self.vm.efi_firmware.secure_boot)
             self.outcome.efi = self.efi
-        self.phase("Booting")
+        self.phase(VMPhase.BOOTING)
         self.boot(self.outcome.disks, seed)
         if self.vm.boot_command:
-            self.phase("BootCommand")
+            self.phase(VMPhase.BOOT_COMMAND)
             self.type_boot_command()
         self.comm = self.ctx.communicator(self.endpoint())
         try:
-            self.phase("WaitingForSSH")
+            self.phase(VMPhase.WAITING_FOR_SSH)
             self.wait_for_guest()
-            self.phase("Provisioning", f"{len(self.vm.provisioners)} step(s)")
+            self.phase(VMPhase.PROVISIONING, f"{len(self.vm.provisioners)} step(s)")
             self.provision()
             if self.scope.on_provisioned is not None:
                 self.scope.on_provisioned()
-            self.phase("ShuttingDown")
+            self.phase(VMPhase.SHUTTING_DOWN)
             self.shutdown()
         finally:
             self.comm.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from ruddervirt.engine.build import BuildPlan, BuildResult, run_build
 from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.context import BuildContext
+from ruddervirt.engine.phases import BuildPhase, VMPhase
 from ruddervirt.engine.reporter import NullReporter
 from ruddervirt.guest import fake
 from ruddervirt.guest.communicator import Endpoint
@@ -56,10 +57,10 @@ class RecordingReporter(NullReporter):
         self.decisions: dict[tuple[str, int], tuple[str, str]] = {}
         self.waiting = threading.Event()
 
-    def build_phase(self, phase: str) -> None:
+    def build_phase(self, phase: BuildPhase) -> None:
         self.events.append(("build", phase))
 
-    def vm_phase(self, vm: str, phase: str, message: str = "") -> None:
+    def vm_phase(self, vm: str, phase: VMPhase, message: str = "") -> None:
         self.events.append(("phase", vm, phase))
 
     def step_started(self, vm: str, index: int) -> None:
