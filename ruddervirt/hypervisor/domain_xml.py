@@ -62,7 +62,13 @@ Q35_SATA_SLOT = 0x1F  # the built-in ICH9 AHCI is 00:1f.2
 
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 MGMT_NETDEV_ID = "rvmgmt"
-MGMT_GUEST_PORT = 22
+# QEMU's device for each NIC model (libvirt's <model type> names the same cards).
+MGMT_DEVICES = {
+    "virtio": "virtio-net-pci",
+    "e1000": "e1000",
+    "e1000e": "e1000e",
+    "rtl8139": "rtl8139",
+}
 VNC_LISTEN = "127.0.0.1"
 
 
@@ -309,10 +315,10 @@ def _mgmt_commandline(spec: DomainSpec) -> ET.Element:
     bus = "pcie.0" if spec.is_q35 else "pci.0"
     netdev = (
         f"user,id={MGMT_NETDEV_ID},restrict=on,"
-        f"hostfwd=tcp:127.0.0.1:{spec.mgmt.host_port}-:{MGMT_GUEST_PORT}"
+        f"hostfwd=tcp:127.0.0.1:{spec.mgmt.host_port}-:{spec.mgmt.guest_port}"
     )
     device = (
-        f"virtio-net-pci,netdev={MGMT_NETDEV_ID},bus={bus},"
+        f"{MGMT_DEVICES[spec.mgmt.model]},netdev={MGMT_NETDEV_ID},bus={bus},"
         f"addr=0x{PCI_SLOT_MGMT:x},mac={mac},romfile="
     )
     commandline = ET.Element(f"{{{QEMU_NS}}}commandline")

@@ -134,15 +134,22 @@ class NicSpec:
 @dataclass(frozen=True, kw_only=True)
 class MgmtForward:
     """The management NIC: QEMU user-mode networking with ``restrict=on`` (no route out) and
-    ``hostfwd=tcp:127.0.0.1:host_port-:22``. ``mac`` defaults to one derived from the domain name.
-    """
+    ``hostfwd=tcp:127.0.0.1:host_port-:guest_port`` (the guest's SSH port, 22 unless the
+    manifest's ``sshPort`` says otherwise). ``mac`` defaults to one derived from the domain
+    name; ``model`` is the emulated card (``e1000`` for guests without virtio drivers)."""
 
     host_port: int
     mac: str | None = None
+    guest_port: int = 22
+    model: NicModel = "virtio"
 
     def __post_init__(self) -> None:
         if not 1024 <= self.host_port <= 65535:
             raise ValueError(f"management host_port {self.host_port} must be in 1024-65535")
+        if not 1 <= self.guest_port <= 65535:
+            raise ValueError(f"management guest_port {self.guest_port} must be in 1-65535")
+        if self.model not in NIC_MODELS:
+            raise ValueError(f"management NIC model {self.model!r} not in {sorted(NIC_MODELS)}")
         if self.mac is not None:
             _set(self, "mac", normalize_mac(self.mac, "management mac"))
 

@@ -26,6 +26,7 @@ from ruddervirt.hypervisor.specs import (
     DomainType,
     EfiSpec,
     MgmtForward,
+    NicModel,
     NicSpec,
 )
 from ruddervirt.spec.model import SpecError, VMSpec
@@ -130,7 +131,18 @@ def _mgmt(vm: VMSpec, role: Role, where: Placement) -> MgmtForward | None:
         return None  # never started
     if where.mgmt_port is None:  # _check said so already
         raise SpecError(f"a {role} domain needs a management port")
-    return MgmtForward(host_port=where.mgmt_port, mac=vm.mgmt.mac)
+    return MgmtForward(
+        host_port=where.mgmt_port,
+        mac=vm.mgmt.mac,
+        guest_port=vm.communicator.ssh_port,
+        model=mgmt_model(vm),
+    )
+
+
+def mgmt_model(vm: VMSpec) -> NicModel:
+    """The management NIC's card: the model of the VM's first NIC, so a guest without
+    virtio drivers (a Windows install on e1000) can use it too; virtio when it has none."""
+    return vm.nics[0].model if vm.nics else "virtio"
 
 
 def _efi(vm: VMSpec, role: Role, where: Placement) -> EfiSpec | None:

@@ -414,3 +414,19 @@ def test_sata_controller_address_depends_on_the_machine(machine: str, sata_slot:
     controller = root.find("./devices/controller[@type='sata']")
     assert controller is not None
     assert pci_slot(controller) == sata_slot
+
+
+def test_the_management_forward_reaches_the_guests_ssh_port_on_the_card_asked_for() -> None:
+    args = mgmt_args(parse(spec(mgmt=MgmtForward(host_port=22022, guest_port=2222, model="e1000"))))
+    assert options(args[1])["hostfwd"] == "tcp:127.0.0.1:22022-:2222"
+    device = options(args[3])
+    assert "e1000" in device and "virtio-net-pci" not in device
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"guest_port": 0}, "guest_port 0"), ({"model": "ne2k_pci"}, "model 'ne2k_pci'")],
+)
+def test_a_management_forward_out_of_range_is_refused(changes, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        MgmtForward(host_port=22022, **changes)

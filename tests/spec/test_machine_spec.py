@@ -4,13 +4,22 @@ from the libvirt XML it becomes."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from ruddervirt.hypervisor.domain_xml import build_domain_xml
 from ruddervirt.hypervisor.specs import DiskSpec
-from ruddervirt.spec import FirmwareRecord, NvramRecord, Placement, Role, SpecError, machine_spec
+from ruddervirt.spec import (
+    CommunicatorRecord,
+    FirmwareRecord,
+    NvramRecord,
+    Placement,
+    Role,
+    SpecError,
+    machine_spec,
+)
 from tests.specs import vm_record
 
 ROOT = Path("/srv/rv")
@@ -135,3 +144,23 @@ def test_a_bios_vm_has_no_firmware_files():
 def test_a_placement_that_does_not_fit_the_role_is_refused(role, changes, message):
     with pytest.raises(SpecError, match=message):
         machine_spec(WEB, role, placed(role, **changes))
+
+
+def _mgmt_of(root: ET.Element) -> tuple[str, str]:
+    """(hostfwd, device) of a domain's management NIC."""
+    args = [a.get("value") for a in root.iter() if a.tag.endswith("}arg")]
+    return args[1].split("hostfwd=")[1], args[3].split(",")[0]
+
+
+@pytest.mark.parametrize("role", [Role.BUILD, Role.CLONE])
+def test_the_management_nic_forwards_the_vms_ssh_port_on_the_card_of_its_nics(role):
+    vm = replace(WEB, communicator=CommunicatorRecord(ssh_port=2222))
+    hostfwd, device = _mgmt_of(xml_of(role, vm))
+    assert hostfwd.endswith("-:2222") and device == "e1000"  # WEB's NIC is an e1000
+
+
+def test_a_vm_without_nics_gets_a_virtio_management_nic_on_port_22():
+    hostfwd, device = _mgmt_of(
+        xml_of(Role.CLONE, BIOS, networks={}, disks=(ROOT / "c/root.qcow2",), nvram=None)
+    )
+    assert hostfwd.endswith("-:22") and device == "virtio-net-pci"
