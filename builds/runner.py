@@ -116,7 +116,7 @@ def execute_build(build_id: int, *, hypervisor=None, echo=None) -> Build:
     hv = hypervisor or get_hypervisor()
     config = engine_config()
     base = parse(build.manifest_text, limits=NO_LIMITS)  # accepted when submitted
-    attempts = base.retries + 1
+    attempts = build.retries + 1  # as submitted (Build.retries)
     while True:
         reporter = DBReporter(build, echo=echo)
         outcome = _run_attempt(build, base, hv, config, reporter)

@@ -67,19 +67,27 @@ def sync_states(hv: Hypervisor) -> list[str]:
         gone = sorted(name for name, state in states.items() if state is DomainState.ABSENT)
         on = (DomainState.RUNNING, DomainState.PAUSED)  # paused is not off
         running = any(state in on for state in states.values())
+        # Only from the status these states were read in: a job may have taken it since.
+        seen = (clone.status,)
         try:
             if gone:
                 reason = f"VM(s) {', '.join(gone)} were removed outside the portal"
-                transition(clone, S.FAILED, error=reason)
+                transition(clone, S.FAILED, error=reason, only_from=seen)
                 actions.append(f"clone {clone.pk}: marked failed ({reason})")
             elif clone.status == S.RUNNING and not running:
-                transition(clone, S.STOPPED, note="its VMs were powered off outside the portal")
+                transition(
+                    clone,
+                    S.STOPPED,
+                    note="its VMs were powered off outside the portal",
+                    only_from=seen,
+                )
                 actions.append(f"clone {clone.pk}: now Stopped (as libvirt says)")
             elif clone.status == S.STOPPED and running:
                 transition(
                     clone,
                     S.RUNNING,
                     why="its VMs run (as libvirt says)",
+                    only_from=seen,
                     last_activity_at=timezone.now(),
                 )
                 actions.append(f"clone {clone.pk}: now Running (as libvirt says)")
@@ -108,7 +116,7 @@ def enforce_limits(hv: Hypervisor) -> list[str]:
         if why is None:
             continue
         try:
-            transition(clone, S.STOPPING, note=why)
+            transition(clone, S.STOPPING, note=why, only_from=(S.RUNNING,))
         except InvalidTransition:
             continue
         stopping.append(clone.pk)

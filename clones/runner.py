@@ -179,8 +179,7 @@ def _provision(clone: Clone, hv: Hypervisor, _vm: str | None) -> None:
 
 
 def _reprovision(clone: Clone, hv: Hypervisor, _vm: str | None) -> None:
-    req = clone_request(clone)
-    engine.delete_clone(req, hv=hv, config=engine_config())
+    engine.remove_clone(clone.key, clone_workdir(clone), hv=hv, config=engine_config())
     Clone.objects.filter(pk=clone.pk).update(reprovisions=clone.reprovisions + 1)
     _create(clone, hv)
 
@@ -234,7 +233,8 @@ def _power_off(clone: Clone, hv: Hypervisor, vm: str | None) -> None:
 
 
 def _delete(clone: Clone, hv: Hypervisor, _vm: str | None) -> None:
-    engine.delete_clone(clone_request(clone), hv=hv, config=engine_config())
+    # Without the version's record: a clone whose version cannot be read goes too.
+    engine.remove_clone(clone.key, clone_workdir(clone), hv=hv, config=engine_config())
     Clone.objects.filter(pk=clone.pk).delete()
 
 

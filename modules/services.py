@@ -40,6 +40,9 @@ ManifestCheck = Callable[[str, ValidationResult, Any], ValidationResult]
 with its problems added (and its manifest dropped when one is an error)."""
 
 _checks: dict[str, ManifestCheck] = {}
+# Checks a saved manifest must always pass (registered by builds' AppConfig.ready): without
+# the buildRef check a manifest could name another instructor's module unnoticed.
+REQUIRED_CHECKS = ("buildRef",)
 
 
 def register_check(name: str, check: ManifestCheck) -> None:
@@ -53,6 +56,11 @@ def validate_for(text: str, *, user) -> ValidationResult:
     """validate(text) held to this host's caps (modules.limits) and fetch policy (every
     URL, ruddervirt.fetch_settings), plus every registered check: whether each buildRef
     names a module version `user` may use (builds.refs)."""
+    missing = [name for name in REQUIRED_CHECKS if name not in _checks]
+    if missing:
+        raise RuntimeError(
+            f"manifest check(s) {', '.join(missing)} not registered: is builds set up?"
+        )
     result = validate(text, limits=manifest_limits(), fetch_policy=portal_fetch_policy())
     for check in _checks.values():
         result = check(text, result, user)

@@ -41,6 +41,13 @@ class Promised:
 
 PromiseSource = Callable[[], Promised]
 _sources: dict[str, PromiseSource] = {}
+# The apps whose promises every figure must include (their AppConfig.ready registers them):
+# a figure without one would over-commit the host silently, so it is an error instead.
+REQUIRED_SOURCES = ("builds", "clones")
+
+
+class SourceMissing(RuntimeError):
+    """A required promise source was never registered (its app is not set up)."""
 
 
 def register(name: str, source: PromiseSource) -> None:
@@ -74,7 +81,14 @@ def disk_free(root: Path) -> int:
 
 
 def promised() -> Promised:
-    """Everything every registered source has promised."""
+    """Everything every registered source has promised; SourceMissing when a required one
+    never registered."""
+    missing = [name for name in REQUIRED_SOURCES if name not in _sources]
+    if missing:
+        raise SourceMissing(
+            f"capacity: no promises registered by {', '.join(missing)} (is the app in "
+            "INSTALLED_APPS and Django set up?): the host's room cannot be known"
+        )
     found = [source() for source in _sources.values()]
     return Promised(sum(p.memory for p in found), sum(p.disk for p in found))
 

@@ -22,9 +22,19 @@ def _manifest(text: str):
         return to_manifest(load(text).data)
 
 
-def fill(apps, schema_editor) -> None:
-    from builds.models import build_plan_fields
+def build_plan_fields(manifest) -> dict:
+    """What builds.models.build_plan_fields gave when this migration was written (a copy:
+    a migration must not change when the code does)."""
+    built = manifest.for_build()
+    return {
+        "timeout_s": manifest.timeout,
+        "retries": manifest.retries,
+        "memory_bytes": sum(vm.resources.memory for vm in built.vms),
+        "disk_bytes": sum(d.size for vm in built.vms for d in vm.disks),
+    }
 
+
+def fill(apps, schema_editor) -> None:
     Build = apps.get_model("builds", "Build")
     BuildStep = apps.get_model("builds", "BuildStep")
     for build in Build.objects.all().iterator():

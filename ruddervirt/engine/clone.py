@@ -80,7 +80,7 @@ class CloneRequest:
 
     @property
     def owner(self) -> dict[str, str]:
-        return {"kind": KIND, "clone": self.key}
+        return owner_of(self.key)
 
     @property
     def vms(self) -> tuple[VMSpec, ...]:
@@ -383,12 +383,23 @@ def stop_clone(
 def delete_clone(req: CloneRequest, *, hv, config: EngineConfig) -> list[str]:
     """Remove the clone's domains and networks (found by metadata) and its folder.
     The template disks are never touched. Returns what went."""
+    return remove_clone(req.key, req.workdir, hv=hv, config=config)
+
+
+def remove_clone(key: str, workdir: Path, *, hv, config: EngineConfig) -> list[str]:
+    """delete_clone for clone `key` whose folder is `workdir`: it needs no version record,
+    so a clone whose version can no longer be read can still be removed."""
     # Listing only this clone's names keeps removing many clones at once linear.
-    removed = cleanup.remove_owned(hv, f"{config.name_prefix}{req.key}-", req.owner)
-    if req.workdir.exists():
-        shutil.rmtree(req.workdir)
-        removed.append(f"folder {req.workdir}")
+    removed = cleanup.remove_owned(hv, f"{config.name_prefix}{key}-", owner_of(key))
+    if workdir.exists():
+        shutil.rmtree(workdir)
+        removed.append(f"folder {workdir}")
     return removed
+
+
+def owner_of(key: str) -> dict[str, str]:
+    """The metadata that marks the domains and networks of clone `key` as its own."""
+    return {"kind": KIND, "clone": key}
 
 
 def create_many(

@@ -159,6 +159,22 @@ def test_delete_removes_the_clone_and_everything_on_the_host(klass, version, ins
     assert not os.path.exists(folder)
 
 
+def test_a_clone_whose_version_record_cannot_be_read_can_still_be_deleted(
+    klass, version, instructor, fake_hv
+):
+    """A version the record migration could not convert (spec null) cannot be cloned again,
+    but its existing clones must still go, with everything they have on the host."""
+    from builds.models import ModuleVersion
+
+    clone = launch_and_run(klass, version, instructor)[0]
+    ModuleVersion.objects.filter(pk=version.pk).update(spec=None)
+    clone = Clone.objects.get(pk=clone.pk)
+    services.request_action(clone, "delete", user=instructor, queue=False)
+    assert execute(clone.pk, "delete") is None
+    assert not [d for d in fake_hv.domains if d.startswith(f"{prefix()}c{clone.pk}-")]
+    assert not [n for n in fake_hv.networks if n.startswith(f"{prefix()}c{clone.pk}-")]
+
+
 def test_templates_in_use_are_protected(klass, version, instructor, fake_hv):
     from django.db.models import ProtectedError
 

@@ -30,6 +30,27 @@ def domains(clone: Clone) -> list[str]:
     return list(clone.vms.values_list("domain_name", flat=True))
 
 
+def test_a_stop_requested_while_reconcile_looks_at_the_vms_is_left_to_its_job(
+    clone, fake_hv, monkeypatch
+):
+    """Reconcile read the clone as Running; before it acts, a user's Stop moves it to
+    Stopping. The VMs are off by then, but the move to Stopped is the stop job's."""
+    from clones import reconcile
+
+    real = reconcile.record_states
+
+    def states_while_a_user_stops_it(target, hv):
+        Clone.objects.filter(pk=target.pk).update(status=CloneStatus.STOPPING)
+        return real(target, hv)
+
+    for name in domains(clone):
+        fake_hv.destroy(name)
+    monkeypatch.setattr(reconcile, "record_states", states_while_a_user_stops_it)
+    actions = reconcile.sync_states(fake_hv)
+    clone.refresh_from_db()
+    assert clone.status == CloneStatus.STOPPING and actions == []
+
+
 def test_vms_powered_off_outside_the_portal_make_the_clone_stopped(clone, fake_hv):
     for name in domains(clone):
         fake_hv.destroy(name)

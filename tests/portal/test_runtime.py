@@ -64,3 +64,21 @@ def test_this_process_is_an_alive_worker_and_a_dead_pid_is_not():
 def test_a_worker_of_another_host_or_no_pid_cannot_be_told():
     assert runtime.worker_alive("elsewhere.example:1") is None
     assert runtime.worker_alive(f"{socket.gethostname()}:") is None
+
+
+def test_the_host_figures_refuse_to_count_without_an_apps_promises(monkeypatch) -> None:
+    """Without the builds' (or clones') promises every figure would over-commit the host."""
+    from ruddervirt import capacity
+
+    assert set(capacity.REQUIRED_SOURCES) <= set(capacity._sources)  # the apps registered
+    monkeypatch.delitem(capacity._sources, "clones")
+    with pytest.raises(capacity.SourceMissing, match="no promises registered by clones"):
+        capacity.promised()
+
+
+def test_saving_a_manifest_refuses_to_skip_the_buildref_check(monkeypatch) -> None:
+    from modules import services
+
+    monkeypatch.delitem(services._checks, "buildRef")
+    with pytest.raises(RuntimeError, match="buildRef not registered"):
+        services.validate_for("vms: []", user=None)
