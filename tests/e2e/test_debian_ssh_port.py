@@ -18,7 +18,12 @@ from builds.services import submit_manifest
 from tests.debianimage.conftest import debian_image  # noqa: F401  (the fixture)
 from tests.helpers import make_user
 
-pytestmark = [pytest.mark.e2e, pytest.mark.debian]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.debian,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("clean_host"),  # no build leftovers; the template goes after
+]
 
 MANIFEST = """\
 timeout: 20m
