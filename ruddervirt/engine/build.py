@@ -23,6 +23,7 @@ from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.context import BuildContext, BuildScope, Clock, VMPlan
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.files import FileStore
+from ruddervirt.engine.generalize import build_key_comment
 from ruddervirt.engine.httpserver import BuildHTTPServer, Listener, listener_for
 from ruddervirt.engine.reporter import Reporter, Stopper
 from ruddervirt.engine.topology import Topology
@@ -239,11 +240,6 @@ def _start_http(
     return server
 
 
-def build_key_comment(key: str) -> str:
-    """The comment of a build's throwaway key, by which the guest removes it at the end."""
-    return f"ruddervirt-build-{key}"
-
-
 def _keys(
     manifest: Manifest, files: FileStore, manifest_key: str
 ) -> dict[str, tuple[str, list[str]]]:
@@ -353,7 +349,14 @@ def _capture(
             firmware = replace(firmware, nvram=nvram)
             reporter.log("captured the UEFI variables (NVRAM) with the disks", vm=vm.name)
         reporter.vm_phase(vm.name, "DiskCaptured")
-        captured.append(replace(record, disks=tuple(disks), firmware=firmware))
+        captured.append(
+            replace(
+                record,
+                disks=tuple(disks),
+                firmware=firmware,
+                generalization=outcome.generalization,
+            )
+        )
     spec = version_spec(base, manifest, captured, topology.nics)
     return BuildResult(capture_dir=capture_dir, spec=spec)
 

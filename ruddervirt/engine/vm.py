@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ruddervirt.engine import bootcmd, efi, netconfig
+from ruddervirt.engine import bootcmd, efi, generalize, netconfig
 from ruddervirt.engine.capture import build_vm_spec
 from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
@@ -32,7 +32,7 @@ from ruddervirt.manifest.model import (
     RebootStep,
     ShellStep,
 )
-from ruddervirt.spec import Placement, Role, machine_spec
+from ruddervirt.spec import GeneralizationRecord, Placement, Role, machine_spec
 
 Fail = Callable[..., StepFailed]  # fail(message, exit_code=None): the StepFailed to raise
 
@@ -51,6 +51,7 @@ class VMOutcome:
     disks: list[PreparedDisk] = field(default_factory=list)
     domain: str = ""
     efi: EfiSpec | None = None  # the build VM's firmware; capture keeps its NVRAM
+    generalization: GeneralizationRecord | None = None  # None: not generalized
 
 
 def free_loopback_port() -> int:
@@ -137,6 +138,7 @@ class VMRunner(VMDisks, InstallerMedia):
             self.wait_for_guest()
             self.phase("Provisioning", f"{len(self.vm.provisioners)} step(s)")
             self.provision()
+            self.outcome.generalization = self.generalize()
             if self.scope.on_provisioned is not None:
                 self.scope.on_provisioned()
             self.phase("ShuttingDown")
@@ -394,6 +396,36 @@ class VMRunner(VMDisks, InstallerMedia):
         except GuestError as exc:
             self.log(f"the SSH connection did not survive the step ({exc}); reconnecting")
         self.wait_for_guest()
+
+    # --- generalization ---------------------------------------------------------------
+    def generalize(self) -> GeneralizationRecord | None:
+        """Generalize the guest for cloning (engine.generalize), unless the VM opts out."""
+        if not self.vm.generalize:
+            self.log("not generalizing the guest (generalize: false): clones keep its identity")
+            return None
+        if self.vm.communicator.shell == "powershell":
+            self.log("not generalizing a PowerShell guest: run sysprep in a step of its own")
+            return None
+        timeout = self.bounded(generalize.TIMEOUT_S)
+        try:
+            return generalize.generalize(
+                self.guest(),
+                vm=self.vm.name,
+                username=self.vm.communicator.ssh_username,
+                key_comment=generalize.build_key_comment(self.key),
+                cloud_init=self.vm.cloud_init is not None,
+                log=self.log,
+                timeout=timeout,
+                cancel=self.stopper.event,
+            )
+        except Cancelled as exc:
+            raise BuildCancelled(self.stopper.reason or "cancelled") from exc
+        except CommandTimeout as exc:
+            message = f"VM {self.vm.name}: generalizing the guest timed out after {timeout:.0f}s"
+            raise generalize.GeneralizationFailed(message) from exc
+        except GuestError as exc:
+            message = f"VM {self.vm.name}: generalizing the guest failed: {exc}"
+            raise generalize.GeneralizationFailed(message) from exc
 
     # --- shutdown ---------------------------------------------------------------------
     def shutdown(self) -> None:

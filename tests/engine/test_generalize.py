@@ -1,0 +1,134 @@
+"""Generalization at capture on fakes: the script runs after the last step and before the
+power-off, as root, its lines are logged and recorded; opting out skips it; a failure fails
+the build."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from ruddervirt.engine import generalize
+from ruddervirt.engine.errors import BuildError
+from ruddervirt.guest import fake
+from ruddervirt.spec import GeneralizationRecord
+from tests.engine.buildkit import FakeBuild, manifest_text, vm_yaml
+
+SHELL = '      - type: shell\n        shell: {inline: "echo hi"}\n'
+REMOVED = (
+    "emptied /etc/machine-id",
+    "removed /var/lib/dhcp/dhclient.eth0.leases",
+    "removed the build's SSH key from /home/debian/.ssh/authorized_keys",
+)
+
+
+@pytest.fixture
+def build(tmp_path) -> FakeBuild:
+    return FakeBuild(tmp_path)
+
+
+def no_cloud_init(name: str, steps: str = "", extra: str = "") -> str:
+    return vm_yaml(name, steps, extra=extra).replace("    cloudInit: {}\n", "")
+
+
+def test_the_script_runs_as_root_after_the_last_step_and_before_the_power_off(build) -> None:
+    guest = build.script("web", fake.run("echo hi"), build.generalized(*REMOVED), generalized=False)
+    result = build.run(manifest_text(vm_yaml("web", SHELL)))
+    ops = [(c.op, generalize.MARKER in c.data.decode()) for c in guest.calls]
+    assert ops == [("wait", False), ("run", False), ("run", True), ("power_off", False)]
+    call = guest.calls[2]
+    assert call.what == "sh -s"  # the communicator is root: no sudo
+    script = call.data.decode()
+    assert "sed -i '/ ruddervirt-build-b1$/d'" in script
+    assert "cloud-init clean --logs" in script and "gone /etc/ssh/ssh_host_*" in script
+    assert call.timeout is not None and 0 < call.timeout <= generalize.TIMEOUT_S
+    (vm,) = result.spec.vms
+    assert vm.generalization == GeneralizationRecord(
+        removed=REMOVED, host_keys=True, cloud_init=True
+    )
+    text = build.reporter.text()
+    assert "generalizing the guest for cloning, as root" in text
+    assert all(line in text for line in REMOVED)
+    assert "generalized: 3 item(s) removed" in text
+
+
+def test_a_user_other_than_root_generalizes_through_sudo(build) -> None:
+    guest = build.script("web")
+    extra = "    communicator: {sshUsername: debian}\n"
+    build.run(manifest_text(vm_yaml("web", extra=extra)))
+    (call,) = [c for c in guest.calls if generalize.MARKER.encode() in c.data]
+    assert call.what == "sudo -n sh -s"
+    assert "generalizing the guest for cloning, as root (sudo -n from debian)" in (
+        build.reporter.text()
+    )
+
+
+def test_without_cloud_init_the_host_keys_and_cloud_init_state_are_kept(build) -> None:
+    guest = build.script("web")
+    result = build.run(manifest_text(no_cloud_init("web")))
+    (call,) = [c for c in guest.calls if generalize.MARKER.encode() in c.data]
+    script = call.data.decode()
+    assert "ssh_host_" not in script and "cloud-init" not in script
+    assert "emptied /etc/machine-id" in script  # the rest is done all the same
+    assert result.spec.vms[0].generalization == GeneralizationRecord(
+        removed=(), host_keys=False, cloud_init=False
+    )
+    assert any("keeping the SSH host keys" in line for line in build.reporter.text())
+    assert "generalized: nothing to remove" in build.reporter.text()
+
+
+def test_generalize_false_skips_the_script_and_records_no_generalization(build) -> None:
+    guest = build.script("web", generalized=False)  # a generalize call would not match
+    result = build.run(manifest_text(vm_yaml("web", extra="    generalize: false\n")))
+    guest.assert_done()
+    assert not [c for c in guest.calls if generalize.MARKER.encode() in c.data]
+    assert result.spec.vms[0].generalization is None
+    assert (
+        "not generalizing the guest (generalize: false): clones keep its identity"
+        in build.reporter.text()
+    )
+
+
+def test_a_failing_script_fails_the_build_and_says_so(build) -> None:
+    failing = build.generalized(
+        "emptied /etc/machine-id", exit_status=1, stderr=["could not remove /etc/ssh/x"]
+    )
+    build.script("web", failing, fails=True)
+    extra = "    communicator: {sshUsername: debian}\n"
+    with pytest.raises(generalize.GeneralizationFailed) as failed:
+        build.run(manifest_text(vm_yaml("web", extra=extra)))
+    assert isinstance(failed.value, BuildError)
+    assert str(failed.value).startswith(
+        "VM web: generalizing the guest failed: the script exited with code 1"
+    )
+    assert "passwordless sudo" in str(failed.value)
+    assert build.reporter.stream_of("could not remove /etc/ssh/x") == "stderr"
+    assert "Failed" in build.reporter.phases() and build.hv.domains == {}
+    build.guests["web"].assert_done()  # never powered off: the build failed
+
+
+def test_a_lost_connection_during_the_script_fails_the_build(build) -> None:
+    build.script("web", fake.drop_connection(generalize.MARKER), fails=True)
+    with pytest.raises(generalize.GeneralizationFailed, match="connection to the fake guest"):
+        build.run(manifest_text(vm_yaml("web")))
+
+
+def test_the_script_only_takes_a_name_as_the_key_comment() -> None:
+    for bad in ("b1$/d; rm -rf /", "B1", "", "a b"):
+        with pytest.raises(ValueError, match="not a build key comment"):
+            generalize.script(key_comment=bad, cloud_init=True)
+    assert "ruddervirt-build-b7" in generalize.script(
+        key_comment="ruddervirt-build-b7", cloud_init=False
+    )
+
+
+@pytest.mark.parametrize("shell", ["sh", "busybox"])  # dash, and the tiny guest's ash
+@pytest.mark.parametrize("cloud_init", [True, False])
+def test_the_script_is_valid_posix_sh(shell: str, cloud_init: bool) -> None:
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    argv = [shell, "sh", "-n"] if shell == "busybox" else [shell, "-n"]
+    text = generalize.script(key_comment="ruddervirt-build-b1", cloud_init=cloud_init)
+    done = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
