@@ -181,8 +181,6 @@ class VMRunner(VMDisks, InstallerMedia):
             media.append(
                 DiskSpec(path=self.floppy, target_bus="fdc", format="raw", device="floppy")
             )
-        if seed is not None:
-            media.append(seed_drive(seed))  # virtio-scsi: cloud kernels have no AHCI
         record = build_vm_spec(self.vm, self.nics, domain=self.domain, efi_spec=self.efi)
         where = Placement(
             name=self.domain,
@@ -193,6 +191,7 @@ class VMRunner(VMDisks, InstallerMedia):
             nvram=self.efi.nvram if self.efi else None,
             mgmt_port=self.port,
             media=tuple(media),
+            seed=seed_drive(seed) if seed is not None else None,  # virtio-scsi: no AHCI needed
             serial_log=self.dir / "serial.log",
             metadata={**self.scope.metadata, "vm": self.vm.name},
             title=f"build {self.key} VM {self.vm.name}",

@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from ruddervirt.hypervisor.domain_xml import build_domain_xml
+from ruddervirt.hypervisor.seed import seed_drive
 from ruddervirt.hypervisor.specs import DiskSpec
 from ruddervirt.spec import FirmwareRecord, NvramRecord, Placement, Role, SpecError, machine_spec
 from tests.specs import vm_record
@@ -135,3 +136,14 @@ def test_a_bios_vm_has_no_firmware_files():
 def test_a_placement_that_does_not_fit_the_role_is_refused(role, changes, message):
     with pytest.raises(SpecError, match=message):
         machine_spec(WEB, role, placed(role, **changes))
+
+
+def test_a_clone_carries_its_own_seed_drive_last_and_a_template_none():
+    seed = seed_drive(ROOT / "clones/7/web/seed.iso")
+    root = xml_of(Role.CLONE, seed=seed)
+    [cdrom] = root.findall("devices/disk[@device='cdrom']")
+    assert cdrom.find("source").get("file") == f"{ROOT}/clones/7/web/seed.iso"
+    assert cdrom.find("target").get("bus") == "scsi" and cdrom.find("readonly") is not None
+    assert root.findall("devices/disk")[-1] is cdrom
+    with pytest.raises(SpecError, match="a template domain has no seed"):
+        machine_spec(WEB, Role.TEMPLATE, placed(Role.TEMPLATE, seed=seed))
