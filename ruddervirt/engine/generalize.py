@@ -69,6 +69,10 @@ done
 """
 
 _CLOUD_INIT = """if command -v cloud-init >/dev/null 2>&1; then
+  # Let a boot's cloud-init finish first: its last stage would write new state after ours.
+  if command -v timeout >/dev/null 2>&1; then
+    timeout 120 cloud-init status --wait >/dev/null 2>&1
+  fi
   if cloud-init clean --logs >/dev/null; then
     echo "removed cloud-init's instance state and logs (cloud-init clean --logs)"
   else echo "cloud-init clean failed" >&2; status=1; fi

@@ -4,6 +4,7 @@ the build."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -132,3 +133,74 @@ def test_the_script_is_valid_posix_sh(shell: str, cloud_init: bool) -> None:
     text = generalize.script(key_comment="ruddervirt-build-b1", cloud_init=cloud_init)
     done = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=10)
     assert done.returncode == 0, done.stderr
+
+
+KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildBuildBuild ruddervirt-build-b1"
+THEIR_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITheirTheirTheir teacher"
+
+
+def busybox_root(tmp_path):
+    """A folder with a static busybox and a guest's worth of files to generalize."""
+    root = tmp_path / "guest"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(shutil.which("busybox"), root / "bin/busybox")
+    listing = subprocess.run(
+        ["busybox", "--list"], capture_output=True, text=True, timeout=10, check=True
+    )
+    for applet in listing.stdout.split():
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    files = {
+        "etc/machine-id": "0123456789abcdef0123456789abcdef\n",
+        "var/lib/dbus/machine-id": "0123456789abcdef0123456789abcdef\n",
+        "etc/ssh/ssh_host_ed25519_key": "secret\n",
+        "etc/ssh/ssh_host_ed25519_key.pub": "public\n",
+        "etc/ssh/sshd_config": "PermitRootLogin no\n",
+        "etc/network/interfaces.d/50-cloud-init": "auto rvmgmt\n",
+        "var/lib/dhcp/dhclient.eth0.leases": "lease {}\n",
+        "root/.ssh/authorized_keys": f"{THEIR_LINE}\n{KEY_LINE}\n",
+        "home/debian/.ssh/authorized_keys": f"{KEY_LINE}\n",
+        "home/debian/.bash_history": "ls\n",
+        "root/.ash_history": "ls\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("busybox"), reason="root, busybox")
+@pytest.mark.parametrize("cloud_init", [True, False])
+def test_the_script_generalizes_a_busybox_guest_and_says_what_it_removed(tmp_path, cloud_init):
+    root = busybox_root(tmp_path)
+    text = generalize.script(key_comment="ruddervirt-build-b1", cloud_init=cloud_init)
+    done = subprocess.run(
+        ["/bin/busybox", "sh", "-s"], input=text, capture_output=True, text=True, timeout=30,
+        preexec_fn=lambda: os.chroot(root), env={"PATH": "/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert (root / "etc/machine-id").read_text() == ""  # emptied, kept
+    assert os.readlink(root / "var/lib/dbus/machine-id") == "/etc/machine-id"
+    assert (root / "root/.ssh/authorized_keys").read_text() == f"{THEIR_LINE}\n"
+    assert (root / "home/debian/.ssh/authorized_keys").read_text() == ""
+    for gone in ("var/lib/dhcp/dhclient.eth0.leases", "home/debian/.bash_history"):
+        assert not (root / gone).exists()
+    assert (root / "etc/ssh/sshd_config").exists()
+    expected = [
+        "emptied /etc/machine-id",
+        "removed /var/lib/dbus/machine-id",
+        "removed /var/lib/dhcp/dhclient.eth0.leases",
+        "removed /root/.ash_history",
+        "removed /home/debian/.bash_history",
+        "removed the build's SSH key from /root/.ssh/authorized_keys",
+        "removed the build's SSH key from /home/debian/.ssh/authorized_keys",
+    ]
+    if cloud_init:  # no cloud-init command here: its clean is skipped
+        expected += [
+            "removed /etc/network/interfaces.d/50-cloud-init",
+            "removed /etc/ssh/ssh_host_ed25519_key",
+            "removed /etc/ssh/ssh_host_ed25519_key.pub",
+        ]
+    assert lines == expected
+    assert (root / "etc/ssh/ssh_host_ed25519_key").exists() is not cloud_init
