@@ -32,7 +32,7 @@ from ruddervirt.engine.vm import VMOutcome, VMRunner
 from ruddervirt.guest.ssh import generate_keypair, load_private_key
 from ruddervirt.hypervisor.driver import Hypervisor, HypervisorError
 from ruddervirt.manifest.model import Manifest, Vm
-from ruddervirt.spec import VersionSpec
+from ruddervirt.spec import VersionSpec, VMSpec
 
 POLL_INTERVAL_S = 0.5
 NETWORK_TEARDOWN_TIMEOUT_S = 120.0
@@ -350,15 +350,19 @@ def _capture(
             reporter.log("captured the UEFI variables (NVRAM) with the disks", vm=vm.name)
         reporter.vm_phase(vm.name, "DiskCaptured")
         captured.append(
-            replace(
-                record,
-                disks=tuple(disks),
-                firmware=firmware,
-                generalization=outcome.generalization,
-            )
+            with_identity(replace(record, disks=tuple(disks), firmware=firmware), outcome)
         )
     spec = version_spec(base, manifest, captured, topology.nics)
     return BuildResult(capture_dir=capture_dir, spec=spec)
+
+
+def with_identity(record: VMSpec, outcome: VMOutcome) -> VMSpec:
+    """`record` with what its build did to the guest's identity: the generalization, or for
+    a VM with a seed that was not generalized, the build's instance id for every clone."""
+    cloud_init = record.cloud_init
+    if cloud_init is not None and outcome.generalization is None:
+        cloud_init = replace(cloud_init, instance_id=outcome.domain)
+    return replace(record, generalization=outcome.generalization, cloud_init=cloud_init)
 
 
 def _relative(path: Path, base: Path) -> PurePosixPath:

@@ -21,6 +21,13 @@ def instance_id(domain: str) -> str:
     return f"{domain}-{uuid.uuid4().hex[:12]}"
 
 
+def instance_of(vm: VMSpec, domain: str) -> str:
+    """The instance id of clone domain `domain`: the build's own when the VM was not
+    generalized (its clones keep the build's identity), else a new one."""
+    kept = vm.cloud_init.instance_id if vm.cloud_init is not None else None
+    return kept or instance_id(domain)
+
+
 def network_config(vm: VMSpec, topology: TopologyRecord) -> str:
     """The same network config the build's seed had, from the version's records."""
     network_data = vm.cloud_init.network_data if vm.cloud_init is not None else None
@@ -34,6 +41,6 @@ def write(path: Path, vm: VMSpec, topology: TopologyRecord, *, domain: str) -> N
     make_nocloud_seed(
         path,
         user_data=clone_cloud_config(vm.name),
-        meta_data=nocloud_meta_data(instance_id=instance_id(domain), hostname=vm.name),
+        meta_data=nocloud_meta_data(instance_id=instance_of(vm, domain), hostname=vm.name),
         network_config=network_config(vm, topology),
     )

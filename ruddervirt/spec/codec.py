@@ -50,7 +50,7 @@ _KEYS: dict[type, dict[str, tuple]] = {
              "communicator": (dict,), "generalization": (dict, None),
              "cloud_init": (dict, None)},
     GeneralizationRecord: {"removed": (list,), "host_keys": _BOOL, "cloud_init": _BOOL},
-    CloudInitRecord: {"network_data": (str, None)},
+    CloudInitRecord: {"network_data": (str, None), "instance_id": (str, None)},
     VpcRecord: {"name": _STR, "internet": _BOOL, "internet_while_building": _BOOL},
     SubnetRecord: {"name": _STR, "vpc": _STR, "cidr": _STR, "dhcp": _BOOL, "dns": (list,),
                    "unmanaged": _BOOL},

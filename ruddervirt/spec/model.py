@@ -195,9 +195,12 @@ class CloudInitRecord:
     Clones never read the manifest: their seed is rendered from the VM's NIC records, the
     topology and ``network_data`` (the instructor's own networkData, None when the network
     config is rendered from the NICs). The instructor's userData is not kept on purpose:
-    clones are never provisioned again."""
+    clones are never provisioned again. ``instance_id`` is the build's cloud-init instance,
+    kept by every clone of a VM that was not generalized (``generalize: false``: cloud-init
+    must not make new host keys there); None: every clone is a new instance."""
 
     network_data: str | None = None
+    instance_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -83,6 +83,17 @@ def test_each_clone_of_a_cloud_init_vm_boots_its_own_seed_with_a_new_instance(
     assert iso_files(seeds[0]) == ["/meta-data", "/network-config", "/user-data"]
 
 
+def test_clones_of_a_vm_that_was_not_generalized_keep_the_builds_instance(
+    tmp_path, hv, config
+) -> None:
+    kept = CloudInitRecord(instance_id="rv-b7-web")
+    clone(tmp_path, hv, config, "c1", web_seed=kept)
+    clone(tmp_path, hv, config, "c2", web_seed=kept)
+    for key in ("c1", "c2"):
+        meta = yaml.safe_load(iso_read(seed_of(hv, f"{PREFIX}{key}-web"), "/meta-data"))
+        assert meta["instance-id"] == "rv-b7-web"
+
+
 def test_the_clone_seed_has_the_modules_addresses_and_the_build_management_nic(
     tmp_path, hv, config
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 from ruddervirt.engine import generalize
 from ruddervirt.engine.errors import BuildError
 from ruddervirt.guest import fake
-from ruddervirt.spec import GeneralizationRecord
+from ruddervirt.spec import CloudInitRecord, GeneralizationRecord
 from tests.engine.buildkit import FakeBuild, manifest_text, vm_yaml
 
 SHELL = '      - type: shell\n        shell: {inline: "echo hi"}\n'
@@ -48,6 +48,7 @@ def test_the_script_runs_as_root_after_the_last_step_and_before_the_power_off(bu
     assert vm.generalization == GeneralizationRecord(
         removed=REMOVED, host_keys=True, cloud_init=True
     )
+    assert vm.cloud_init == CloudInitRecord(instance_id=None)  # every clone: a new instance
     text = build.reporter.text()
     assert "generalizing the guest for cloning, as root" in text
     assert all(line in text for line in REMOVED)
@@ -85,6 +86,8 @@ def test_generalize_false_skips_the_script_and_records_no_generalization(build) 
     guest.assert_done()
     assert not [c for c in guest.calls if generalize.MARKER.encode() in c.data]
     assert result.spec.vms[0].generalization is None
+    # Its clones keep the build's cloud-init instance: cloud-init makes no new host keys.
+    assert result.spec.vms[0].cloud_init == CloudInitRecord(instance_id="rvt-b1-web")
     assert (
         "not generalizing the guest (generalize: false): clones keep its identity"
         in build.reporter.text()

@@ -85,7 +85,7 @@ NETWORK_DATA = "version: 2\nethernets: {eth0: {dhcp4: true}}\n"
 def generalized_lab() -> VersionSpec:
     web, dc = lab().vms
     web = replace(web, generalization=GENERALIZED, cloud_init=CloudInitRecord())
-    dc = replace(dc, cloud_init=CloudInitRecord(network_data=NETWORK_DATA))
+    dc = replace(dc, cloud_init=CloudInitRecord(network_data=NETWORK_DATA, instance_id="rv-b7-dc"))
     return replace(lab(), vms=(web, dc))
 
 
@@ -100,8 +100,8 @@ def test_what_generalization_did_and_the_clone_seed_survive_the_json_form():
         "cloud_init": True,
     }
     assert (web["cloud_init"], dc["cloud_init"]) == (
-        {"network_data": None},
-        {"network_data": NETWORK_DATA},
+        {"network_data": None, "instance_id": None},
+        {"network_data": NETWORK_DATA, "instance_id": "rv-b7-dc"},
     )
     assert dc["generalization"] is None  # not generalized
 
