@@ -9,7 +9,10 @@ with the instructor's key (the build's own key is gone from the template).
 
 from __future__ import annotations
 
+import subprocess
 import time
+from collections.abc import Callable
+from pathlib import Path
 from textwrap import indent
 
 import pytest
@@ -24,6 +27,7 @@ from ruddervirt.guest import ssh
 from ruddervirt.spec import VersionSpec
 from tests.debianimage.conftest import debian_image
 from tests.helpers import make_user
+from tests.specs import template_disks
 
 __all__ = ["debian_image"]
 
@@ -32,6 +36,7 @@ pytestmark = [
     pytest.mark.debian,
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("clean_host"),
+    pytest.mark.timeout(1800),  # a Debian build and two clones under TCG
 ]
 
 IMAGE = "debian12-20261206.qcow2"
@@ -99,8 +104,37 @@ def identity(session: ssh.SSHSession) -> dict[str, str]:
     }
 
 
+def debugfs_of(disk: Path, tmp: Path) -> Callable[[str], str]:
+    """debugfs requests against a raw copy of `disk` (a whole-disk ext4, as the image is)."""
+    raw = tmp / "template.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(disk), str(raw)],
+        check=True, timeout=300, capture_output=True,
+    )  # fmt: skip
+
+    def ask(request: str) -> str:
+        done = subprocess.run(
+            ["debugfs", "-R", request, str(raw)], capture_output=True, text=True, timeout=120
+        )
+        return done.stdout + done.stderr
+
+    return ask
+
+
+def check_template(disk: Path, tmp: Path) -> None:
+    """What generalization left in the captured disk itself."""
+    ask = debugfs_of(disk, tmp)
+    assert "Size: 0" in ask("stat /etc/machine-id")
+    assert "ssh_host" not in ask("ls /etc/ssh") and "sshd_config" in ask("ls /etc/ssh")
+    assert "File not found" in ask("stat /var/lib/cloud/instance")
+    assert "File not found" in ask("stat /etc/network/interfaces.d/50-cloud-init")
+    keys = ask("cat /home/debian/.ssh/authorized_keys")
+    assert "ruddervirt-build" not in keys and "instructor" in keys
+    assert "Size: 33" in ask("stat /var/lib/build-machine-id")  # the build's own, kept
+
+
 def test_debian_clones_boot_with_their_own_identity_and_the_modules_address(
-    image_server, debian_image, storage
+    image_server, debian_image, storage, tmp_path
 ):
     (image_server.folder / IMAGE).symlink_to(debian_image)
     private_key, _public = ssh.generate_keypair("instructor")
@@ -122,6 +156,7 @@ def test_debian_clones_boot_with_their_own_identity_and_the_modules_address(
     assert any("cloud-init clean" in item for item in removed)
     assert any("authorized_keys" in item for item in removed), removed
     print("generalization removed:\n  " + "\n  ".join(removed))
+    check_template(template_disks(version, "web")[0], tmp_path)
 
     klass = Class.objects.create(name="Debian", owner=owner)
     for name in ("ann", "ben"):
