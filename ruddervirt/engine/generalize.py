@@ -9,9 +9,10 @@ removed, which the build log shows and the version records (GeneralizationRecord
 tool or file is skipped, so minimal guests (busybox) pass through it.
 
 Always: /etc/machine-id emptied (the file stays; systemd makes a new id at the next boot; a
-separate /var/lib/dbus/machine-id becomes a link to it), DHCP leases (dhclient,
-systemd-networkd, NetworkManager), shell histories of root and of every /home user, and the
-build's own SSH key (its comment is ``build_key_comment(key)``) from every authorized_keys.
+separate /var/lib/dbus/machine-id becomes a link to it), systemd's saved random seed, DHCP
+leases (dhclient, systemd-networkd, NetworkManager), shell histories of root and of every
+/home user, and the build's own SSH key (its comment is ``build_key_comment(key)``) from
+every authorized_keys.
 
 Only for VMs with ``cloudInit`` (their clones boot with a seed of their own, so cloud-init
 runs as a new instance and makes new host keys and network config): ``cloud-init clean
@@ -53,6 +54,8 @@ if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then
   gone /var/lib/dbus/machine-id
   [ -e /etc/machine-id ] && ln -s /etc/machine-id /var/lib/dbus/machine-id
 fi
+# Clones must not start from the same saved entropy (virt-sysprep writes a new seed instead).
+gone /var/lib/systemd/random-seed
 gone /var/lib/dhcp/dhclient*.lease /var/lib/dhcp/dhclient*.leases /var/lib/dhclient/*.lease*
 gone /var/lib/NetworkManager/*.lease /run/systemd/netif/leases/*
 for home in /root /home/*; do

@@ -161,6 +161,7 @@ def busybox_root(tmp_path):
         "etc/ssh/sshd_config": "PermitRootLogin no\n",
         "etc/network/interfaces.d/50-cloud-init": "auto rvmgmt\n",
         "var/lib/dhcp/dhclient.eth0.leases": "lease {}\n",
+        "var/lib/systemd/random-seed": "entropy",
         "root/.ssh/authorized_keys": f"{THEIR_LINE}\n{KEY_LINE}\n",
         "home/debian/.ssh/authorized_keys": f"{KEY_LINE}\n",
         "home/debian/.bash_history": "ls\n",
@@ -193,6 +194,7 @@ def test_the_script_generalizes_a_busybox_guest_and_says_what_it_removed(tmp_pat
     expected = [
         "emptied /etc/machine-id",
         "removed /var/lib/dbus/machine-id",
+        "removed /var/lib/systemd/random-seed",
         "removed /var/lib/dhcp/dhclient.eth0.leases",
         "removed /root/.ash_history",
         "removed /home/debian/.bash_history",
