@@ -118,6 +118,15 @@ def test_a_lost_connection_during_the_script_fails_the_build(build) -> None:
         build.run(manifest_text(vm_yaml("web")))
 
 
+def test_a_script_that_hangs_fails_the_build_at_its_timeout(build, monkeypatch) -> None:
+    monkeypatch.setattr(generalize, "TIMEOUT_S", 0.2)
+    build.script("web", fake.run(generalize.MARKER, delay=30), fails=True)
+    with pytest.raises(
+        generalize.GeneralizationFailed, match=r"VM web: generalizing the guest timed out"
+    ):
+        build.run(manifest_text(vm_yaml("web")))
+
+
 def test_the_script_only_takes_a_name_as_the_key_comment() -> None:
     for bad in ("b1$/d; rm -rf /", "B1", "", "a b"):
         with pytest.raises(ValueError, match="not a build key comment"):
