@@ -23,6 +23,7 @@ from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.context import BuildContext, BuildScope, Clock, VMPlan
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.files import FileStore
+from ruddervirt.engine.generalize import build_key_comment
 from ruddervirt.engine.httpserver import BuildHTTPServer, Listener, listener_for
 from ruddervirt.engine.phases import BuildPhase, VMPhase
 from ruddervirt.engine.reporter import Reporter, Stopper
@@ -32,7 +33,7 @@ from ruddervirt.engine.vm import VMOutcome, VMRunner
 from ruddervirt.guest.ssh import generate_keypair, load_private_key
 from ruddervirt.hypervisor.driver import Hypervisor, HypervisorError
 from ruddervirt.manifest.model import Manifest, Vm
-from ruddervirt.spec import VersionSpec
+from ruddervirt.spec import VersionSpec, VMSpec
 
 POLL_INTERVAL_S = 0.5
 NETWORK_TEARDOWN_TIMEOUT_S = 120.0
@@ -240,11 +241,6 @@ def _start_http(
     return server
 
 
-def build_key_comment(key: str) -> str:
-    """The comment of a build's throwaway key, by which the guest removes it at the end."""
-    return f"ruddervirt-build-{key}"
-
-
 def _keys(
     manifest: Manifest, files: FileStore, manifest_key: str
 ) -> dict[str, tuple[str, list[str]]]:
@@ -354,9 +350,20 @@ def _capture(
             firmware = replace(firmware, nvram=nvram)
             reporter.log("captured the UEFI variables (NVRAM) with the disks", vm=vm.name)
         reporter.vm_phase(vm.name, VMPhase.DISK_CAPTURED)
-        captured.append(replace(record, disks=tuple(disks), firmware=firmware))
+        captured.append(
+            with_identity(replace(record, disks=tuple(disks), firmware=firmware), outcome)
+        )
     spec = version_spec(base, manifest, captured, topology.nics)
     return BuildResult(capture_dir=capture_dir, spec=spec)
+
+
+def with_identity(record: VMSpec, outcome: VMOutcome) -> VMSpec:
+    """`record` with what its build did to the guest's identity: the generalization, or for
+    a VM with a seed that was not generalized, the build's instance id for every clone."""
+    cloud_init = record.cloud_init
+    if cloud_init is not None and outcome.generalization is None:
+        cloud_init = replace(cloud_init, instance_id=outcome.domain)
+    return replace(record, generalization=outcome.generalization, cloud_init=cloud_init)
 
 
 def _relative(path: Path, base: Path) -> PurePosixPath:

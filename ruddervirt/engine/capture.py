@@ -18,6 +18,7 @@ from ruddervirt.engine.topology import plan as plan_topology
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.hypervisor.specs import EfiSpec
 from ruddervirt.spec import (
+    CloudInitRecord,
     CommunicatorRecord,
     DiskRecord,
     MgmtRecord,
@@ -59,7 +60,15 @@ def build_vm_spec(vm, nics: Sequence[NicPlan], *, domain: str, efi_spec: EfiSpec
             ssh_port=vm.communicator.ssh_port,
             shell=vm.communicator.shell,
         ),
+        cloud_init=cloud_init_record(vm),
     )
+
+
+def cloud_init_record(vm) -> CloudInitRecord | None:
+    """What a clone's seed needs of manifest VM `vm` (None: it has no cloudInit)."""
+    if vm.cloud_init is None:
+        return None
+    return CloudInitRecord(network_data=vm.cloud_init.network_data)
 
 
 def topology_record(base, built) -> TopologyRecord:

@@ -14,6 +14,12 @@ A clone of key ``c12`` gets, for every template VM:
 * the same management NIC the build had (QEMU user-mode, ``restrict=on``, same MAC, SSH
   forwarded from a loopback port), so guests see the same interfaces as in the build;
 * a domain named ``<prefix>c12-<vm>`` carrying ``kind=clone, clone=c12`` metadata;
+* for a VM built with ``cloudInit``, a NoCloud seed of its own in the clone's folder (the
+  seed drive the build used): a new ``instance-id`` (the domain's name and a random part),
+  the VM's name as hostname, the network config rendered from the version's NIC records and
+  topology (the same static addresses, the instructor's networkData, the management NIC as
+  the build had it) and a user-data that provisions nothing, so that the generalized
+  template boots as a new instance with its own machine-id and SSH host keys;
 
 and one network per subnet named ``<prefix>c12-<subnet>``: private to the clone (the
 hypervisor layer keeps the gateway of same-CIDR networks apart), so no clone reaches another.
@@ -32,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ruddervirt.engine import cleanup, efi
+from ruddervirt.engine import cleanup, clone_seed, efi
 from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.topology import NicPlan, Topology, network_name, networks_for
 from ruddervirt.engine.vm import free_loopback_port
@@ -43,6 +49,7 @@ from ruddervirt.hypervisor.driver import (
     HypervisorError,
     WaitTimedOut,
 )
+from ruddervirt.hypervisor.seed import seed_drive
 from ruddervirt.hypervisor.specs import DomainSpec
 from ruddervirt.spec import (
     Placement,
@@ -58,6 +65,7 @@ KIND = "clone"
 OFF_STATES = (DomainState.SHUTOFF, DomainState.ABSENT)
 START_ATTEMPTS = 4
 CLONE_NVRAM = "efivars.fd"  # a clone's own copy of its template's captured NVRAM
+CLONE_SEED = "seed.iso"  # a clone's own NoCloud seed (VMs built with cloudInit)
 
 
 class CloneError(Exception):
@@ -150,11 +158,25 @@ def nvram_path(req: CloneRequest, vm: VMSpec) -> Path | None:
     return vm_dir(req, vm.name) / CLONE_NVRAM if vm.firmware.uefi else None
 
 
+def seed_path(req: CloneRequest, vm: VMSpec) -> Path | None:
+    """The clone's own seed ISO (None for VMs built without cloudInit)."""
+    return vm_dir(req, vm.name) / CLONE_SEED if vm.cloud_init is not None else None
+
+
+def make_seed(req: CloneRequest, config: EngineConfig, vm: VMSpec) -> Path | None:
+    """Write the clone's own seed for `vm` (see the module docstring); None without one."""
+    path = seed_path(req, vm)
+    if path is not None:
+        clone_seed.write(path, vm, req.spec.topology, domain=domain_name(config, req.key, vm.name))
+    return path
+
+
 def domain_spec(
     req: CloneRequest, config: EngineConfig, vm: VMSpec, nics: Sequence[NicPlan], port: int
 ) -> DomainSpec:
     """The clone's domain: the version's VM record in the clone role."""
     folder = vm_dir(req, vm.name)
+    seed = seed_path(req, vm)
     where = Placement(
         name=domain_name(config, req.key, vm.name),
         domain_type=config.domain_type,
@@ -163,6 +185,7 @@ def domain_spec(
         networks={n.name: n.network for n in nics},
         nvram=nvram_path(req, vm),
         mgmt_port=port,
+        seed=seed_drive(seed) if seed is not None else None,
         serial_log=folder / "serial.log",
         metadata={**req.tags, **req.owner, "vm": vm.name},
         title=f"{req.title} VM {vm.name}".strip()[:200] if req.title else None,
@@ -177,8 +200,9 @@ def disk_paths(req: CloneRequest, vm: VMSpec) -> list[Path]:
 
 # --- disks -----------------------------------------------------------------------------
 def make_disks(req: CloneRequest, config: EngineConfig) -> dict[str, list[Path]]:
-    """Overlays on (or full copies of) every template disk, and a copy of every captured
-    NVRAM. Existing files are an error: a clone's disks are only ever made fresh."""
+    """Overlays on (or full copies of) every template disk, a copy of every captured NVRAM
+    and a seed of its own for every VM built with cloudInit. Existing files are an error: a
+    clone's disks are only ever made fresh (and with them a new cloud-init instance)."""
     made: dict[str, list[Path]] = {}
     for vm in req.vms:
         folder = vm_dir(req, vm.name)
@@ -199,6 +223,7 @@ def make_disks(req: CloneRequest, config: EngineConfig) -> dict[str, list[Path]]
                 efi.copy_nvram(captured, folder, name=CLONE_NVRAM)
             except FileNotFoundError as exc:
                 raise CloneError(f"VM {vm.name}: {exc}") from exc
+        make_seed(req, config, vm)
         made[vm.name] = paths
     return made
 

@@ -15,6 +15,8 @@ brings no NIC up. An instructor's own v2 networkData is rewritten the same way.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import yaml
 
@@ -24,6 +26,19 @@ MGMT_KEY = "rvmgmt"
 DEFAULT_ROUTE_V4 = "0.0.0.0/0"
 DEFAULT_ROUTE_V6 = "::/0"
 V2_DEVICE_KINDS = ("ethernets", "bonds", "bridges", "vlans")
+
+
+class NicLike(Protocol):
+    """What rendering needs of a NIC: a NicPlan (builds) or a NicRecord (clones)."""
+
+    @property
+    def subnet(self) -> str: ...
+    @property
+    def mac(self) -> str: ...
+    @property
+    def ip(self) -> str | None: ...
+    @property
+    def static(self) -> bool: ...
 
 
 def default_route_for(via: object) -> str:
@@ -56,7 +71,7 @@ def _mgmt_entry(mac: str) -> dict:
     }
 
 
-def _nic_entry(nic: NicPlan, subnet, first_gateway: list) -> dict:
+def _nic_entry(nic: NicLike, subnet, first_gateway: list) -> dict:
     entry: dict = {"match": {"macaddress": nic.mac}}
     if nic.static and nic.ip:
         net = ipaddress.IPv4Network(subnet.cidr)
@@ -81,8 +96,20 @@ def _nic_entry(nic: NicPlan, subnet, first_gateway: list) -> dict:
 
 
 def render(nics: tuple[NicPlan, ...], manifest, *, mgmt_mac: str, user_network: str | None) -> str:
-    """The seed's `network-config`. An instructor's own networkData is kept, with the
-    management NIC added so the build can still reach the VM."""
+    """The seed's `network-config` for a build VM (the manifest's subnets); see
+    render_for_subnets."""
+    return render_for_subnets(
+        nics, manifest.network.subnets, mgmt_mac=mgmt_mac, user_network=user_network
+    )
+
+
+def render_for_subnets(
+    nics: Sequence[NicLike], subnets: Iterable, *, mgmt_mac: str, user_network: str | None
+) -> str:
+    """The seed's `network-config` for `nics` (planned NICs, or a version's NIC records) on
+    `subnets` (the manifest's, or a version's subnet records: name, cidr, dhcp, dns,
+    unmanaged, gateway). An instructor's own networkData is kept, with the management NIC
+    added so the host can still reach the VM. Builds and clones render it alike."""
     if user_network:
         data = yaml.safe_load(user_network) or {}
         if isinstance(data, dict) and "network" in data and isinstance(data["network"], dict):
@@ -100,10 +127,10 @@ def render(nics: tuple[NicPlan, ...], manifest, *, mgmt_mac: str, user_network: 
                 }
             )
         return yaml.safe_dump(data, sort_keys=False)
-    subnets = {s.name: s for s in manifest.network.subnets}
+    by_name = {s.name: s for s in subnets}
     ethernets: dict = {}
     first_gateway: list = []
     for index, nic in enumerate(nics):
-        ethernets[f"nic{index}"] = _nic_entry(nic, subnets[nic.subnet], first_gateway)
+        ethernets[f"nic{index}"] = _nic_entry(nic, by_name[nic.subnet], first_gateway)
     ethernets[MGMT_KEY] = _mgmt_entry(mgmt_mac)
     return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ruddervirt.engine import bootcmd, efi, netconfig
+from ruddervirt.engine import bootcmd, efi, generalize, netconfig
 from ruddervirt.engine.capture import build_vm_spec
 from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
@@ -33,7 +33,7 @@ from ruddervirt.manifest.model import (
     RebootStep,
     ShellStep,
 )
-from ruddervirt.spec import Placement, Role, machine_spec
+from ruddervirt.spec import GeneralizationRecord, Placement, Role, machine_spec
 
 Fail = Callable[..., StepFailed]  # fail(message, exit_code=None): the StepFailed to raise
 
@@ -52,6 +52,7 @@ class VMOutcome:
     disks: list[PreparedDisk] = field(default_factory=list)
     domain: str = ""
     efi: EfiSpec | None = None  # the build VM's firmware; capture keeps its NVRAM
+    generalization: GeneralizationRecord | None = None  # None: not generalized
 
 
 def free_loopback_port() -> int:
@@ -138,6 +139,7 @@ class VMRunner(VMDisks, InstallerMedia):
             self.wait_for_guest()
             self.phase(VMPhase.PROVISIONING, f"{len(self.vm.provisioners)} step(s)")
             self.provision()
+            self.outcome.generalization = self.generalize()
             if self.scope.on_provisioned is not None:
                 self.scope.on_provisioned()
             self.phase(VMPhase.SHUTTING_DOWN)
@@ -180,8 +182,6 @@ class VMRunner(VMDisks, InstallerMedia):
             media.append(
                 DiskSpec(path=self.floppy, target_bus="fdc", format="raw", device="floppy")
             )
-        if seed is not None:
-            media.append(seed_drive(seed))  # virtio-scsi: cloud kernels have no AHCI
         record = build_vm_spec(self.vm, self.nics, domain=self.domain, efi_spec=self.efi)
         where = Placement(
             name=self.domain,
@@ -192,6 +192,7 @@ class VMRunner(VMDisks, InstallerMedia):
             nvram=self.efi.nvram if self.efi else None,
             mgmt_port=self.port,
             media=tuple(media),
+            seed=seed_drive(seed) if seed is not None else None,  # virtio-scsi: no AHCI needed
             serial_log=self.dir / "serial.log",
             metadata={**self.scope.metadata, "vm": self.vm.name},
             title=f"build {self.key} VM {self.vm.name}",
@@ -395,6 +396,36 @@ class VMRunner(VMDisks, InstallerMedia):
         except GuestError as exc:
             self.log(f"the SSH connection did not survive the step ({exc}); reconnecting")
         self.wait_for_guest()
+
+    # --- generalization ---------------------------------------------------------------
+    def generalize(self) -> GeneralizationRecord | None:
+        """Generalize the guest for cloning (engine.generalize), unless the VM opts out."""
+        if not self.vm.generalize:
+            self.log("not generalizing the guest (generalize: false): clones keep its identity")
+            return None
+        if self.vm.communicator.shell == "powershell":
+            self.log("not generalizing a PowerShell guest: run sysprep in a step of its own")
+            return None
+        timeout = self.bounded(generalize.TIMEOUT_S)
+        try:
+            return generalize.generalize(
+                self.guest(),
+                vm=self.vm.name,
+                username=self.vm.communicator.ssh_username,
+                key_comment=generalize.build_key_comment(self.key),
+                cloud_init=self.vm.cloud_init is not None,
+                log=self.log,
+                timeout=timeout,
+                cancel=self.stopper.event,
+            )
+        except Cancelled as exc:
+            raise BuildCancelled(self.stopper.reason or "cancelled") from exc
+        except CommandTimeout as exc:
+            message = f"VM {self.vm.name}: generalizing the guest timed out after {timeout:.0f}s"
+            raise generalize.GeneralizationFailed(message) from exc
+        except GuestError as exc:
+            message = f"VM {self.vm.name}: generalizing the guest failed: {exc}"
+            raise generalize.GeneralizationFailed(message) from exc
 
     # --- shutdown ---------------------------------------------------------------------
     def shutdown(self) -> None:

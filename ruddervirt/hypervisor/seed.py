@@ -58,6 +58,17 @@ def nocloud_meta_data(*, instance_id: str, hostname: str) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+def clone_cloud_config(hostname: str) -> str:
+    """The ``user-data`` of a clone's own seed: the hostname and nothing else to do.
+
+    The instructor's build-time userData is not repeated (a clone is never provisioned
+    again) and ``users: []`` keeps cloud-init from touching the accounts the build left (it
+    would lock the default user's password again). The new instance is what counts: cloud-init
+    makes new SSH host keys and applies the seed's network config."""
+    config = {"hostname": hostname, "users": []}
+    return CLOUD_CONFIG_HEADER + yaml.safe_dump(config, sort_keys=False)
+
+
 def cloud_config_with_keys(
     user_yaml: str | None, public_keys: Sequence[str], hostname: str | None = None
 ) -> str:

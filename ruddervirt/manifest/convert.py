@@ -118,6 +118,7 @@ def _vm(raw: Raw, network: Network) -> Vm:
             _step(s, i, communicator.shell) for i, s in enumerate(raw.get("provisioners", ()))
         ),
         invisible=raw.get("invisible", False),
+        generalize=raw.get("generalize", True),
     )
 
 

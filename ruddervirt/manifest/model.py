@@ -200,6 +200,8 @@ class Vm:
     floppy_files: tuple[str, ...] = ()  # `files` names
     provisioners: tuple[AnyStep, ...] = ()
     invisible: bool = False
+    # (ours) False: the template keeps the build's identity (no generalization at capture).
+    generalize: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@ from ruddervirt.spec.codec import dump_spec, load_spec, record_json
 from ruddervirt.spec.machine import Placement, Role, disk_files, machine_spec, nvram_file
 from ruddervirt.spec.model import (
     SCHEMA_VERSION,
+    CloudInitRecord,
     CommunicatorRecord,
     DiskRecord,
     FirmwareRecord,
+    GeneralizationRecord,
     MgmtRecord,
     NicRecord,
     NvramRecord,
@@ -24,9 +26,11 @@ from ruddervirt.spec.model import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CloudInitRecord",
     "CommunicatorRecord",
     "DiskRecord",
     "FirmwareRecord",
+    "GeneralizationRecord",
     "MgmtRecord",
     "NicRecord",
     "NvramRecord",

@@ -4,6 +4,8 @@
 a ``schema_version`` other than this code's is refused (a newer RudderVirt wrote it, or an
 older one that no migration converted), and so is a missing or unknown key or a value of
 the wrong type. Every error is a SpecError naming the place, e.g. ``vms[0].disks[1].size``.
+Keys added after schema_version 1 was first written (``_ADDED``) read as null when a record
+stored before them lacks them: such a VM was not generalized and has no clone seed.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from typing import Any
 
 from ruddervirt.spec.model import (
     SCHEMA_VERSION,
+    CloudInitRecord,
     CommunicatorRecord,
     DiskRecord,
     FirmwareRecord,
+    GeneralizationRecord,
     MgmtRecord,
     NicRecord,
     NvramRecord,
@@ -43,13 +47,18 @@ _KEYS: dict[type, dict[str, tuple]] = {
     CommunicatorRecord: {"ssh_username": _STR, "ssh_port": _INT, "shell": _STR},
     VMSpec: {"name": _STR, "cpu": _INT, "memory": _INT, "disks": (list,), "nics": (list,),
              "mgmt": (dict,), "firmware": (dict,), "invisible": _BOOL,
-             "communicator": (dict,), "generalization": (dict, None)},
+             "communicator": (dict,), "generalization": (dict, None),
+             "cloud_init": (dict, None)},
+    GeneralizationRecord: {"removed": (list,), "host_keys": _BOOL, "cloud_init": _BOOL},
+    CloudInitRecord: {"network_data": (str, None), "instance_id": (str, None)},
     VpcRecord: {"name": _STR, "internet": _BOOL, "internet_while_building": _BOOL},
     SubnetRecord: {"name": _STR, "vpc": _STR, "cidr": _STR, "dhcp": _BOOL, "dns": (list,),
                    "unmanaged": _BOOL},
     TopologyRecord: {"vpcs": (list,), "subnets": (list,)},
     VersionSpec: {"schema_version": _INT, "vms": (list,), "topology": (dict,)},
 }  # fmt: skip
+# Keys a record written before them lacks (issue 14): missing reads as null.
+_ADDED: dict[type, frozenset[str]] = {VMSpec: frozenset({"cloud_init"})}
 
 
 def dump_spec(spec: VersionSpec) -> dict[str, object]:
@@ -101,6 +110,7 @@ def _checked(kind: type, data: object, where: str) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise SpecError(f"{where or 'spec'}: expected an object, got {type(data).__name__}")
     keys = _KEYS[kind]
+    data = {**dict.fromkeys(_ADDED.get(kind, ())), **data}
     missing = sorted(set(keys) - set(data))
     unknown = sorted(set(data) - set(keys))
     if missing or unknown:
@@ -149,8 +159,22 @@ def _vm(data: object, where: str) -> VMSpec:
         firmware=_firmware(raw["firmware"], f"{where}.firmware"),
         invisible=raw["invisible"],
         communicator=_flat(CommunicatorRecord, raw["communicator"], f"{where}.communicator"),
-        generalization=raw["generalization"],
+        generalization=_generalization(raw["generalization"], f"{where}.generalization"),
+        cloud_init=_optional(CloudInitRecord, raw["cloud_init"], f"{where}.cloud_init"),
     )
+
+
+def _generalization(data: object, where: str) -> GeneralizationRecord | None:
+    if data is None:
+        return None
+    raw = _checked(GeneralizationRecord, data, where)
+    if not all(isinstance(item, str) for item in raw["removed"]):
+        raise SpecError(f"{where}.removed: expected a list of strings")
+    return _build(GeneralizationRecord, where, **raw)
+
+
+def _optional(kind: type, data: object, where: str) -> Any:
+    return None if data is None else _flat(kind, data, where)
 
 
 def _flat(kind: type, data: object, where: str) -> Any:

@@ -44,7 +44,8 @@ class Placement:
     record disk (None: the record's captured files, for templates). ``networks`` maps NIC
     names to libvirt networks. ``nvram`` is the domain's own variable store (build: fresh;
     clone: its copy of the captured one; template: None, it points at the captured one).
-    ``media`` (builds only) are CD-ROMs and floppies attached after the disks."""
+    ``media`` (builds only) are CD-ROMs and floppies attached after the disks; ``seed`` (builds
+    and clones) is the NoCloud seed's drive, attached last."""
 
     name: str
     domain_type: DomainType
@@ -54,6 +55,7 @@ class Placement:
     nvram: Path | None = None
     mgmt_port: int | None = None
     media: tuple[DiskSpec, ...] = ()
+    seed: DiskSpec | None = None
     serial_log: Path | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     title: str | None = None
@@ -68,7 +70,7 @@ def machine_spec(vm: VMSpec, role: Role | str, where: Placement) -> DomainSpec:
         vcpus=vm.cpu,
         memory_bytes=vm.memory,
         domain_type=where.domain_type,
-        disks=(*_disks(vm, where), *where.media),
+        disks=(*_disks(vm, where), *where.media, *((where.seed,) if where.seed else ())),
         nics=tuple(
             NicSpec(mac=n.mac, network=where.networks[n.name], model=n.model, pci_slot=n.slot)
             for n in vm.nics
@@ -113,6 +115,8 @@ def _check(vm: VMSpec, role: Role, where: Placement) -> None:
             raise SpecError("a clone must not boot from the template's own NVRAM: copy it")
     if where.media and role is not Role.BUILD:
         raise SpecError("only build domains carry installer media")
+    if where.seed is not None and role is Role.TEMPLATE:
+        raise SpecError("a template domain has no seed: it is never started")
     missing = [n.name for n in vm.nics if n.name not in where.networks]
     if missing:
         raise SpecError(f"VM {vm.name}: no network for NIC(s) {', '.join(missing)}")

@@ -17,7 +17,6 @@ field, so a bad record never reaches the hypervisor.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Literal
@@ -169,6 +168,42 @@ class CommunicatorRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GeneralizationRecord:
+    """What the build's generalization did in the guest before its disks were captured.
+
+    ``removed`` lists every item the guest's script removed, in its words (``emptied
+    /etc/machine-id``, ``removed /etc/ssh/ssh_host_ed25519_key``, ...). ``host_keys`` and
+    ``cloud_init`` say whether SSH host keys and cloud-init's instance state were part of it
+    (only for VMs with a seed: cloud-init makes new ones in every clone). A VM whose record
+    has no GeneralizationRecord was not generalized: it opted out (``generalize: false``) or
+    its version was captured before generalization existed."""
+
+    removed: tuple[str, ...] = ()
+    host_keys: bool = False
+    cloud_init: bool = False
+
+    def __post_init__(self) -> None:
+        _set(self, "removed", tuple(self.removed))
+        if not all(isinstance(item, str) for item in self.removed):
+            raise SpecError("generalization: removed must be a list of strings")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudInitRecord:
+    """The VM boots with a NoCloud seed (``cloudInit``); what a clone's own seed needs.
+
+    Clones never read the manifest: their seed is rendered from the VM's NIC records, the
+    topology and ``network_data`` (the instructor's own networkData, None when the network
+    config is rendered from the NICs). The instructor's userData is not kept on purpose:
+    clones are never provisioned again. ``instance_id`` is the build's cloud-init instance,
+    kept by every clone of a VM that was not generalized (``generalize: false``: cloud-init
+    must not make new host keys there); None: every clone is a new instance."""
+
+    network_data: str | None = None
+    instance_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class VMSpec:
     """One VM: CPU, memory, disks, NICs, management NIC, firmware. See the module docstring."""
 
@@ -181,8 +216,8 @@ class VMSpec:
     firmware: FirmwareRecord = field(default_factory=FirmwareRecord)
     invisible: bool = False
     communicator: CommunicatorRecord = field(default_factory=CommunicatorRecord)
-    # Filled by issue 14 (sysprep / machine-id reset record); opaque until then.
-    generalization: Mapping[str, object] | None = None
+    generalization: GeneralizationRecord | None = None  # None: not generalized
+    cloud_init: CloudInitRecord | None = None  # None: no seed (an ISO install, a password VM)
 
     def __post_init__(self) -> None:
         _set(self, "disks", tuple(self.disks))

@@ -103,6 +103,11 @@ def test_build_from_url_runs_every_provisioner_and_captures_a_template(image_ser
     assert [s.status for s in steps] == [StepStatus.SUCCEEDED] * 4
     # The build's throwaway key was removed before the disk was captured.
     assert b"ruddervirt-build" not in read_file(disk, "/root/.ssh/authorized_keys")
+    # The tiny guest (busybox) was generalized too, and the log says what went.
+    assert "generalizing the guest for cloning, as root" in log
+    assert "removed the build's SSH key from /root/.ssh/authorized_keys" in log
+    generalized = version.version_spec.vm("web").generalization
+    assert generalized is not None and generalized.cloud_init
     assert not build_workdir(done.pk).exists()
 
 

@@ -223,6 +223,7 @@ def test_a_class_of_three_gets_isolated_linked_clones_of_the_build(built, hv, st
     ]
 
     template_mac = built.spec["vms"][0]["nics"][0]["mac"]
+    instances, host_keys = set(), set()
     for clone in clones.values():
         vm = clone.vms.get(name="web")
         disk = vm.disks[0]
@@ -234,6 +235,12 @@ def test_a_class_of_three_gets_isolated_linked_clones_of_the_build(built, hv, st
             assert guest(session, "cat /sys/class/net/eth0/address") == template_mac
             # The template's address, from the clone's own private gateway.
             guest(session, WAIT_ADDRESS, timeout=150)
+            # Its own seed: a new instance, so new host keys (the tiny guest's seed reader).
+            instance = guest(session, "cat /var/lib/tiny-seed/instance-id")
+            assert instance.startswith(f"{vm.domain_name}-"), instance
+            instances.add(instance)
+            host_keys.add(guest(session, "md5sum < /etc/dropbear/dropbear_ed25519_host_key"))
+    assert len(instances) == len(host_keys) == 3
 
     # One student cannot open another's console or act on another's clone.
     ann, ben = clones["ann"], clones["ben"]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ruddervirt.engine import generalize
 from ruddervirt.engine.build import BuildPlan, BuildResult, run_build
 from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.context import BuildContext
@@ -100,7 +101,7 @@ class RecordingReporter(NullReporter):
 @dataclass
 class FakeBuild:
     """One build's fakes. ``script(vm, *steps)`` sets what a VM's guest does between its
-    wait and its power-off (``bare=True``: ``steps`` are the whole script)."""
+    wait and its generalization and power-off (``bare=True``: ``steps`` are the whole script)."""
 
     tmp_path: Path
     hv: FakeHypervisor = field(default_factory=lambda: FakeHypervisor(name_prefix=PREFIX))
@@ -116,11 +117,24 @@ class FakeBuild:
         """The guest's own poweroff: the domain turns SHUTOFF."""
         return fake.power_off(then=lambda: self.hv.set_state(self.domain(vm), DomainState.SHUTOFF))
 
+    @staticmethod
+    def generalized(*removed: str, exit_status: int = 0, stderr: Sequence[str] = ()) -> Step:
+        """The generalization script runs, printing ``removed`` (one line per item)."""
+        return fake.run(generalize.MARKER, *removed, exit_status=exit_status, stderr=stderr)
+
     def script(
-        self, vm: str, *steps: Step, bare: bool = False, fails: bool = False
+        self,
+        vm: str,
+        *steps: Step,
+        bare: bool = False,
+        fails: bool = False,
+        generalized: bool = True,
     ) -> ScriptedCommunicator:
-        """``fails``: the build stops during ``steps``, so the guest is never powered off."""
-        end = () if fails else (self.powered_off(vm),)
+        """``fails``: the build stops during ``steps``, so the guest is never powered off.
+        ``generalized``: the generalization script runs (printing nothing) before the
+        power-off (False: the VM says ``generalize: false``)."""
+        end = (self.generalized(),) if generalized else ()
+        end = () if fails else (*end, self.powered_off(vm))
         full: Sequence[Step] = steps if bare else (fake.wait(), *steps, *end)
         self.guests[vm] = ScriptedCommunicator(full)
         return self.guests[vm]

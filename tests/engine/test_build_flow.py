@@ -11,7 +11,7 @@ import pytest
 
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
 from ruddervirt.guest import fake
-from ruddervirt.spec.model import CommunicatorRecord
+from ruddervirt.spec.model import CloudInitRecord, CommunicatorRecord
 from tests.engine.buildkit import FakeBuild, manifest_text, vm_yaml
 
 SHELL = '      - type: shell\n        shell: {inline: "echo hi"}\n'
@@ -35,6 +35,7 @@ def test_a_successful_build_returns_the_captured_template_of_each_vm(build) -> N
     assert path == result.capture_dir / "web" / "root.qcow2" and path.is_file()
     assert build.images.virtual_size(path, fmt="qcow2") == disk.size == 20 * 2**30
     assert vm.communicator == CommunicatorRecord(ssh_username="root", ssh_port=22, shell="bash")
+    assert vm.cloud_init == CloudInitRecord(network_data=None)  # clones get a seed of their own
     assert build.reporter.phases()[-2:] == ["ShuttingDown", "DiskCaptured"]
     build.guests["web"].assert_done()
 
@@ -81,7 +82,8 @@ def test_the_build_key_is_removed_from_the_guest_before_it_powers_off(build) -> 
 
 
 def test_a_guest_that_stays_up_after_poweroff_gets_the_acpi_button(build) -> None:
-    build.script("web", fake.wait(), fake.power_off(), bare=True)  # the domain stays RUNNING
+    # The domain stays RUNNING after the guest's own poweroff.
+    build.script("web", fake.wait(), build.generalized(), fake.power_off(), bare=True)
     build.run(manifest_text(vm_yaml("web")))
     text = build.reporter.text()
     assert "the guest did not power off by itself; sending the ACPI power button" in text

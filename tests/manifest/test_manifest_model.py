@@ -61,6 +61,22 @@ def test_minimal_manifest_gets_every_default() -> None:
     assert vm.efi_firmware is None
     assert (vm.boot_command, vm.isos, vm.floppy_files, vm.provisioners) == ((), (), (), ())
     assert vm.invisible is False
+    assert vm.generalize is True  # templates are generalized unless a VM opts out
+
+
+def test_a_vm_can_opt_out_of_generalization() -> None:
+    manifest = parse(
+        y("""
+      vms:
+        - name: keep
+          source: $SRC
+          generalize: false
+        - name: clean
+          source: $SRC
+          generalize: true
+      """)
+    )
+    assert [vm.generalize for vm in manifest.vms] == [False, True]
 
 
 def test_default_subnet_gateway_is_its_first_host() -> None:

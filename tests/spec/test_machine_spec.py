@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from ruddervirt.hypervisor.domain_xml import build_domain_xml
+from ruddervirt.hypervisor.seed import seed_drive
 from ruddervirt.hypervisor.specs import DiskSpec
 from ruddervirt.spec import (
     CommunicatorRecord,
@@ -164,3 +165,14 @@ def test_a_vm_without_nics_gets_a_virtio_management_nic_on_port_22():
         xml_of(Role.CLONE, BIOS, networks={}, disks=(ROOT / "c/root.qcow2",), nvram=None)
     )
     assert hostfwd.endswith("-:22") and device == "virtio-net-pci"
+
+
+def test_a_clone_carries_its_own_seed_drive_last_and_a_template_none():
+    seed = seed_drive(ROOT / "clones/7/web/seed.iso")
+    root = xml_of(Role.CLONE, seed=seed)
+    [cdrom] = root.findall("devices/disk[@device='cdrom']")
+    assert cdrom.find("source").get("file") == f"{ROOT}/clones/7/web/seed.iso"
+    assert cdrom.find("target").get("bus") == "scsi" and cdrom.find("readonly") is not None
+    assert root.findall("devices/disk")[-1] is cdrom
+    with pytest.raises(SpecError, match="a template domain has no seed"):
+        machine_spec(WEB, Role.TEMPLATE, placed(Role.TEMPLATE, seed=seed))

@@ -11,8 +11,10 @@ import pytest
 
 from ruddervirt.spec import (
     SCHEMA_VERSION,
+    CloudInitRecord,
     DiskRecord,
     FirmwareRecord,
+    GeneralizationRecord,
     NvramRecord,
     SpecError,
     VersionSpec,
@@ -72,6 +74,62 @@ def test_a_version_survives_its_json_form_unchanged():
     assert data["vms"][0]["disks"][0]["path"] == "modules/lab/v1/web/root.qcow2"
     assert data["vms"][0]["firmware"]["loader"] == "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
     assert data["vms"][0]["generalization"] is None  # issue 14 fills it
+
+
+GENERALIZED = GeneralizationRecord(
+    removed=("emptied /etc/machine-id", "removed /etc/ssh/ssh_host_ed25519_key"),
+    host_keys=True,
+    cloud_init=True,
+)
+NETWORK_DATA = "version: 2\nethernets: {eth0: {dhcp4: true}}\n"
+
+
+def generalized_lab() -> VersionSpec:
+    web, dc = lab().vms
+    web = replace(web, generalization=GENERALIZED, cloud_init=CloudInitRecord())
+    dc = replace(dc, cloud_init=CloudInitRecord(network_data=NETWORK_DATA, instance_id="rv-b7-dc"))
+    return replace(lab(), vms=(web, dc))
+
+
+def test_what_generalization_did_and_the_clone_seed_survive_the_json_form():
+    spec = generalized_lab()
+    data = json.loads(json.dumps(dump_spec(spec)))
+    assert load_spec(data) == spec
+    web, dc = data["vms"]
+    assert web["generalization"] == {
+        "removed": ["emptied /etc/machine-id", "removed /etc/ssh/ssh_host_ed25519_key"],
+        "host_keys": True,
+        "cloud_init": True,
+    }
+    assert (web["cloud_init"], dc["cloud_init"]) == (
+        {"network_data": None, "instance_id": None},
+        {"network_data": NETWORK_DATA, "instance_id": "rv-b7-dc"},
+    )
+    assert dc["generalization"] is None  # not generalized
+
+
+def test_a_record_stored_before_generalization_reads_as_not_generalized_without_a_seed():
+    data = dump_spec(lab())
+    for vm in data["vms"]:
+        del vm["cloud_init"]  # written before the key existed
+    spec = load_spec(data)
+    assert [(vm.generalization, vm.cloud_init) for vm in spec.vms] == [(None, None)] * 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["vms"][0]["generalization"].update(removed=[1]), r"removed: expected a list"),
+        (lambda d: d["vms"][0]["generalization"].pop("host_keys"), r"missing host_keys"),
+        (lambda d: d["vms"][1]["cloud_init"].update(network_data=2), r"network_data: expected"),
+        (lambda d: d["vms"][1].update(cloud_init="yes"), r"vms\[1\]\.cloud_init: expected dict"),
+    ],
+)  # fmt: skip
+def test_a_damaged_generalization_or_seed_record_is_refused_naming_the_place(change, message):
+    data = copy.deepcopy(dump_spec(generalized_lab()))
+    change(data)
+    with pytest.raises(SpecError, match=message):
+        load_spec(data)
 
 
 def test_the_record_keeps_the_resolved_topology_with_internet_as_built_and_as_cloned():
