@@ -23,6 +23,7 @@ from ruddervirt.hypervisor.specs import (
     MgmtForward,
     NicSpec,
 )
+from tests.domainxml import mgmt_args, options
 
 MIB = 1024 * 1024
 ROOT_DISK = DiskSpec(path="/var/lib/rv/root.qcow2", target_bus="virtio")
@@ -73,16 +74,6 @@ def non_nic_slots(root: ET.Element) -> dict[str, int]:
         key += ":" + device.get("type", "")
         slots[key] = pci_slot(device)
     return slots
-
-
-def mgmt_args(root: ET.Element) -> list[str]:
-    return [arg.get("value", "") for arg in root.findall(f"./{{{QEMU_NS}}}commandline/*")]
-
-
-def options(value: str) -> dict[str, str]:
-    """'user,id=x,restrict=on' -> {'user': '', 'id': 'x', 'restrict': 'on'}."""
-    pairs = (part.partition("=") for part in value.split(","))
-    return {key: val for key, _, val in pairs}
 
 
 # -- NIC slots -------------------------------------------------------------------------------

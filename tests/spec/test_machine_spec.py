@@ -21,6 +21,7 @@ from ruddervirt.spec import (
     SpecError,
     machine_spec,
 )
+from tests.domainxml import mgmt_args, options
 from tests.specs import vm_record
 
 ROOT = Path("/srv/rv")
@@ -149,8 +150,8 @@ def test_a_placement_that_does_not_fit_the_role_is_refused(role, changes, messag
 
 def _mgmt_of(root: ET.Element) -> tuple[str, str]:
     """(hostfwd, device) of a domain's management NIC."""
-    args = [a.get("value") for a in root.iter() if a.tag.endswith("}arg")]
-    return args[1].split("hostfwd=")[1], args[3].split(",")[0]
+    args = mgmt_args(root)
+    return options(args[1])["hostfwd"], args[3].split(",")[0]
 
 
 @pytest.mark.parametrize("role", [Role.BUILD, Role.CLONE])
