@@ -1,24 +1,16 @@
-"""RQ jobs for builds: thin, they take ids."""
+"""The build job's queue and its limits (jobs.runner runs it: kind "build")."""
 
 from __future__ import annotations
 
 import socket
 
 import django_rq
-from django_rq import job
 from rq import Worker
 
 from builds.models import Build
-from builds.runner import execute_build
 from ruddervirt.runtime import process_alive
 
 QUEUE = "builds"  # served by build workers only (scripts/run.sh), never by clone workers
-
-
-@job(QUEUE, timeout=24 * 3600)
-def run_build_job(build_id: int) -> str:
-    build = execute_build(build_id)
-    return build.status
 
 
 def workers_listening(queue_name: str = QUEUE) -> int:

@@ -66,9 +66,6 @@ class Build(models.Model):
     error = models.TextField(blank=True)
     attempt = models.PositiveIntegerField(default=1)
     cancel_requested = models.BooleanField(default=False)
-    job_id = models.CharField(max_length=64, blank=True)
-    worker = models.CharField(max_length=200, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
     # A failed build's disks stay on the host until then, for inspection.
     keep_disks_until = models.DateTimeField(null=True, blank=True)
     disks_removed = models.BooleanField(default=False)

@@ -183,11 +183,9 @@ class DBReporter:
 
     def poll(self) -> str | None:
         def check():
-            Build.objects.filter(pk=self.build_id).update(heartbeat_at=timezone.now())
-            row = (
+            return (
                 Build.objects.filter(pk=self.build_id).values("cancel_requested", "status").first()
             )
-            return row
 
         row = self._db(check)
         if row is None:

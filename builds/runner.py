@@ -1,7 +1,8 @@
 """Running a build: the body of the build job, where the ORM meets the engine.
 
-`execute_build(build_id)` runs in an RQ worker (builds.jobs) or in-process (`manage.py build
---wait` on a host without workers, and tests). It claims the build, runs each attempt
+`build_job` is the body of the job of kind "build": jobs.runner claims the build's operation
+in an RQ worker or, through `execute_build(build_id)`, in this process (`manage.py build
+--wait` on a host without workers, and tests). It runs each attempt
 through the engine, and turns a success into the module's next version; a failure or a
 cancel moves the build to its terminal status. builds.services decides and queues; this
 module does.
@@ -20,6 +21,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+import jobs.runner as jobs
 from builds import refs
 from builds.models import (
     Build,
@@ -33,6 +35,8 @@ from builds.models import (
 )
 from builds.reporting import DBReporter
 from builds.transitions import InvalidTransition, transition
+from jobs.models import Operation, OperationStatus
+from jobs.registry import Result
 from modules.models import Module
 from ruddervirt.engine.build import BuildPlan, BuildResult, run_build
 from ruddervirt.engine.config import EngineConfig
@@ -40,10 +44,11 @@ from ruddervirt.engine.context import BuildContext
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.templates import define_templates, remove_templates
 from ruddervirt.manifest import NO_LIMITS, Manifest, parse
-from ruddervirt.runtime import engine_config, get_hypervisor, worker_identity
+from ruddervirt.runtime import engine_config, get_hypervisor
 from ruddervirt.spec import SpecError, disk_files, dump_spec
 
 log = logging.getLogger(__name__)
+KIND = "build"  # the job kind (jobs.registry) that runs a build
 
 
 # --- the rows and the log a build keeps ------------------------------------------------
@@ -102,18 +107,29 @@ def resolve_parents(manifest: Manifest, *, user) -> dict[str, list[Path]]:
 
 
 def execute_build(build_id: int, *, hypervisor=None, echo=None) -> Build:
-    """Run a queued build to its end (the RQ job's body). Retries per the manifest."""
+    """Run a queued build to its end in this process (`manage.py build --wait`, tests),
+    through the one runner: its queued operation is claimed, so a worker that starts late
+    never runs it too. A build made without one (by hand) gets one."""
     build = Build.objects.get(pk=build_id)
+    if not build.is_terminal:
+        ops = Operation.objects.for_target(build)
+        op = ops.filter(kind=KIND, status=OperationStatus.QUEUED).first()
+        if op is None and not ops.filter(status=OperationStatus.RUNNING).exists():
+            op = jobs.submit(KIND, build, by=build.requested_by, queue=False)
+        if op is not None:
+            jobs.run(op.pk, hv=hypervisor, echo=echo)
+        else:
+            log.warning("build %s is already being run", build_id)
+    build.refresh_from_db()
+    return build
+
+
+def build_job(op: Operation, build: Build, *, hv=None, echo=None) -> Result:
+    """The job of kind "build" (jobs.runner calls it with the claimed operation): every
+    attempt the build asks for, then the build's end. Returns the build's final status."""
     if build.is_terminal:
-        return build
-    # Claim the build, so a worker that starts late never runs one a `--wait` command runs.
-    owner = worker_identity()
-    if not Build.objects.filter(pk=build_id, worker="").update(
-        worker=owner, heartbeat_at=timezone.now()
-    ):
-        log.warning("build %s is already being run by %s", build_id, build.worker)
-        return build
-    hv = hypervisor or get_hypervisor()
+        return Result(outcome=build.status, skipped=True)
+    hv = hv or get_hypervisor()
     config = engine_config()
     base = parse(build.manifest_text, limits=NO_LIMITS)  # accepted when submitted
     attempts = build.retries + 1  # as submitted (Build.retries)
@@ -123,7 +139,7 @@ def execute_build(build_id: int, *, hypervisor=None, echo=None) -> Build:
         reporter.close()
         build.refresh_from_db()
         if outcome is None or build.is_terminal:
-            return build
+            return _result(build)
         if build.attempt < attempts and not build.cancel_requested:
             append_log(
                 build,
@@ -135,7 +151,25 @@ def execute_build(build_id: int, *, hypervisor=None, echo=None) -> Build:
             continue
         _fail(build, outcome)
         build.refresh_from_db()
-        return build
+        return _result(build)
+
+
+def _result(build: Build) -> Result:
+    """A build that did not succeed (failed, cancelled) is a run that failed, with its reason."""
+    error = "" if build.status == BuildStatus.SUCCEEDED else build.error or build.status
+    return Result(outcome=build.status, error=error)
+
+
+def interrupted(build: Build, reason: str) -> str | None:
+    """A build whose worker died: failed with the reason, its disks removed on the next
+    reconcile (jobs.reconcile calls this)."""
+    try:
+        transition(build, BuildStatus.FAILED, error=reason)
+    except InvalidTransition:
+        return None
+    append_log(build, f"build failed: {reason}; cleaning up")
+    Build.objects.filter(pk=build.pk).update(keep_disks_until=timezone.now())
+    return f"build {build.pk}: marked failed ({reason.removeprefix('interrupted: ')})"
 
 
 def _run_attempt(

@@ -1,7 +1,7 @@
 """Builds: what views and management commands ask for (submit, cancel, continue, read).
 
-A build is decided and queued here; the RQ job (builds.jobs) runs it through
-builds.runner.execute_build.
+A build is decided and queued here, as an operation of kind "build" (jobs.runner), whose
+job is builds.runner.build_job.
 """
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 
-import django_rq
 from django.db import transaction
 
-from builds import admission, refs
-from builds.jobs import QUEUE, job_timeout_for, run_build_job
+import jobs.runner as jobs
+from builds import admission, refs, runner
 from builds.models import (
     Build,
     BuildStatus,
@@ -72,8 +71,7 @@ def start_build(
         )
         create_rows(build, manifest)
         record_created(BuildStatusChange, build, by=user, why=f"requested by {user}")
-        if queue:
-            transaction.on_commit(lambda: enqueue(build.pk))
+        jobs.submit(runner.KIND, build, by=user, queue=queue)
     return build
 
 
@@ -88,14 +86,6 @@ def submit_manifest(*, text: str, module_name: str, user, queue: bool = True) ->
     else:
         outcome = save_manifest(module=module, text=text, user=user)
     return start_build(module=outcome.module, user=user, revision=outcome.revision, queue=queue)
-
-
-def enqueue(build_id: int) -> None:
-    build = Build.objects.get(pk=build_id)
-    job = django_rq.get_queue(QUEUE).enqueue(
-        run_build_job, build_id, job_timeout=job_timeout_for(build)
-    )
-    Build.objects.filter(pk=build_id).update(job_id=job.id)
 
 
 def request_cancel(build: Build, *, user) -> Build:

@@ -14,6 +14,7 @@ from accounts.roles import instructor_required
 from builds import consoles, services
 from builds.models import Build, BuildLogLine, ModuleVersion
 from builds.reporting import format_line
+from jobs.models import RUNS_SHOWN, Operation
 from modules.models import Module
 from modules.services import can_manage
 
@@ -45,8 +46,13 @@ def start(request: HttpRequest, name: str) -> HttpResponse:
 def detail(request: HttpRequest, pk: int) -> HttpResponse:
     build = _build_for(request, pk)
     vms = build.vms.prefetch_related("steps")
-    history = build.history.select_related("by")
-    return render(request, "builds/detail.html", {"build": build, "vms": vms, "history": history})
+    context = {
+        "build": build,
+        "vms": vms,
+        "history": build.history.select_related("by"),
+        "runs": Operation.objects.for_target(build).select_related("requested_by")[:RUNS_SHOWN],
+    }
+    return render(request, "builds/detail.html", context)
 
 
 @instructor_required

@@ -31,7 +31,7 @@ class CloneAdmin(admin.ModelAdmin):
     list_display = ("pk", "klass", "student", "version", "status", "created_at")
     list_filter = ("status",)
     search_fields = ("student__username", "klass__name")
-    readonly_fields = ("klass", "student", "version", "status", "error", "note", "worker", "job_id")
+    readonly_fields = ("klass", "student", "version", "status", "error", "note")
     inlines = [CloneVMInline]
 
     def has_delete_permission(self, request, obj=None) -> bool:

@@ -1,15 +1,13 @@
-"""RQ jobs for clones: thin, they take ids."""
+"""The clone jobs' names, queue and limit (jobs.runner runs them; their bodies are in
+clones.runner)."""
 
 from __future__ import annotations
 
-from django_rq import job
-
 QUEUE = "clones"  # served by clone workers only (scripts/run.sh): builds never delay a clone
+KIND_PREFIX = "clone."
+JOB_TIMEOUT_S = 1800
 
 
-@job(QUEUE, timeout=1800)
-def run_clone_job(clone_id: int, action: str, vm: str | None = None) -> str:
-    from clones.runner import execute
-
-    clone = execute(clone_id, action, vm=vm)
-    return clone.status if clone is not None else "Deleted"
+def kind_name(action: str) -> str:
+    """The job kind (jobs.registry) of a clone action: "clone.<action>"."""
+    return KIND_PREFIX + action

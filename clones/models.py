@@ -128,9 +128,6 @@ class Clone(models.Model):
     inactivity_timeout_s = models.PositiveIntegerField(null=True, blank=True)
     last_activity_at = models.DateTimeField(null=True, blank=True)
     reprovisions = models.PositiveIntegerField(default=0)
-    # The process working on the clone right now ("host:pid"), for crash recovery.
-    worker = models.CharField(max_length=200, blank=True)
-    job_id = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["klass", "student__username", "pk"]

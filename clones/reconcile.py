@@ -1,13 +1,15 @@
 """Making the clone records agree with libvirt, and the time limits of clones.
 
-Run on worker start and periodically (``manage.py reconcile``, see scripts/run.sh):
+The clones' sweep of the one reconcile (jobs.reconcile, run on worker start and
+periodically: ``manage.py reconcile``, see scripts/run.sh), after the runs' part has marked
+Failed ("interrupted") every clone whose job died with its worker:
 
-* a clone whose job died with its worker is marked Failed ("interrupted");
 * a clone at rest whose VMs were started or stopped outside the portal gets the status
   libvirt shows; one whose domain disappeared is marked Failed with the reason;
 * a running clone past its expiry date, or without console input for its inactivity
   timeout, is shut down (the student sees why);
-* domains, networks and folders of clones that no longer exist are removed.
+* folders of clones that no longer exist are removed (their domains and networks carry the
+  owner tag "clone": jobs.reconcile removes them).
 """
 
 from __future__ import annotations
@@ -17,50 +19,41 @@ import shutil
 from datetime import timedelta
 from pathlib import Path
 
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from clones.models import BUSY, Clone, CloneStatus
+from clones.models import Clone, CloneStatus
 from clones.runner import record_states, run_inline
 from clones.transitions import InvalidTransition, transition
-from ruddervirt.engine.cleanup import remove_domain
-from ruddervirt.engine.clone import KIND
+from jobs.models import Operation
 from ruddervirt.hypervisor.driver import DomainState, Hypervisor
-from ruddervirt.runtime import engine_config, worker_alive
+from ruddervirt.runtime import engine_config
 
 log = logging.getLogger(__name__)
 S = CloneStatus
 
 
 def reconcile_clones(hv: Hypervisor) -> list[str]:
-    """Fix what can be fixed; one line per action, for the log and the command."""
-    actions = fail_interrupted()
-    actions += sync_states(hv)
-    actions += enforce_limits(hv)
-    actions += remove_leftovers(hv)
-    for line in actions:
-        log.info(line)
-    return actions
+    """The clones' sweep of the one reconcile (jobs.reconcile): states, limits, folders."""
+    return sync_states(hv) + enforce_limits(hv) + remove_leftover_folders()
 
 
-def fail_interrupted() -> list[str]:
-    actions = []
-    for clone in Clone.objects.filter(status__in=BUSY).exclude(worker=""):
-        if worker_alive(clone.worker) is not False:
-            continue
-        reason = f"interrupted: the worker running it ({clone.worker}) is gone"
-        try:
-            transition(clone, S.FAILED, error=reason, worker="")
-        except InvalidTransition:
-            continue
-        actions.append(f"clone {clone.pk}: marked failed ({reason})")
-    return actions
+def live_clone_keys() -> set[str]:
+    """The owner keys ("c<id>") of clones whose domains and networks must stay."""
+    return {f"c{pk}" for pk in Clone.objects.values_list("pk", flat=True)}
+
+
+def at_rest_unworked(statuses) -> QuerySet[Clone]:
+    """Clones in `statuses` that no run is working on right now."""
+    busy = Operation.objects.for_model(Clone).running().values("target_id")
+    return Clone.objects.filter(status__in=statuses).exclude(pk__in=busy)
 
 
 def sync_states(hv: Hypervisor) -> list[str]:
     """At-rest clones take the state libvirt reports (a guest may power itself off, an
     administrator may use virsh)."""
     actions = []
-    for clone in Clone.objects.filter(status__in=[S.RUNNING, S.STOPPED], worker=""):
+    for clone in at_rest_unworked([S.RUNNING, S.STOPPED]):
         states = record_states(clone, hv)
         if not states:
             continue
@@ -111,7 +104,7 @@ def enforce_limits(hv: Hypervisor) -> list[str]:
     """Shut down running clones past their expiry or inactivity limit (in parallel)."""
     now = timezone.now()
     stopping, actions = [], []
-    for clone in Clone.objects.filter(status=S.RUNNING, worker=""):
+    for clone in at_rest_unworked([S.RUNNING]):
         why = _due_for_shutdown(clone, now)
         if why is None:
             continue
@@ -125,24 +118,12 @@ def enforce_limits(hv: Hypervisor) -> list[str]:
     return actions
 
 
-def remove_leftovers(hv: Hypervisor) -> list[str]:
-    """Domains, networks and folders of clones that no longer exist."""
-    config = engine_config()
-    live = {f"c{pk}" for pk in Clone.objects.values_list("pk", flat=True)}
+def remove_leftover_folders() -> list[str]:
+    """Folders of clones that no longer exist (their domains and networks are the owner
+    tag's leftovers, removed by jobs.reconcile)."""
+    live = live_clone_keys()
+    root = engine_config().storage_root / "clones"
     actions = []
-    for domain in hv.list_domains(config.name_prefix):
-        key = domain.metadata.get("clone")
-        if domain.metadata.get("kind") == KIND and key not in live:
-            remove_domain(hv, domain.name)
-            actions.append(f"removed leftover domain {domain.name}")
-    for network in hv.list_networks(config.name_prefix):
-        key = network.metadata.get("clone")
-        if network.metadata.get("kind") == KIND and key not in live:
-            if network.active:
-                hv.destroy_network(network.name)
-            hv.undefine_network(network.name)
-            actions.append(f"removed leftover network {network.name}")
-    root = config.storage_root / "clones"
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         if folder.is_dir() and folder.name.isdigit() and f"c{folder.name}" not in live:
             _remove_folder(folder)

@@ -1,29 +1,34 @@
 """Doing what clones.services decided: the body of every clone job.
 
-`execute(clone_id, action)` runs in an RQ worker (clones.jobs) or in-process
-(`run_inline`, for `launch_class --wait` on a host without workers, and for tests). It
-claims the clone (so two processes never work on one clone), calls the engine, records
-ports and states, and moves the clone to its resting status: Running, Stopped, or Failed
-with the reason. Deleting removes the rows once the host is clean.
+Every clone action is a job of the one runner (jobs.runner), of kind "clone.<action>":
+`run_action` is its body, in an RQ worker or, through `execute` / `run_inline`, in this
+process (`launch_class --wait` on a host without workers, and tests); "provision" has a
+batch body (`provision_batch`) that makes a class's clones together. The runner's claim
+keeps two processes off one clone; the body calls the engine, records ports and states,
+and moves the clone to its resting status: Running, Stopped, or Failed with the reason.
+Deleting removes the rows once the host is clean.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from clones.models import Clone, CloneStatus, CloneVM
+import jobs.runner as jobs
+from clones.jobs import KIND_PREFIX, kind_name
+from clones.models import BUSY, Clone, CloneStatus, CloneVM
 from clones.transitions import InvalidTransition, transition
+from jobs.models import Operation, OperationStatus
+from jobs.registry import Result
 from ruddervirt.engine import clone as engine
 from ruddervirt.engine.clone import CloneError, CloneRequest
 from ruddervirt.hypervisor.driver import DomainState, Hypervisor
-from ruddervirt.runtime import engine_config, get_hypervisor, worker_identity
+from ruddervirt.runtime import engine_config, get_hypervisor
 from ruddervirt.spec import SpecError
 
 log = logging.getLogger(__name__)
@@ -67,28 +72,17 @@ def clone_request(clone: Clone) -> CloneRequest:
 def execute(
     clone_id: int, action: str, *, vm: str | None = None, hv: Hypervisor | None = None
 ) -> Clone | None:
-    """Do `action` on the clone (see the module docstring). Returns the clone, or None when
-    it is gone (deleted). Never raises for a failure of the action itself."""
-    clone = Clone.objects.select_related("version", "student", "klass").filter(pk=clone_id).first()
+    """Do `action` on the clone now, in this process, through the one runner (its queued
+    operation when services queued one; a new one otherwise). Returns the clone, or None
+    when it is gone (deleted). Never raises for a failure of the action itself."""
+    clone = Clone.objects.filter(pk=clone_id).first()
     if clone is None:
         return None
-    if clone.status != EXPECTED[action]:
-        log.warning("clone %s: %s skipped, it is %s", clone_id, action, clone.status)
-        return clone
-    me = worker_identity()
-    if not Clone.objects.filter(pk=clone_id, worker="").update(worker=me):
+    op = _open_operation(clone, action, vm)
+    if op is None:
         log.warning("clone %s is already being worked on", clone_id)
-        return clone
-    hv = hv or get_hypervisor()
-    try:
-        HANDLERS[action](clone, hv, vm)
-    except Exception as exc:
-        known = CloneError | InvalidTransition | SpecError
-        reason = str(exc) if isinstance(exc, known) else _internal(exc)
-        log.warning("clone %s: %s failed: %s", clone_id, action, reason)
-        _fail(clone, reason, hv)
-    finally:
-        Clone.objects.filter(pk=clone_id, worker=me).update(worker="")
+    else:
+        jobs.run(op.pk, hv=hv)
     return Clone.objects.filter(pk=clone_id).first()
 
 
@@ -103,57 +97,92 @@ def run_inline(
 
     "provision" makes the clones together with ruddervirt.engine.clone.create_many (every
     clone prepared, then every one started), the fastest way to bring up a class."""
-    ids = list(clone_ids)
-    if action == "provision":
-        provision_many(ids, hv=hv or get_hypervisor(), workers=workers)
-    else:
-        _parallel(ids, action, hv, workers)
+    ops = [_open_operation(c, action, None) for c in Clone.objects.filter(pk__in=list(clone_ids))]
+    ids = [op.pk for op in ops if op is not None]
+    if ids:
+        jobs.run_many(ids, hv=hv or get_hypervisor(), workers=workers)
 
 
-def provision_many(clone_ids: list[int], *, hv: Hypervisor, workers: int = INLINE_WORKERS) -> None:
-    """Provision and start the Pending clones among `clone_ids` in one batch."""
-    me = worker_identity()
-    claimed: list[Clone] = []
-    for clone in Clone.objects.filter(pk__in=clone_ids, status=S.PENDING, worker=""):
-        if not Clone.objects.filter(pk=clone.pk, worker="").update(worker=me):
+def _open_operation(clone: Clone, action: str, vm: str | None) -> Operation | None:
+    """The clone's queued run of `action`, or a new one; None while another run has it."""
+    ops = Operation.objects.for_target(clone)
+    op = ops.filter(kind=kind_name(action), status=OperationStatus.QUEUED).first()
+    if op is None and not ops.running().exists():
+        op = jobs.submit(kind_name(action), clone, args={"vm": vm} if vm else {}, queue=False)
+    return op
+
+
+# --- the jobs (jobs.runner calls them with the claimed operations) ---------------------
+def run_action(op: Operation, clone: Clone, *, hv: Hypervisor | None = None, echo=None) -> Result:
+    """The job of every "clone.<action>" kind: the action's handler, and the clone's end."""
+    action = op.kind.removeprefix(KIND_PREFIX)
+    clone = Clone.objects.select_related("version", "student", "klass").get(pk=clone.pk)
+    if clone.status != EXPECTED[action]:
+        log.warning("clone %s: %s skipped, it is %s", clone.pk, action, clone.status)
+        return Result(outcome=clone.status, skipped=True)
+    hv = hv or get_hypervisor()
+    try:
+        HANDLERS[action](clone, hv, op.args.get("vm"))
+    except Exception as exc:
+        known = CloneError | InvalidTransition | SpecError
+        reason = str(exc) if isinstance(exc, known) else _internal(exc)
+        log.warning("clone %s: %s failed: %s", clone.pk, action, reason)
+        _fail(clone, reason, hv)
+    return _result(clone.pk)
+
+
+def provision_batch(
+    pairs: list[tuple[Operation, Clone]], *, hv: Hypervisor | None = None, workers: int = 8
+) -> list[Result]:
+    """The batch job of "clone.provision": the Pending clones made together, then started."""
+    hv = hv or get_hypervisor()
+    skipped: dict[int, Result] = {}
+    requests, ready = [], []
+    for _op, clone in pairs:
+        try:
+            transition(clone, S.PROVISIONING, only_from=(S.PENDING,))
+        except InvalidTransition as exc:
+            skipped[clone.pk] = Result(outcome=exc.current or "", skipped=True)
             continue
         try:
-            transition(clone, S.PROVISIONING)
-        except InvalidTransition:
-            Clone.objects.filter(pk=clone.pk, worker=me).update(worker="")
-            continue
-        claimed.append(clone)
-    try:
-        requests, ready = [], []
-        for clone in claimed:
-            try:
-                requests.append(clone_request(clone))
-                ready.append(clone)
-            except Exception as exc:
-                _fail(clone, str(exc) if isinstance(exc, SpecError) else _internal(exc), hv)
-        results = engine.create_many(requests, hv=hv, config=engine_config(), workers=workers)
-        for clone, result in zip(ready, results, strict=True):
+            requests.append(clone_request(clone))
+            ready.append(clone)
+        except Exception as exc:
+            _fail(clone, str(exc) if isinstance(exc, SpecError) else _internal(exc), hv)
+    results = engine.create_many(requests, hv=hv, config=engine_config(), workers=workers)
+    for clone, result in zip(ready, results, strict=True):
+        try:
             if isinstance(result, CloneError):
                 _fail(clone, str(result), hv)
             else:
                 _created(clone, result, hv)
-    finally:
-        Clone.objects.filter(pk__in=[c.pk for c in claimed], worker=me).update(worker="")
+        except Exception as exc:
+            _fail(clone, _internal(exc), hv)
+    return [skipped.get(clone.pk) or _result(clone.pk) for _op, clone in pairs]
 
 
-def _parallel(ids: list[int], action: str, hv: Hypervisor, workers: int) -> None:
-    if not ids:
-        return
+def _result(clone_id: int) -> Result:
+    """A clone that ended Failed is a run that failed, with the clone's reason."""
+    clone = Clone.objects.filter(pk=clone_id).first()
+    if clone is None:
+        return Result(outcome="Deleted")
+    return Result(outcome=clone.status, error=clone.error if clone.status == S.FAILED else "")
 
-    def one(pk: int) -> None:
-        try:
-            execute(pk, action, hv=hv)
-        finally:
-            connection.close()  # each thread has its own connection
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(ids)))) as pool:
-        list(pool.map(one, ids))
-    close_old_connections()
+def interrupted(clone: Clone, reason: str) -> str | None:
+    """A clone whose worker died mid-job: Failed with the reason (jobs.reconcile)."""
+    try:
+        transition(clone, S.FAILED, error=reason, only_from=BUSY)
+    except InvalidTransition:
+        return None
+    return f"clone {clone.pk}: marked failed ({reason})"
+
+
+def unqueued(clone: Clone, reason: str) -> None:
+    """A clone whose job cannot be queued (Redis down) fails with the reason instead of
+    waiting for nothing."""
+    with contextlib.suppress(InvalidTransition):  # moved meanwhile: nothing to say
+        transition(clone, S.FAILED, error=reason)
 
 
 def _internal(exc: Exception) -> str:

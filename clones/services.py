@@ -8,7 +8,6 @@ is done by clones.runner, in an RQ job on the "clones" queue or in-process.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -17,10 +16,12 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+import jobs.runner as jobs
 from accounts.roles import is_admin
 from builds import refs
 from builds.models import ModuleVersion
 from clones import capacity
+from clones.jobs import kind_name
 from clones.models import (
     AT_REST,
     Class,
@@ -178,9 +179,8 @@ def launch(
             _create_clone_rows(klass, version, student, by, full_copy, expires_at, inactivity_s)
             for student in todo
         ]
-        if queue:
-            ids = [c.pk for c in made]
-            transaction.on_commit(lambda: [enqueue(pk, "provision") for pk in ids])
+        for clone in made:
+            jobs.submit(kind_name("provision"), clone, by=by, queue=queue)
     return made
 
 
@@ -211,25 +211,6 @@ def _create_clone_rows(klass, version, student, by, full_copy, expires_at, inact
         for index, vm in enumerate(spec.vms)
     )
     return clone
-
-
-def enqueue(clone_id: int, action: str, vm: str | None = None) -> None:
-    """Queue the job; a clone whose job cannot be queued (Redis down) fails with the reason
-    instead of waiting for nothing."""
-    import django_rq
-
-    from clones.jobs import QUEUE, run_clone_job
-
-    try:
-        job = django_rq.get_queue(QUEUE).enqueue(run_clone_job, clone_id, action, vm)
-    except Exception as exc:
-        log.exception("clone %s: cannot queue %s", clone_id, action)
-        clone = Clone.objects.filter(pk=clone_id).first()
-        if clone is not None:
-            with contextlib.suppress(InvalidTransition):  # moved meanwhile: nothing to say
-                transition(clone, CloneStatus.FAILED, error=f"could not queue the {action}: {exc}")
-        return
-    Clone.objects.filter(pk=clone_id).update(job_id=job.id)
 
 
 # --- acting on clones ------------------------------------------------------------------
@@ -263,8 +244,7 @@ def request_action(
         )
     except InvalidTransition as exc:
         raise CloneNotAllowed(f"cannot {action} now: the clone is {exc.current}") from exc
-    if queue:
-        transaction.on_commit(lambda: enqueue(clone.pk, action, vm))
+    jobs.submit(kind_name(action), clone, args={"vm": vm} if vm else {}, by=user, queue=queue)
     return clone
 
 

@@ -16,6 +16,7 @@ from accounts.roles import instructor_required
 from clones import services, students
 from clones.forms import ClassForm, LaunchForm, LimitsForm, StudentsForm
 from clones.models import Class, Clone
+from jobs.models import RUNS_SHOWN, Operation
 
 POWER = {"on": "start", "off": "stop", "restart": "restart"}
 
@@ -197,12 +198,14 @@ def power(request: HttpRequest, pk: int, action: str) -> HttpResponse:
 
 @instructor_required
 def clone_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    """One clone for whoever teaches its class: status, VMs and the history of its status."""
+    """One clone for whoever teaches its class: status, VMs, the history of its status and its
+    job runs."""
     clone = _clone_for(request, pk, teacher=True)
     context = {
         "clone": clone,
         "c": services.clone_summary(clone),
         "history": clone.history.select_related("by"),
+        "runs": Operation.objects.for_target(clone).select_related("requested_by")[:RUNS_SHOWN],
     }
     return render(request, "clones/clone_detail.html", context)
 

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "django_rq",
     "accounts",
     "modules",
+    "jobs",
     "builds",
     "clones",
     "consoles",
@@ -199,6 +200,9 @@ RUDDERVIRT_HOST_DISK_RESERVE = int(os.environ.get("RUDDERVIRT_HOST_DISK_RESERVE"
 RUDDERVIRT_CLONE_DISK_ALLOWANCE = int(
     os.environ.get("RUDDERVIRT_CLONE_DISK_ALLOWANCE", str(512 << 20))
 )
+# How often a running job stamps its heartbeat (jobs.runner); the reconcile calls a job on
+# another host dead after 90 s without one.
+RUDDERVIRT_HEARTBEAT_S = float(os.environ.get("RUDDERVIRT_HEARTBEAT_S", "15"))
 # How long a failed build's disks are kept for inspection.
 RUDDERVIRT_FAILED_BUILD_KEEP_S = int(os.environ.get("RUDDERVIRT_FAILED_BUILD_KEEP_S", "1800"))
 # bootCommand pace: the pause after each key sent to a console, and how long a key is held

@@ -30,3 +30,22 @@ def csrf_post(client: Client, url: str, data: dict, *, page: str = "/login/"):
     client.get(page)
     token = client.cookies["csrftoken"].value
     return client.post(url, {**data, "csrfmiddlewaretoken": token})
+
+
+def migrate(targets):
+    """Move the test database to the migration `targets` (a list of (app, name)); returns
+    the models as they were then. Tests that go back put the newest schema back after."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(targets)
+    return executor.loader.project_state(targets).apps
+
+
+def migrate_to_newest():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())

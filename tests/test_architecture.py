@@ -16,7 +16,17 @@ import pytest
 
 # --- the rules ---------------------------------------------------------------------------
 # The project's own top-level packages: imports between their modules form the graph.
-PACKAGES = ("accounts", "modules", "builds", "clones", "consoles", "ruddervirt", "bench", "tools")
+PACKAGES = (
+    "accounts",
+    "modules",
+    "jobs",
+    "builds",
+    "clones",
+    "consoles",
+    "ruddervirt",
+    "bench",
+    "tools",
+)
 
 # Rule (a): no cycle between any two modules of PACKAGES.
 
@@ -40,7 +50,7 @@ CORE_FORBIDDEN_LIBRARIES = ("django", "channels", "django_rq", "rq", "daphne")
 
 # Rule (c): the Django apps, lowest first. An app may import the modules of the apps before
 # it (their models, services, refs, ...), never those of an app after it.
-APP_ORDER = ("accounts", "modules", "builds", "clones", "consoles")
+APP_ORDER = ("accounts", "modules", "jobs", "builds", "clones", "consoles")
 
 
 # --- the checker ---------------------------------------------------------------------------

@@ -59,11 +59,13 @@ def test_a_cancel_the_worker_notices_records_the_cancel_request(build, monkeypat
 
 
 def test_recovery_records_why_it_failed_a_build_whose_worker_died(build, monkeypatch):
-    from builds import recovery
+    from jobs import reconcile
+    from jobs.models import Operation
 
-    Build.objects.filter(pk=build.pk).update(status=S.BUILDING, worker="host:1")
-    monkeypatch.setattr(recovery, "worker_alive", lambda worker: False)
-    recovery.reconcile(FakeHypervisor(name_prefix="rvt-hist-"))
+    Build.objects.filter(pk=build.pk).update(status=S.BUILDING)
+    Operation.objects.for_target(build).update(status="Running", worker="host:1")
+    monkeypatch.setattr(reconcile, "worker_alive", lambda worker: False)
+    reconcile.reconcile(FakeHypervisor(name_prefix="rvt-hist-"))
     reason = "interrupted: the worker running it (host:1) is gone"
     assert history(build)[-1] == (S.BUILDING, S.FAILED, None, reason)
 
@@ -74,3 +76,11 @@ def test_the_build_page_shows_the_history(build, instructor):
     assert '<section class="card" id="history">' in page
     assert 'data-history-status="Cancelled"' in page
     assert f"cancelled by {instructor} before it started" in page
+
+
+def test_the_build_page_lists_its_runs_with_how_they_ended(build, instructor, monkeypatch):
+    run_failing(build, monkeypatch, BuildError("step 1 (shell) exited 2"))
+    page = client_for(instructor).get(f"/builds/{build.pk}/").content.decode()
+    assert '<section class="card" id="runs">' in page
+    assert 'data-run-kind="build" data-run-status="Failed"' in page
+    assert "step 1 (shell) exited 2" in page and str(instructor) in page

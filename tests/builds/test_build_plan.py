@@ -5,8 +5,6 @@ the capacity checks and the handbuild console read those, never the manifest tex
 from __future__ import annotations
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 
 from builds.consoles import handbuild_waits
 from builds.jobs import job_timeout_for
@@ -14,7 +12,7 @@ from builds.models import Build, BuildStatus, BuildStep, StepStatus
 from builds.services import submit_manifest
 from ruddervirt import capacity
 from ruddervirt.manifest import parse
-from tests.helpers import make_user
+from tests.helpers import make_user, migrate, migrate_to_newest
 
 pytestmark = pytest.mark.django_db
 
@@ -86,13 +84,6 @@ def test_the_capacity_check_counts_a_build_as_its_rows_say(build):
     assert (memory, disk) == (build.memory_bytes + 2 * overhead, build.disk_bytes)
 
 
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
-
-
 @pytest.mark.django_db(transaction=True)
 def test_the_migration_fills_the_rows_of_existing_builds_from_their_manifest():
     apps = migrate([("builds", "0002_version_spec")])
@@ -116,4 +107,4 @@ def test_the_migration_fills_the_rows_of_existing_builds_from_their_manifest():
         step = Step_.objects.get(vm__build=old)
         assert (step.instructions, step.timeout_s) == ("Open the console and tune it.", 600)
     finally:
-        migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+        migrate_to_newest()

@@ -6,23 +6,15 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
 from ruddervirt.spec import load_spec
 from tests.clones.conftest import MANIFEST
+from tests.helpers import migrate, migrate_to_newest
 
 BEFORE = [("builds", "0001_initial")]
 AFTER = [("builds", "0002_version_spec")]
 MIB = 1024 * 1024
-
-
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
 
 
 @pytest.fixture
@@ -30,7 +22,7 @@ def old_schema():
     """The database as it was before the version record; put back to the newest after."""
     apps = migrate(BEFORE)
     yield apps
-    migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+    migrate_to_newest()
 
 
 def old_version(apps, root) -> tuple[int, dict[str, dict]]:

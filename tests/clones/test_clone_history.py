@@ -66,3 +66,12 @@ def test_the_clone_page_shows_the_history_to_its_teachers_only(
 def test_the_class_page_links_each_clone_to_its_page(clone, instructor):
     page = client_for(instructor).get(f"/clones/classes/{clone.klass_id}/").content.decode()
     assert f'href="/clones/{clone.pk}/"' in page
+
+
+def test_the_clone_page_lists_its_runs(clone, instructor):
+    services.request_action(clone, "stop", user=instructor, queue=False)
+    execute(clone.pk, "stop")
+    page = client_for(instructor).get(f"/clones/{clone.pk}/").content.decode()
+    assert 'data-run-kind="clone.provision" data-run-status="Succeeded"' in page
+    assert 'data-run-kind="clone.stop" data-run-status="Succeeded"' in page
+    assert page.index("clone.stop") < page.index("clone.provision")  # newest first

@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from clones.models import Class, Clone, CloneStatus
+from jobs.models import Operation
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,10 +53,12 @@ def test_launch_class_uses_or_makes_the_named_class(version, admin_user, fake_hv
 
 def test_launch_class_without_wait_only_queues(version, admin_user, fake_hv, monkeypatch):
     queued = []
-    monkeypatch.setattr("clones.services.enqueue", lambda pk, action, vm=None: queued.append(pk))
+    monkeypatch.setattr("jobs.runner.enqueue", queued.append)
     code, _ = launch("--module", "lab", "--students", "ann")
     assert code == 0 and len(queued) == 1
-    assert Clone.objects.get(pk=queued[0]).status == CloneStatus.PENDING
+    op = Operation.objects.get(pk=queued[0])
+    assert op.kind == "clone.provision" and op.status == "Queued"
+    assert Clone.objects.get(pk=op.target_id).status == CloneStatus.PENDING
 
 
 def test_launch_class_names_an_unknown_module(admin_user):
@@ -88,7 +91,7 @@ def test_launch_class_makes_the_clones_itself_when_the_listening_worker_never_co
 ):
     monkeypatch.setattr("clones.management.commands.launch_class.workers_listening", lambda q: 1)
     monkeypatch.setattr("clones.management.commands.launch_class.UNCLAIMED_S", 0.5)
-    monkeypatch.setattr("clones.services.enqueue", lambda pk, action, vm=None: None)  # lost
+    monkeypatch.setattr("jobs.runner.enqueue", lambda op_id: None)  # lost
     code, out = launch("--module", "lab", "--students", "ann", "--wait", "--json")
     assert code == 0, out
     assert json.loads(out.strip().splitlines()[-1])["clones"][0]["status"] == "Running"

@@ -14,6 +14,9 @@ from clones import services
 from clones.models import Clone, CloneStatus
 from clones.reconcile import reconcile_clones
 from clones.runner import run_inline
+from jobs import runner as jobs
+from jobs.models import Operation
+from jobs.reconcile import reconcile
 from ruddervirt.hypervisor.driver import DomainState
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -111,7 +114,7 @@ def test_leftovers_of_deleted_clones_are_removed(clone, fake_hv):
     assert folder.exists()
     key = clone.key
     Clone.objects.filter(pk=clone.pk).delete()  # as if the row went without the host
-    actions = reconcile_clones(fake_hv)
+    actions = reconcile(fake_hv)
     prefix = f"{settings.RUDDERVIRT_NAME_PREFIX}{key}-"
     assert not [d for d in fake_hv.domains if d.startswith(prefix)]
     assert not [n for n in fake_hv.networks if n.startswith(prefix)]
@@ -124,10 +127,12 @@ def test_leftovers_of_deleted_clones_are_removed(clone, fake_hv):
 
 
 def test_a_clone_whose_worker_died_is_failed(clone, fake_hv):
-    Clone.objects.filter(pk=clone.pk).update(
-        status=CloneStatus.PROVISIONING, worker=f"{socket.gethostname()}:999999999"
-    )
-    reconcile_clones(fake_hv)
+    Clone.objects.filter(pk=clone.pk).update(status=CloneStatus.PROVISIONING)
+    op = jobs.submit("clone.provision", clone, queue=False)
+    dead = f"{socket.gethostname()}:999999999"
+    Operation.objects.filter(pk=op.pk).update(status="Running", worker=dead)
+    reconcile(fake_hv)
+    assert Operation.objects.get(pk=op.pk).status == "Interrupted"
     clone.refresh_from_db()
     assert clone.status == CloneStatus.FAILED and "interrupted" in clone.error
 

@@ -365,7 +365,7 @@ def test_kept_disks_of_a_failed_build_go_when_their_time_is_up(image_server, hv)
 
     from django.utils import timezone
 
-    from builds.recovery import reconcile
+    from jobs.reconcile import reconcile
 
     done = build(
         manifest(image_server, "      - {name: nope, type: shell, shell: {inline: 'exit 2'}}\n"),

@@ -8,10 +8,11 @@ import time
 import django_rq
 import pytest
 
-from builds.models import Build, BuildStatus, BuildStep, StepStatus
-from builds.recovery import reconcile
+from builds.models import BuildStatus, BuildStep, StepStatus
 from builds.runner import build_workdir
 from builds.services import start_build
+from jobs.models import Operation
+from jobs.reconcile import reconcile
 from modules.services import create_module
 from tests.e2e.test_build import manifest
 from tests.e2e.workers import kill_hard, manage, start_worker
@@ -48,12 +49,15 @@ def test_a_worker_process_runs_a_queued_build(image_server):
         name="queued", description="", text=manifest(image_server, recipe), user=user
     )
     build = start_build(module=outcome.module, user=user)
-    assert Build.objects.get(pk=build.pk).job_id  # enqueued once the transaction committed
+    [op] = Operation.objects.for_target(build)
+    assert op.rq_job_id and op.kind == "build"  # enqueued once the transaction committed
     worker = start_worker("builds", burst=True)
     output, _ = worker.communicate(timeout=600)
     build.refresh_from_db()
     assert build.status == BuildStatus.SUCCEEDED, (build.error, output[-3000:])
-    assert build.worker and build.heartbeat_at
+    op.refresh_from_db()
+    assert op.status == "Succeeded" and op.outcome == "Succeeded", op.error
+    assert op.worker and op.heartbeat_at and op.finished_at >= op.started_at
 
 
 def test_a_crashed_worker_leaves_a_failed_build_and_nothing_on_the_host(image_server, hv):
@@ -72,7 +76,8 @@ def test_a_crashed_worker_leaves_a_failed_build_and_nothing_on_the_host(image_se
             "the build to reach its step",
         )
         assert [d for d in hv.list_domains("") if d.metadata.get("build") == f"b{build.pk}"]
-        horse = int(Build.objects.get(pk=build.pk).worker.rsplit(":", 1)[1])
+        run = Operation.objects.for_target(build).get(status="Running")
+        horse = int(run.worker.rsplit(":", 1)[1])
     finally:
         kill_hard(worker, horse)
     build.refresh_from_db()
@@ -82,6 +87,7 @@ def test_a_crashed_worker_leaves_a_failed_build_and_nothing_on_the_host(image_se
     assert build.status == BuildStatus.FAILED
     assert "interrupted" in build.error and "gone" in build.error
     assert any(f"build {build.pk}" in a for a in actions)
+    assert Operation.objects.for_target(build).get().status == "Interrupted"
     assert not [d for d in hv.list_domains("") if d.metadata.get("build") == f"b{build.pk}"]
     assert not [n for n in hv.list_networks("") if n.metadata.get("build") == f"b{build.pk}"]
     assert not build_workdir(build.pk).exists()

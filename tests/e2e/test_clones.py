@@ -29,6 +29,7 @@ from clones import consoles, services
 from clones.models import Class, ClassMembership, Clone, CloneStatus
 from clones.reconcile import reconcile_clones
 from clones.runner import execute, run_inline
+from jobs.models import Operation
 from modules.models import ManifestRevision, Module
 from ruddervirt.guest import ssh
 from tests.e2e.storage import qemu_reachable_folder
@@ -488,6 +489,7 @@ def test_from_the_browser_an_instructor_launches_for_three_students_who_each_see
     finally:
         kill_hard(worker)
         for clone in Clone.objects.all():
-            Clone.objects.filter(pk=clone.pk).update(status=CloneStatus.DELETING, worker="")
+            Operation.objects.for_target(clone).running().update(status="Interrupted")
+            Clone.objects.filter(pk=clone.pk).update(status=CloneStatus.DELETING)
             execute(clone.pk, "delete")
     assert not Clone.objects.exists()

@@ -12,9 +12,9 @@ import pytest
 from django.conf import settings
 from rq import Queue, SimpleWorker
 
-from builds.jobs import run_build_job
 from clones.models import Class, ClassMembership, Clone, CloneStatus
 from clones.services import launch
+from jobs.tasks import run_operation_job
 from ruddervirt.hypervisor.fake import FakeHypervisor
 from tests.clones.conftest import make_version
 
@@ -80,7 +80,7 @@ def test_a_clone_job_runs_while_every_build_worker_is_busy(
 ) -> None:
     builds = queues("builds")
     for n in range(3):  # more long builds than build workers: the builds queue is backed up
-        builds.enqueue(run_build_job, 10**6 + n)
+        builds.enqueue(run_operation_job, 10**6 + n)
     version = make_version(instructor, Path(settings.RUDDERVIRT_STORAGE_ROOT))
     (clone,) = launch(klass, version, by=instructor)  # queued once the transaction committed
     clone_worker = SimpleWorker(

@@ -12,6 +12,7 @@ from builds.jobs import workers_listening
 from builds.management.commands._common import cli_user, dumps
 from builds.models import Build, BuildLogLine, BuildStatus
 from builds.reporting import format_line
+from jobs.models import Operation
 from modules.models import dns_label
 from modules.services import ManifestRejected, ModuleNameTaken
 
@@ -114,7 +115,10 @@ class Command(BaseCommand):
                 and not BuildLogLine.objects.filter(build=build, seq__gt=after).exists()
             ):
                 return build
-            unclaimed = build.status == BuildStatus.PENDING and not build.worker
+            unclaimed = (
+                build.status == BuildStatus.PENDING
+                and not Operation.objects.for_target(build).running().exists()
+            )
             if (
                 unclaimed
                 and time.monotonic() - started > UNCLAIMED_GRACE_S

@@ -13,9 +13,10 @@ from django.utils import timezone
 from builds.jobs import workers_listening
 from builds.management.commands._common import cli_user
 from clones import services, students
-from clones.jobs import QUEUE
+from clones.jobs import QUEUE, kind_name
 from clones.models import BUSY, Class, Clone, CloneStatus
 from clones.runner import run_inline
+from jobs.models import Operation, OperationStatus
 
 FOLLOW_TIMEOUT_S = 1800
 UNCLAIMED_S = 60
@@ -101,8 +102,10 @@ class Command(BaseCommand):
             if not Clone.objects.filter(pk__in=ids, status__in=BUSY).exists():
                 return
             if time.monotonic() - started > UNCLAIMED_S:
-                waiting = Clone.objects.filter(pk__in=ids, status=CloneStatus.PENDING, worker="")
-                stuck = list(waiting.values_list("pk", flat=True))
+                waiting = Operation.objects.for_model(Clone).filter(
+                    kind=kind_name("provision"), status=OperationStatus.QUEUED, target_id__in=ids
+                )
+                stuck = list(waiting.values_list("target_id", flat=True))
                 if stuck:
                     self.stderr.write(f"no worker took {len(stuck)} clone(s): making them here")
                     run_inline(stuck, "provision")
