@@ -189,6 +189,8 @@ RUDDERVIRT_NAME_PREFIX = os.environ.get("RUDDERVIRT_NAME_PREFIX", "rv-")
 # traversable by the user QEMU runs as (libvirt-qemu under qemu:///system).
 RUDDERVIRT_STORAGE_ROOT = env_path("RUDDERVIRT_STORAGE_ROOT", VAR_DIR / "storage")
 # When false, VPCs that ask for internet get an isolated network instead (test machines).
+# Where their NAT uplinks end is RUDDERVIRT_UPLINK_NETNS, read by the gateways themselves
+# (ruddervirt/hypervisor/gateway_nat.py: unset, the host; else that network namespace).
 RUDDERVIRT_ALLOW_INTERNET = env_bool("RUDDERVIRT_ALLOW_INTERNET", True)
 # Capacity check before a class launch: what the host keeps for itself, and what each clone
 # is expected to use beyond its VMs' memory and its overlays' initial size.

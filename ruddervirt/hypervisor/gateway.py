@@ -9,7 +9,8 @@ of its own)::
     other subnets of the same VPC plug into the same netns the same way; it routes between them
     and nowhere else. With NAT (internet allowed) the netns also gets an uplink, see
     :mod:`ruddervirt.hypervisor.gateway_nat`, that reaches the internet only (no private,
-    link-local or CGNAT address, no subnet of the host's: :mod:`gateway_egress`).
+    link-local or CGNAT address, no subnet of the host's: :mod:`gateway_egress`); its far
+    end is the host, or the namespace ``RUDDERVIRT_UPLINK_NETNS`` names (tests).
 
 Why: libvirt refuses to start a network whose subnet is already routed on the host, so two
 clones with the same CIDR could never run side by side; in a namespace every copy has its own
@@ -169,7 +170,7 @@ def ensure(spec: NetworkSpec, *, runtime_dir: Path = RUNTIME_DIR) -> None:
             _ensure_router(spec, names, runtime_dir)
             _plug(spec, names)
             _start_dnsmasq(spec, names, folder)
-    except (ExternalCommandError, OSError) as exc:
+    except (ExternalCommandError, OSError, gateway_nat.UplinkError) as exc:
         raise GatewayError(f"gateway of network {spec.name}: {exc}") from exc
 
 
@@ -225,6 +226,8 @@ def _subnets_in(netns: str) -> list[str]:
 
 
 def _ensure_router(spec: NetworkSpec, names: GatewayNames, runtime_dir: Path) -> None:
+    # Where the uplink ends is settled first: an unusable one leaves nothing half-made.
+    uplink_host = gateway_nat.uplink_host() if spec.nat else None
     if not _netns_exists(names.netns):
         _ip("netns", "add", names.netns)
         # No IPv6 at all: nothing of the gateway should answer on link-local addresses.
@@ -233,8 +236,8 @@ def _ensure_router(spec: NetworkSpec, names: GatewayNames, runtime_dir: Path) ->
         _ip("-n", names.netns, "link", "set", "lo", "up")
     # The router forwards between the subnets of its VPC (it has no other way out unless NAT).
     _in_netns(names.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    if spec.nat:
-        gateway_nat.ensure_uplink(names, runtime_dir, in_netns=_in_netns)
+    if uplink_host is not None:
+        gateway_nat.ensure_uplink(names, runtime_dir, in_netns=_in_netns, host=uplink_host)
 
 
 def _plug(spec: NetworkSpec, names: GatewayNames) -> None:
@@ -291,7 +294,9 @@ def _stop_subnet(names: GatewayNames, folder: Path) -> None:
 
 
 def _remove_router(names: GatewayNames, runtime_dir: Path) -> None:
-    gateway_nat.remove_uplink(names)
+    # A stand-in uplink namespace already gone took the uplink's rules and veth end with it.
+    with contextlib.suppress(gateway_nat.UplinkError):
+        gateway_nat.remove_uplink(names, host=gateway_nat.uplink_host())
     _ip("netns", "del", names.netns)
     # The lock file stays: unlinking it under a waiting process would split the lock.
     shutil.rmtree(runtime_dir / names.netns, ignore_errors=True)

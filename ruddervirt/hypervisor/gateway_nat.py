@@ -20,6 +20,15 @@ Every host rule carries the comment ``rv-uplink:<netns>``; :func:`remove_uplink`
 rules by that comment, so it also cleans up after a crash. The host is :data:`HOST`, the
 machine itself; tests pass a :class:`Host` that is a network namespace standing in for it
 (tests/security/test_egress_namespaces.py runs the whole path there, never on the host).
+
+Where the gateways' uplinks end is :func:`uplink_host`: the machine, unless the environment
+variable ``RUDDERVIRT_UPLINK_NETNS`` names a network namespace, which then takes the host's
+part for every uplink (its routes, its firewall, its ``ip_forward``) and the machine's own
+network stack is never touched. The test suite points it at a namespace that does not exist,
+so a test that asks for NAT fails instead of reaching the host's real default route; the one
+test of the whole internet path points it at a stand-in "outside" it makes
+(tests/e2e/test_internet.py). A named namespace that does not exist is an error
+(:class:`UplinkError`), never a fall back to the machine.
 """
 
 from __future__ import annotations
@@ -28,8 +37,10 @@ import contextlib
 import fcntl
 import hashlib
 import ipaddress
+import os
+import re
 import shlex
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +52,9 @@ from ruddervirt.proc import CommandFailed, run
 UPLINK_POOL = ipaddress.IPv4Network("100.64.0.0/10")
 IPTABLES = "iptables"
 TIMEOUT_S = 20.0
+UPLINK_NETNS_ENV = "RUDDERVIRT_UPLINK_NETNS"
+NETNS_DIR = Path("/run/netns")
+_NETNS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 Runner = Callable[..., str]
 
@@ -68,6 +82,26 @@ class Host:
 
 
 HOST = Host()
+
+
+class UplinkError(Exception):
+    """The namespace ``RUDDERVIRT_UPLINK_NETNS`` names is not usable (no uplink is made)."""
+
+
+def uplink_host(environ: Mapping[str, str] = os.environ) -> Host:
+    """Where uplinks end, read at every call: :data:`HOST`, or the namespace
+    ``RUDDERVIRT_UPLINK_NETNS`` names. Raises :class:`UplinkError` when that namespace is
+    malformed or does not exist (never falls back to the machine)."""
+    netns = environ.get(UPLINK_NETNS_ENV, "")
+    if not netns:
+        return HOST
+    if not _NETNS_NAME.fullmatch(netns):
+        raise UplinkError(f"{UPLINK_NETNS_ENV}={netns!r} is not a network namespace name")
+    if not (NETNS_DIR / netns).exists():
+        raise UplinkError(
+            f"{UPLINK_NETNS_ENV}={netns}: no such network namespace; no NAT uplink is made"
+        )
+    return Host(netns)
 
 
 def comment(names: GatewayNames) -> str:
