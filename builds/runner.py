@@ -35,7 +35,7 @@ from builds.models import (
 )
 from builds.reporting import DBReporter
 from builds.transitions import InvalidTransition, transition
-from jobs.models import Operation, OperationStatus
+from jobs.models import Operation
 from jobs.registry import Result
 from modules.models import Module
 from ruddervirt.engine.build import BuildPlan, BuildResult, run_build
@@ -112,10 +112,7 @@ def execute_build(build_id: int, *, hypervisor=None, echo=None) -> Build:
     never runs it too. A build made without one (by hand) gets one."""
     build = Build.objects.get(pk=build_id)
     if not build.is_terminal:
-        ops = Operation.objects.for_target(build)
-        op = ops.filter(kind=KIND, status=OperationStatus.QUEUED).first()
-        if op is None and not ops.filter(status=OperationStatus.RUNNING).exists():
-            op = jobs.submit(KIND, build, by=build.requested_by, queue=False)
+        op = jobs.open_run(KIND, build, by=build.requested_by)
         if op is not None:
             jobs.run(op.pk, hv=hypervisor, echo=echo)
         else:

@@ -23,7 +23,7 @@ import jobs.runner as jobs
 from clones.jobs import KIND_PREFIX, kind_name
 from clones.models import BUSY, Clone, CloneStatus, CloneVM
 from clones.transitions import InvalidTransition, transition
-from jobs.models import Operation, OperationStatus
+from jobs.models import Operation
 from jobs.registry import Result
 from ruddervirt.engine import clone as engine
 from ruddervirt.engine.clone import CloneError, CloneRequest
@@ -105,11 +105,7 @@ def run_inline(
 
 def _open_operation(clone: Clone, action: str, vm: str | None) -> Operation | None:
     """The clone's queued run of `action`, or a new one; None while another run has it."""
-    ops = Operation.objects.for_target(clone)
-    op = ops.filter(kind=kind_name(action), status=OperationStatus.QUEUED).first()
-    if op is None and not ops.running().exists():
-        op = jobs.submit(kind_name(action), clone, args={"vm": vm} if vm else {}, queue=False)
-    return op
+    return jobs.open_run(kind_name(action), clone, args={"vm": vm} if vm else {})
 
 
 # --- the jobs (jobs.runner calls them with the claimed operations) ---------------------

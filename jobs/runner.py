@@ -60,6 +60,19 @@ def submit(
     return op
 
 
+def open_run(
+    kind: str, target: models.Model, *, args: dict | None = None, by=None
+) -> Operation | None:
+    """The run to do now, in this process: the target's Queued run of `kind` (services queued
+    it; this process takes it before a worker does), else a new one; None while another run
+    of the target is Running."""
+    runs = Operation.objects.for_target(target)
+    op = runs.filter(kind=kind, status=S.QUEUED).first()
+    if op is None and not runs.running().exists():
+        op = submit(kind, target, args=args, by=by, queue=False)
+    return op
+
+
 def enqueue(op_id: int) -> bool:
     """Put the run on its RQ queue. When Redis refuses, the kind decides (``unqueued``):
     the run fails with the reason, or stays Queued for ``reschedule``."""

@@ -286,3 +286,14 @@ def test_a_queued_run_whose_job_was_lost_is_queued_again(calls, module, monkeypa
     assert queued == [lost.pk]  # the fresh one may still be on its way to Redis
     assert lines == [f"{KIND} #{lost.pk}: queued again (its job was lost)"]
     assert fresh.pk not in queued
+
+
+def test_open_run_takes_the_queued_run_makes_one_when_none_and_none_while_one_runs(calls, module):
+    queued = runner.submit(KIND, module, queue=False)
+    assert runner.open_run(KIND, module) == queued  # taken before a worker gets to it
+    runner.claim(queued.pk)
+    assert runner.open_run(KIND, module) is None  # another process has the target
+    runner._end(queued, Result(outcome="Done"))
+    made = runner.open_run(KIND, module, args={"vm": "web"})
+    assert made is not None and made != queued
+    assert (made.status, made.args) == ("Queued", {"vm": "web"})
