@@ -90,6 +90,19 @@ def test_a_guest_that_stays_up_after_poweroff_gets_the_acpi_button(build) -> Non
     assert "the guest powered off on ACPI" in text
 
 
+def test_a_guest_that_stays_up_after_poweroff_is_shut_down_by_its_agent_despite_acpi(
+    build,
+) -> None:
+    build.script("web", fake.wait(), build.generalized(), fake.power_off(), bare=True)
+    build.hv.agents.add(build.domain("web"))
+    build.hv.acpi_ignored.add(build.domain("web"))
+    build.run(manifest_text(vm_yaml("web")))
+    text = build.reporter.text()
+    assert "the guest did not power off by itself; asked its guest agent to shut it down" in text
+    assert "the guest powered off through its guest agent" in text
+    assert not any("ACPI" in line for line in text)
+
+
 def test_ssh_that_never_comes_fails_the_vm_with_the_domain_state(build) -> None:
     build.script("web", fake.never_answers(), bare=True)
     extra = "    communicator: {sshTimeout: 200ms}\n"
