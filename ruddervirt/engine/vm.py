@@ -23,7 +23,13 @@ from ruddervirt.guest.communicator import Communicator, Endpoint, OutputCallback
 from ruddervirt.guest.errors import Cancelled, CommandTimeout, GuestError, WaitTimeout
 from ruddervirt.guest.shellscript import build_shell_command, run_shell_script
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
-from ruddervirt.hypervisor.driver import DomainState, ShutdownVia, WaitCancelled, WaitTimedOut
+from ruddervirt.hypervisor.driver import (
+    DomainState,
+    HypervisorError,
+    ShutdownVia,
+    WaitCancelled,
+    WaitTimedOut,
+)
 from ruddervirt.hypervisor.seed import cloud_config_with_keys, nocloud_meta_data, seed_drive
 from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, EfiSpec
 from ruddervirt.manifest.model import (
@@ -43,6 +49,8 @@ POWEROFF_POSIX = (
 POWEROFF_POWERSHELL = "shutdown /s /t 0 /f"
 OFF_STATES = (DomainState.SHUTOFF, DomainState.ABSENT)
 ACPI_ASKED = "sending the ACPI power button"
+# How long the guest agent may take to flush and freeze the filesystems before a forced stop.
+FSFREEZE_TIMEOUT_S = 30.0
 # How long a quick command may take to tell whether an SSH session still works.
 PROBE_TIMEOUT_S = 5.0
 
@@ -453,8 +461,25 @@ class VMRunner(VMDisks, InstallerMedia):
         if self.wait_off(self.config.acpi_timeout_s):
             self.log(f"the guest powered off {'through its guest agent' if agent else 'on ACPI'}")
             return
-        self.log("the guest ignored ACPI; forcing it off", "stderr")
+        ignored = "its guest agent's shutdown" if agent else "ACPI"
+        self.log(f"the guest ignored {ignored}; forcing it off", "stderr")
+        self.freeze_filesystems()
         self.hv.destroy(self.domain)
+
+    def freeze_filesystems(self) -> None:
+        """Before a forced stop: through the guest agent when one answers, flush and freeze
+        the guest's filesystems, so the disks captured after the plug is pulled are
+        consistent (no thaw: the domain is destroyed next, its next boot starts thawed).
+        Logged either way, never fatal: a guest without agent is forced off as it is."""
+        try:
+            frozen = self.hv.fsfreeze(self.domain, FSFREEZE_TIMEOUT_S)
+        except HypervisorError as exc:
+            self.log(f"its guest agent could not freeze its filesystems ({exc})", "stderr")
+            return
+        if frozen is None:
+            self.log("no guest agent answers to freeze its filesystems first")
+        else:
+            self.log(f"its guest agent froze {frozen} filesystem(s) first")
 
     def wait_off(self, timeout: float) -> bool:
         try:

@@ -123,6 +123,14 @@ class Hypervisor(Protocol):
         False, never an error, when it cannot: the domain is not running, has no agent
         channel, or no agent is connected or answering. DomainNotFound when absent."""
 
+    def fsfreeze(self, name: str, timeout_s: float) -> int | None:
+        """Freeze the guest's filesystems through its qemu-guest-agent
+        (guest-fsfreeze-freeze: dirty data flushed, writes held), so a disk read or a plug
+        pulled next finds them consistent; the number frozen. None, never an error, when no
+        agent answers within ``timeout_s`` (as agent_ping). HypervisorError when the agent
+        answers but cannot freeze (e.g. a guest without freeze support). DomainNotFound
+        when absent. Nothing thaws them but guest-fsfreeze-thaw or the next boot."""
+
     def destroy(self, name: str) -> None:
         """Pull the plug; no error when already off. DomainNotFound when absent."""
 

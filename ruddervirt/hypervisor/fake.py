@@ -6,8 +6,9 @@ is not active, console of a stopped domain, ...). State changes happen at once: 
 a domain RUNNING, ``shutdown`` makes it SHUTOFF unless its name is in ``acpi_ignored`` (a guest
 that ignores the power button, like busybox init) and not in ``agents`` (a guest whose
 qemu-guest-agent answers: ``agent_ping`` says True while it runs, and ``shutdown`` goes through
-the agent, whatever ACPI would do). Tests can force a state with
-:meth:`FakeHypervisor.set_state` and inspect ``sent_keys`` and ``calls``. Thread-safe.
+the agent, whatever ACPI would do, and ``fsfreeze`` freezes one filesystem). Tests can force
+a state with :meth:`FakeHypervisor.set_state` and inspect ``sent_keys``, ``frozen`` and
+``calls``. Thread-safe.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class FakeHypervisor:
         self.sent_keys: dict[str, list[tuple[tuple[int, ...], int]]] = {}
         self.acpi_ignored: set[str] = set()
         self.agents: set[str] = set()
+        self.frozen: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self._lock = threading.RLock()
         self._next_port = FIRST_VNC_PORT
@@ -156,6 +158,16 @@ class FakeHypervisor:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         with self._lock:
             return self._dom(name).state is DomainState.RUNNING and name in self.agents
+
+    def fsfreeze(self, name: str, timeout_s: float) -> int | None:
+        """See :meth:`Hypervisor.fsfreeze`: one filesystem for a running domain in ``agents``
+        (and the domain's name added to ``frozen``), else None."""
+        if not self.agent_ping(name, timeout_s):
+            return None
+        with self._lock:
+            self._record("fsfreeze", name)
+            self.frozen.add(name)
+            return 1
 
     def destroy(self, name: str) -> None:
         """See :meth:`Hypervisor.destroy`."""

@@ -14,6 +14,7 @@ an rq work horse, only affects its owner, and is reopened on next use (``isAlive
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import threading
@@ -75,6 +76,7 @@ _NO_AGENT = (
     libvirt.VIR_ERR_OPERATION_FAILED,
 )
 _GUEST_PING = '{"execute": "guest-ping"}'
+_FSFREEZE = '{"execute": "guest-fsfreeze-freeze"}'
 # libvirt's agent shutdown blocks until the guest is off (up to 60 s): it runs in a helper
 # thread, and shutdown waits this long only to hear of an early failure (then ACPI).
 AGENT_SHUTDOWN_GRACE_S = 0.5
@@ -231,6 +233,17 @@ class LibvirtHypervisor:
                 return False
             raise _translate(exc, f"guest agent of {name!r}") from exc
         return True
+
+    def fsfreeze(self, name: str, timeout_s: float) -> int | None:
+        """See :meth:`Hypervisor.fsfreeze` (libvirt counts the timeout in whole seconds)."""
+        if not self.agent_ping(name, AGENT_PING_TIMEOUT_S):
+            return None
+        dom = self._domain(name)
+        try:
+            reply = libvirt_qemu.qemuAgentCommand(dom, _FSFREEZE, max(1, math.ceil(timeout_s)), 0)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"guest agent of {name!r}: fsfreeze") from exc
+        return int(json.loads(reply)["return"])
 
     def destroy(self, name: str) -> None:
         """See :meth:`Hypervisor.destroy`."""

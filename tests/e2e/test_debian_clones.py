@@ -1,7 +1,8 @@
 """A real Debian 12 guest built, generalized at capture and cloned twice under TCG: each clone
 boots as a new cloud-init instance with its own machine-id and SSH host keys, keeps the
 module's static address, and is not provisioned again. Each clone VM is recorded ready when
-its qemu-guest-agent answers, and the agent shuts a clone down.
+its qemu-guest-agent answers; the agent freezes a guest's filesystems and shuts a clone
+down.
 
 The build records its own machine-id, host key and user-data runs in files that
 generalization leaves alone; each clone is then checked from inside, over SSH as `debian`
@@ -198,6 +199,11 @@ def test_debian_clones_boot_with_their_own_identity_and_the_modules_address(
     assert first["machine_id"] != second["machine_id"]
     assert first["host_key"] != second["host_key"]
     assert first["instance"] != second["instance"]
+
+    # Before a forced stop, the agent flushes and freezes the guest's filesystems.
+    second = clones[1].vms.get(name="web").domain_name
+    assert (hv.fsfreeze(second, 30) or 0) >= 1
+    hv.destroy(second)
 
     # The agent shuts a clone down cleanly, whatever ACPI would do.
     domain = clones[0].vms.get(name="web").domain_name

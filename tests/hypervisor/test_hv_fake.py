@@ -101,6 +101,15 @@ def test_an_agent_answers_only_while_its_domain_runs(running: FakeHypervisor) ->
         running.agent_ping("rv-gone", 1)
 
 
+def test_fsfreeze_freezes_through_an_answering_agent_and_is_none_without_one(
+    running: FakeHypervisor,
+) -> None:
+    assert running.fsfreeze("rv-web", 1) is None
+    running.agents.add("rv-web")
+    assert running.fsfreeze("rv-web", 1) == 1
+    assert running.frozen == {"rv-web"}
+
+
 def test_wait_for_state_can_be_cancelled(running: FakeHypervisor) -> None:
     cancel = threading.Event()
     cancel.set()

@@ -140,6 +140,7 @@ def test_domain_with_network_runs_and_cleans_up_completely(
     assert Path(spec.serial_log).exists()  # type: ignore[arg-type]
 
     assert hv.agent_ping(name, 1) is False  # a channel, but no agent in it: no error
+    assert hv.fsfreeze(name, 1) is None  # nothing to freeze with: no error
     assert hv.shutdown(name) is ShutdownVia.ACPI  # no OS to honour ACPI: still running
     assert hv.state(name) is DomainState.RUNNING
     hv.destroy(name)
