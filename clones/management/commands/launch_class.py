@@ -15,7 +15,7 @@ from builds.jobs import workers_listening
 from builds.management.commands._common import cli_user
 from clones import readiness, services, students
 from clones.jobs import QUEUE, kind_name
-from clones.models import BUSY, Class, Clone, CloneStatus
+from clones.models import BUSY, Class, Clone, CloneStatus, CloneVM
 from clones.runner import run_inline
 from jobs.models import Operation, OperationStatus
 from ruddervirt.runtime import get_hypervisor
@@ -98,7 +98,7 @@ class Command(BaseCommand):
         if not_ready:
             raise SystemExit(1)
 
-    def wait_ready(self, ids: list[int], timeout: float) -> list:
+    def wait_ready(self, ids: list[int], timeout: float) -> list[CloneVM]:
         """Probe the clones' VMs until all are ready (readiness.wait_ready); the VMs still not
         ready after `timeout`, named on stderr."""
         left = readiness.wait_ready(ids, get_hypervisor(), timeout=timeout)
