@@ -170,6 +170,12 @@ class CloneVM(models.Model):
     disks = models.JSONField(default=list)  # paths of the clone's disks
     # What libvirt said last: running, shutoff, absent, ...
     state = models.CharField(max_length=20, blank=True)
+    # Readiness (clones.readiness): when the portal last booted the VM, when its guest then
+    # answered (agent or SSH banner), how long that took and how. Cleared when it stops.
+    started_at = models.DateTimeField(null=True, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    ready_s = models.FloatField(null=True, blank=True)
+    ready_via = models.CharField(max_length=10, blank=True)  # "agent" or "ssh"
 
     class Meta:
         ordering = ["clone", "index"]
@@ -181,3 +187,8 @@ class CloneVM(models.Model):
     @property
     def console_url(self) -> str:
         return f"/console/clone/{self.clone_id}/{self.name}/"
+
+    @property
+    def is_ready(self) -> bool:
+        """Its guest answered since it was last started, and it still runs."""
+        return self.ready_at is not None and self.state == "running"

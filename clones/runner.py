@@ -20,6 +20,7 @@ from pathlib import Path
 from django.utils import timezone
 
 import jobs.runner as jobs
+from clones import readiness
 from clones.jobs import KIND_PREFIX, kind_name
 from clones.models import BUSY, Clone, CloneStatus, CloneVM
 from clones.transitions import InvalidTransition, transition
@@ -223,6 +224,7 @@ def _created(clone: Clone, result: engine.CloneResult, hv: Hypervisor) -> None:
             disks=[str(p) for p in vm.disks],
             nics=[n.to_dict() for n in vm.nics],
         )
+    readiness.mark_started(clone.pk, [vm.name for vm in result.vms])
     record_states(clone, hv)
     note = "; ".join(result.warnings)[:300]
     transition(clone, S.RUNNING, note=note, last_activity_at=timezone.now())
@@ -230,9 +232,11 @@ def _created(clone: Clone, result: engine.CloneResult, hv: Hypervisor) -> None:
 
 def _start(clone: Clone, hv: Hypervisor, vm: str | None) -> None:
     req = clone_request(clone)
+    booting = readiness.off_vms(clone.pk, hv, vm)
     ports = engine.start_clone(
         req, hv=hv, config=engine_config(), ports=req.ports, vms=[vm] if vm else None
     )
+    readiness.mark_started(clone.pk, booting)
     for name, port in ports.items():
         CloneVM.objects.filter(clone=clone, name=name).update(mgmt_port=port)
     record_states(clone, hv)
@@ -255,6 +259,7 @@ def _restart(clone: Clone, hv: Hypervisor, vm: str | None) -> None:
 def _power_off(clone: Clone, hv: Hypervisor, vm: str | None) -> None:
     domains = [v.domain_name for v in clone.vms.all() if vm is None or v.name == vm]
     engine.stop_clone(hv, domains, timeout=engine_config().acpi_timeout_s)
+    readiness.clear(clone.pk, vm)
 
 
 def _delete(clone: Clone, hv: Hypervisor, _vm: str | None) -> None:

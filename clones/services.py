@@ -20,7 +20,7 @@ import jobs.runner as jobs
 from accounts.roles import is_admin
 from builds import refs
 from builds.models import ModuleVersion
-from clones import capacity
+from clones import capacity, readiness
 from clones.jobs import kind_name
 from clones.models import (
     AT_REST,
@@ -295,6 +295,11 @@ def clone_summary(clone: Clone, *, for_teacher: bool = True) -> dict:
             "state": vm.state,
             "invisible": vm.invisible,
             "console_url": vm.console_url,
+            # Readiness (clones.readiness): its guest answered since it was last started.
+            "ready": vm.is_ready,
+            "ready_s": round(vm.ready_s, 1) if vm.is_ready and vm.ready_s is not None else None,
+            "ready_via": vm.ready_via if vm.is_ready else "",
+            "ready_text": readiness.ready_text(vm),
         }
         if for_teacher:
             item["ssh_port"] = vm.mgmt_port or None

@@ -46,6 +46,9 @@ RECONCILE_EVERY=${RUDDERVIRT_RECONCILE_EVERY:-60}
   done
 ) &
 pids+=($!)
+# Every 2 s: clone VMs whose guest answered (agent or SSH banner) are recorded ready.
+.venv/bin/python manage.py watch_ready --every "${RUDDERVIRT_READY_EVERY:-2}" &
+pids+=($!)
 .venv/bin/daphne -b "$HOST" -p "$PORT" ruddervirt.asgi:application &
 pids+=($!)
 echo "RudderVirt is at http://$HOST:$PORT/ (domain type: ${RUDDERVIRT_DOMAIN_TYPE:-kvm}); Ctrl-C stops it."

@@ -47,6 +47,7 @@ from ruddervirt.hypervisor.driver import (
     DomainNotFound,
     DomainState,
     HypervisorError,
+    ShutdownVia,
     WaitTimedOut,
 )
 from ruddervirt.hypervisor.seed import seed_drive
@@ -381,8 +382,9 @@ def _start_vm(
 def stop_clone(
     hv, domains: Sequence[str], *, timeout: float, force: bool = False
 ) -> dict[str, str]:
-    """Power the domains off: the ACPI button for all at once, then a forced stop for those
-    still running after `timeout` (at once with `force`). Returns how each one went down."""
+    """Power the domains off: hv.shutdown for all at once (the guest agent where one
+    answers, else the ACPI button), then a forced stop for those still running after
+    `timeout` (at once with `force`). Returns how each one went down."""
     how: dict[str, str] = {}
     running = [d for d in domains if hv.state(d) not in OFF_STATES]
     if force:
@@ -390,8 +392,7 @@ def stop_clone(
             hv.destroy(name)
             how[name] = "forced off"
         return how
-    for name in running:
-        hv.shutdown(name)
+    asked = {name: hv.shutdown(name) for name in running}
     deadline = time.monotonic() + timeout
     for name in running:
         try:
@@ -401,7 +402,8 @@ def stop_clone(
             how[name] = "gone"
         except WaitTimedOut:
             hv.destroy(name)
-            how[name] = "forced off after the guest ignored the power button"
+            ignored = "its guest agent" if asked[name] is ShutdownVia.AGENT else "the power button"
+            how[name] = f"forced off after the guest ignored {ignored}"
     return how
 
 

@@ -23,7 +23,13 @@ from ruddervirt.guest.communicator import Communicator, Endpoint, OutputCallback
 from ruddervirt.guest.errors import Cancelled, CommandTimeout, GuestError, WaitTimeout
 from ruddervirt.guest.shellscript import build_shell_command, run_shell_script
 from ruddervirt.hypervisor.domain_xml import mgmt_mac_for
-from ruddervirt.hypervisor.driver import DomainState, WaitCancelled, WaitTimedOut
+from ruddervirt.hypervisor.driver import (
+    DomainState,
+    HypervisorError,
+    ShutdownVia,
+    WaitCancelled,
+    WaitTimedOut,
+)
 from ruddervirt.hypervisor.seed import cloud_config_with_keys, nocloud_meta_data, seed_drive
 from ruddervirt.hypervisor.specs import DiskSpec, DomainSpec, EfiSpec
 from ruddervirt.manifest.model import (
@@ -42,6 +48,9 @@ POWEROFF_POSIX = (
 )
 POWEROFF_POWERSHELL = "shutdown /s /t 0 /f"
 OFF_STATES = (DomainState.SHUTOFF, DomainState.ABSENT)
+ACPI_ASKED = "sending the ACPI power button"
+# How long the guest agent may take to flush and freeze the filesystems before a forced stop.
+FSFREEZE_TIMEOUT_S = 30.0
 # How long a quick command may take to tell whether an SSH session still works.
 PROBE_TIMEOUT_S = 5.0
 
@@ -429,7 +438,8 @@ class VMRunner(VMDisks, InstallerMedia):
 
     # --- shutdown ---------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Guest poweroff over SSH, then ACPI, then a forced stop."""
+        """Guest poweroff over SSH, then the guest agent or ACPI (hv.shutdown), then a forced
+        stop."""
         powershell = self.vm.communicator.shell == "powershell"
         command = POWEROFF_POWERSHELL if powershell else POWEROFF_POSIX
         if not powershell:
@@ -444,13 +454,32 @@ class VMRunner(VMDisks, InstallerMedia):
         if self.wait_off(self.config.guest_poweroff_timeout_s):
             self.log("the guest powered off")
             return
-        self.log("the guest did not power off by itself; sending the ACPI power button")
-        self.hv.shutdown(self.domain)
+        # The guest agent when it answers (it does not depend on ACPI), else the power button.
+        agent = self.hv.shutdown(self.domain) is ShutdownVia.AGENT
+        asked = "asked its guest agent to shut it down" if agent else ACPI_ASKED
+        self.log(f"the guest did not power off by itself; {asked}")
         if self.wait_off(self.config.acpi_timeout_s):
-            self.log("the guest powered off on ACPI")
+            self.log(f"the guest powered off {'through its guest agent' if agent else 'on ACPI'}")
             return
-        self.log("the guest ignored ACPI; forcing it off", "stderr")
+        ignored = "its guest agent's shutdown" if agent else "ACPI"
+        self.log(f"the guest ignored {ignored}; forcing it off", "stderr")
+        self.freeze_filesystems()
         self.hv.destroy(self.domain)
+
+    def freeze_filesystems(self) -> None:
+        """Before a forced stop: through the guest agent when one answers, flush and freeze
+        the guest's filesystems, so the disks captured after the plug is pulled are
+        consistent (no thaw: the domain is destroyed next, its next boot starts thawed).
+        Logged either way, never fatal: a guest without agent is forced off as it is."""
+        try:
+            frozen = self.hv.fsfreeze(self.domain, FSFREEZE_TIMEOUT_S)
+        except HypervisorError as exc:
+            self.log(f"its guest agent could not freeze its filesystems ({exc})", "stderr")
+            return
+        if frozen is None:
+            self.log("no guest agent answers to freeze its filesystems first")
+        else:
+            self.log(f"its guest agent froze {frozen} filesystem(s) first")
 
     def wait_off(self, timeout: float) -> bool:
         try:

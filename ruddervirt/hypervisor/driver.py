@@ -24,6 +24,9 @@ MAX_SEND_KEYS = 16  # libvirt's VIR_DOMAIN_SEND_KEY_MAX_KEYS
 # wait_for_state's polling period. Each poll is two cheap libvirt calls (lookup + state); the
 # period is the lag between a VM stopping and a build noticing it (half of it on average).
 POLL_INTERVAL_S = 0.1
+# How long a shutdown waits for the guest agent's answer to guest-ping before it falls back to
+# the ACPI button: an agent that answers at all answers within milliseconds.
+AGENT_PING_TIMEOUT_S = 2.0
 
 CancelCheck = Callable[[], bool]
 
@@ -61,6 +64,14 @@ class DomainState(enum.Enum):
     CRASHED = "crashed"
     ABSENT = "absent"
     OTHER = "other"
+
+
+class ShutdownVia(enum.Enum):
+    """How ``shutdown`` asked the guest to power off."""
+
+    AGENT = "agent"  # qemu-guest-agent's guest-shutdown (the agent answered guest-ping)
+    ACPI = "acpi"  # the ACPI power button (no agent answered)
+    NOTHING = "nothing"  # the domain was not running
 
 
 @dataclass(frozen=True)
@@ -101,8 +112,24 @@ class Hypervisor(Protocol):
     def start(self, name: str) -> None:
         """Boot a defined domain; no-op when already running."""
 
-    def shutdown(self, name: str) -> None:
-        """Ask the guest to power off (ACPI button); returns at once, no-op when shut off."""
+    def shutdown(self, name: str) -> ShutdownVia:
+        """Ask the guest to power off: through its qemu-guest-agent when one answers
+        guest-ping (within AGENT_PING_TIMEOUT_S), else with the ACPI power button. Returns
+        without waiting for the guest to go off, saying how it asked; NOTHING (and no
+        request) when the domain is not running."""
+
+    def agent_ping(self, name: str, timeout_s: float) -> bool:
+        """Whether the guest's qemu-guest-agent answers guest-ping within ``timeout_s``.
+        False, never an error, when it cannot: the domain is not running, has no agent
+        channel, or no agent is connected or answering. DomainNotFound when absent."""
+
+    def fsfreeze(self, name: str, timeout_s: float) -> int | None:
+        """Freeze the guest's filesystems through its qemu-guest-agent
+        (guest-fsfreeze-freeze: dirty data flushed, writes held), so a disk read or a plug
+        pulled next finds them consistent; the number frozen. None, never an error, when no
+        agent answers within ``timeout_s`` (as agent_ping). HypervisorError when the agent
+        answers but cannot freeze (e.g. a guest without freeze support). DomainNotFound
+        when absent. Nothing thaws them but guest-fsfreeze-thaw or the next boot."""
 
     def destroy(self, name: str) -> None:
         """Pull the plug; no error when already off. DomainNotFound when absent."""

@@ -4,8 +4,11 @@ Domains and networks live in dicts. It raises the same errors as the libvirt dri
 same situations (unknown names, redefining a running domain, starting a domain whose network
 is not active, console of a stopped domain, ...). State changes happen at once: ``start`` makes
 a domain RUNNING, ``shutdown`` makes it SHUTOFF unless its name is in ``acpi_ignored`` (a guest
-that ignores the power button, like busybox init). Tests can force a state with
-:meth:`FakeHypervisor.set_state` and inspect ``sent_keys`` and ``calls``. Thread-safe.
+that ignores the power button, like busybox init) and not in ``agents`` (a guest whose
+qemu-guest-agent answers: ``agent_ping`` says True while it runs, and ``shutdown`` goes through
+the agent, whatever ACPI would do, and ``fsfreeze`` freezes one filesystem). Tests can force
+a state with :meth:`FakeHypervisor.set_state` and inspect ``sent_keys``, ``frozen`` and
+``calls``. Thread-safe.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ruddervirt.hypervisor.driver import (
     InvalidState,
     NetworkInfo,
     NetworkNotFound,
+    ShutdownVia,
     check_keycodes,
     check_prefix,
     poll_for_state,
@@ -63,6 +67,8 @@ class FakeHypervisor:
         self.networks: dict[str, FakeNetwork] = {}
         self.sent_keys: dict[str, list[tuple[tuple[int, ...], int]]] = {}
         self.acpi_ignored: set[str] = set()
+        self.agents: set[str] = set()
+        self.frozen: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self._lock = threading.RLock()
         self._next_port = FIRST_VNC_PORT
@@ -134,13 +140,34 @@ class FakeHypervisor:
             dom.state, dom.boots = state, dom.boots + 1
             dom.vnc_port, self._next_port = self._next_port, self._next_port + 1
 
-    def shutdown(self, name: str) -> None:
+    def shutdown(self, name: str) -> ShutdownVia:
         """See :meth:`Hypervisor.shutdown`."""
         with self._lock:
             self._record("shutdown", name)
             dom = self._dom(name)
-            if dom.state is DomainState.RUNNING and name not in self.acpi_ignored:
+            if dom.state is not DomainState.RUNNING:
+                return ShutdownVia.NOTHING
+            via = ShutdownVia.AGENT if name in self.agents else ShutdownVia.ACPI
+            if via is ShutdownVia.AGENT or name not in self.acpi_ignored:
                 dom.state, dom.vnc_port = DomainState.SHUTOFF, None
+            return via
+
+    def agent_ping(self, name: str, timeout_s: float) -> bool:
+        """See :meth:`Hypervisor.agent_ping`: True for a running domain named in ``agents``."""
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        with self._lock:
+            return self._dom(name).state is DomainState.RUNNING and name in self.agents
+
+    def fsfreeze(self, name: str, timeout_s: float) -> int | None:
+        """See :meth:`Hypervisor.fsfreeze`: one filesystem for a running domain in ``agents``
+        (and the domain's name added to ``frozen``), else None."""
+        if not self.agent_ping(name, timeout_s):
+            return None
+        with self._lock:
+            self._record("fsfreeze", name)
+            self.frozen.add(name)
+            return 1
 
     def destroy(self, name: str) -> None:
         """See :meth:`Hypervisor.destroy`."""

@@ -14,6 +14,8 @@ an rq work horse, only affects its owner, and is reopened on next use (``isAlive
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import threading
 import xml.etree.ElementTree as ET
@@ -21,10 +23,12 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import libvirt
+import libvirt_qemu
 
 from ruddervirt.hypervisor import gateway
 from ruddervirt.hypervisor.domain_xml import OWNER_NS, build_domain_xml, parse_owner_metadata
 from ruddervirt.hypervisor.driver import (
+    AGENT_PING_TIMEOUT_S,
     CancelCheck,
     ConsoleAddress,
     DomainInfo,
@@ -34,6 +38,7 @@ from ruddervirt.hypervisor.driver import (
     InvalidState,
     NetworkInfo,
     NetworkNotFound,
+    ShutdownVia,
     check_keycodes,
     check_prefix,
     poll_for_state,
@@ -58,6 +63,23 @@ _STATES = {
     libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
     libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
 }
+
+# What libvirt says when no agent can answer: none connected, not configured, not running,
+# too slow, out of sync. agent_ping turns these into False.
+_NO_AGENT = (
+    libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+    libvirt.VIR_ERR_AGENT_UNSYNCED,
+    libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+    libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+    libvirt.VIR_ERR_OPERATION_INVALID,
+    libvirt.VIR_ERR_OPERATION_TIMEOUT,
+    libvirt.VIR_ERR_OPERATION_FAILED,
+)
+_GUEST_PING = '{"execute": "guest-ping"}'
+_FSFREEZE = '{"execute": "guest-fsfreeze-freeze"}'
+# libvirt's agent shutdown blocks until the guest is off (up to 60 s): it runs in a helper
+# thread, and shutdown waits this long only to hear of an early failure (then ACPI).
+AGENT_SHUTDOWN_GRACE_S = 0.5
 
 _UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
@@ -188,12 +210,40 @@ class LibvirtHypervisor:
             if state == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()
 
-    def shutdown(self, name: str) -> None:
+    def shutdown(self, name: str) -> ShutdownVia:
         """See :meth:`Hypervisor.shutdown`."""
         dom = self._domain(name)
         with _errors(f"shutdown {name!r}"):
+            if not dom.isActive():
+                return ShutdownVia.NOTHING
+        if self.agent_ping(name, AGENT_PING_TIMEOUT_S) and _agent_shutdown(dom, name):
+            return ShutdownVia.AGENT
+        with _errors(f"shutdown {name!r}"):
             if dom.isActive():
                 dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        return ShutdownVia.ACPI
+
+    def agent_ping(self, name: str, timeout_s: float) -> bool:
+        """See :meth:`Hypervisor.agent_ping` (libvirt counts the timeout in whole seconds)."""
+        dom = self._domain(name)
+        try:
+            libvirt_qemu.qemuAgentCommand(dom, _GUEST_PING, max(1, math.ceil(timeout_s)), 0)
+        except libvirt.libvirtError as exc:
+            if _is(exc, *_NO_AGENT):
+                return False
+            raise _translate(exc, f"guest agent of {name!r}") from exc
+        return True
+
+    def fsfreeze(self, name: str, timeout_s: float) -> int | None:
+        """See :meth:`Hypervisor.fsfreeze` (libvirt counts the timeout in whole seconds)."""
+        if not self.agent_ping(name, AGENT_PING_TIMEOUT_S):
+            return None
+        dom = self._domain(name)
+        try:
+            reply = libvirt_qemu.qemuAgentCommand(dom, _FSFREEZE, max(1, math.ceil(timeout_s)), 0)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"guest agent of {name!r}: fsfreeze") from exc
+        return int(json.loads(reply)["return"])
 
     def destroy(self, name: str) -> None:
         """See :meth:`Hypervisor.destroy`."""
@@ -400,6 +450,24 @@ class LibvirtHypervisor:
         except NetworkNotFound:
             return False
         return True
+
+
+def _agent_shutdown(dom: libvirt.virDomain, name: str) -> bool:
+    """Send guest-shutdown through the agent; False when libvirt refused it at once (the
+    agent went away since it answered), True when it was accepted or is still under way."""
+    failed, done = threading.Event(), threading.Event()
+
+    def send() -> None:
+        try:
+            dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT)
+        except libvirt.libvirtError:
+            failed.set()
+        finally:
+            done.set()
+
+    threading.Thread(target=send, name=f"agent-shutdown-{name}", daemon=True).start()
+    done.wait(AGENT_SHUTDOWN_GRACE_S)
+    return not failed.is_set()
 
 
 def _vnc_address(name: str, root: ET.Element) -> ConsoleAddress:

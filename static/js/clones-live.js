@@ -27,6 +27,8 @@
       const li = el.querySelector(`[data-vm="${CSS.escape(vm.name)}"]`);
       if (!li) return;
       set(li, "state", vm.state || "-");
+      const ready = set(li, "ready", vm.ready_text || "");
+      if (ready) ready.classList.toggle("ready", Boolean(vm.ready));
       if (vm.ssh_port) set(li, "ssh", `ssh 127.0.0.1:${vm.ssh_port}`);
     });
   }
@@ -52,7 +54,8 @@
             if (el) renderClone(el, c);
           });
         }
-        delay = data.clones.some((c) => BUSY.has(c.status)) ? 1000 : 3000;
+        const booting = (c) => c.vms.some((vm) => vm.ready_text === "booting");
+        delay = data.clones.some((c) => BUSY.has(c.status) || booting(c)) ? 1000 : 3000;
       } else {
         delay = 10000;
       }

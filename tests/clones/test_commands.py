@@ -21,10 +21,10 @@ def no_workers(monkeypatch):
     monkeypatch.setattr("clones.management.commands.launch_class.workers_listening", lambda q: 0)
 
 
-def launch(*args: str) -> tuple[int, str]:
+def launch(*args: str, stderr: io.StringIO | None = None) -> tuple[int, str]:
     out = io.StringIO()
     try:
-        call_command("launch_class", *args, stdout=out)
+        call_command("launch_class", *args, stdout=out, stderr=stderr or io.StringIO())
         code = 0
     except SystemExit as exc:
         code = int(exc.code or 0)
@@ -40,6 +40,52 @@ def test_launch_class_waits_and_ends_with_json(version, admin_user, fake_hv):
     assert {c["status"] for c in data["clones"]} == {"Running"}
     vms = data["clones"][0]["vms"]
     assert [v["name"] for v in vms] == ["web", "dc"] and all(v["ssh_port"] for v in vms)
+
+
+def test_launch_class_wait_ready_gives_each_vm_its_readiness(
+    version, admin_user, fake_hv, monkeypatch
+):
+    monkeypatch.setattr(fake_hv, "agent_ping", lambda name, timeout_s: True)  # every agent up
+    code, out = launch("--module", "lab@1", "--students", "ann,ben", "--wait-ready", "--json")
+    assert code == 0, out
+    data = json.loads(out.strip().splitlines()[-1])
+    assert {c["status"] for c in data["clones"]} == {"Running"}
+    for clone in data["clones"]:
+        assert [v["name"] for v in clone["vms"]] == ["web", "dc"]
+        for vm in clone["vms"]:
+            assert vm["domain"].endswith(f"c{clone['id']}-{vm['name']}")
+            assert vm["ready"] is True and 0 <= vm["ready_s"] < 30
+            assert vm["ready_via"] == "agent"
+
+
+def test_launch_class_wait_ready_says_which_vms_are_not_ready_at_its_timeout(
+    version, admin_user, fake_hv, monkeypatch
+):
+    monkeypatch.setattr(fake_hv, "agent_ping", lambda name, timeout_s: name.endswith("-web"))
+    err = io.StringIO()
+    code, out = launch(
+        "--module", "lab", "--students", "ann", "--wait-ready", "--ready-timeout", "0.5",
+        stderr=err,
+    )  # fmt: skip
+    assert code == 1
+    clone = Clone.objects.get()
+    dc = clone.vms.get(name="dc").domain_name
+    assert err.getvalue().strip() == f"not ready after 0.5s: clone {clone.pk} VM dc ({dc})"
+    assert f"  clone {clone.pk} for ann: Running" in out  # the existing lines, unchanged
+    assert "    VM web: ready in " in out and "    VM dc: booting" in out
+
+
+def test_watch_ready_once_records_the_vms_whose_guest_answered(
+    version, admin_user, fake_hv, monkeypatch
+):
+    launch("--module", "lab", "--students", "ann", "--wait")
+    monkeypatch.setattr(fake_hv, "agent_ping", lambda name, timeout_s: name.endswith("-web"))
+    out = io.StringIO()
+    call_command("watch_ready", "--once", stdout=out)
+    clone = Clone.objects.get()
+    assert out.getvalue().startswith(f"clone {clone.pk} VM web: ready in ")
+    assert clone.vms.get(name="web").ready_via == "agent"
+    assert clone.vms.get(name="dc").ready_at is None
 
 
 def test_launch_class_uses_or_makes_the_named_class(version, admin_user, fake_hv):

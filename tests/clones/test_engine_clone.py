@@ -142,6 +142,17 @@ def test_a_guest_ignoring_the_power_button_is_forced_off(tmp_path, hv, config, t
     assert hv.state(result.vms[0].domain) is DomainState.SHUTOFF
 
 
+def test_a_guest_whose_agent_answers_powers_off_although_it_ignores_the_power_button(
+    tmp_path, hv, config, templates
+):
+    result = engine.create_clone(request(tmp_path, templates), hv=hv, config=config)
+    web = result.vms[0].domain
+    hv.acpi_ignored.add(web)
+    hv.agents.add(web)
+    how = engine.stop_clone(hv, [web], timeout=0.3)
+    assert how == {web: "powered off"}
+
+
 def test_delete_removes_domains_networks_and_disks_only_of_that_clone(
     tmp_path, hv, config, templates
 ):

@@ -316,6 +316,33 @@ def test_launch_class_and_clone_action_work_without_a_worker_and_reconcile_follo
     assert on_host(hv, clone.key) == []
 
 
+def test_launch_class_wait_ready_sees_every_tiny_guest_ready_by_its_ssh_banner(built, hv, storage):
+    owner = make_user("root-admin", superuser=True)
+    restore(built, owner)
+    began = time.monotonic()
+    done = manage(
+        "launch_class", "--module", "tiny@1", "--students", "ann,ben", "--wait-ready", "--json"
+    )
+    took = time.monotonic() - began
+    assert done.returncode == 0, done.stdout + done.stderr
+    entries = json.loads(done.stdout.strip().splitlines()[-1])["clones"]
+    assert len(entries) == 2
+    for entry in entries:
+        [vm] = entry["vms"]
+        print(f"\nclone {entry['id']} VM ready in {vm['ready_s']}s ({vm['ready_via']})")
+        # No agent in the tiny guest: its SSH server's banner says it booted, some seconds
+        # after the VM started (it boots in ~8 s under TCG) and before the command returned.
+        assert vm["ready"] is True and vm["ready_via"] == "ssh"
+        assert 0 < vm["ready_s"] < took
+        port = Clone.objects.get(pk=entry["id"]).vms.get().mgmt_port
+        assert (ssh.read_banner(port, timeout=10) or "").startswith("SSH-")
+        assert hv.agent_ping(vm["domain"], 1) is False
+    for clone in Clone.objects.filter(pk__in=[e["id"] for e in entries]):
+        deleted = manage("clone_action", str(clone.pk), "delete")
+        assert deleted.returncode == 0, deleted.stderr
+        assert on_host(hv, clone.key) == []
+
+
 def test_a_class_that_would_not_fit_is_refused_before_anything_is_created(built, hv, storage):
     owner = make_user("teacher", superuser=True)
     # The same disks, but every VM asks for more memory than this whole host has.

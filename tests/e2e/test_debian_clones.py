@@ -1,6 +1,8 @@
 """A real Debian 12 guest built, generalized at capture and cloned twice under TCG: each clone
 boots as a new cloud-init instance with its own machine-id and SSH host keys, keeps the
-module's static address, and is not provisioned again.
+module's static address, and is not provisioned again. Each clone VM is recorded ready when
+its qemu-guest-agent answers; the agent freezes a guest's filesystems and shuts a clone
+down.
 
 The build records its own machine-id, host key and user-data runs in files that
 generalization leaves alone; each clone is then checked from inside, over SSH as `debian`
@@ -21,10 +23,12 @@ from accounts.roles import STUDENTS
 from builds.models import BuildStatus, ModuleVersion
 from builds.runner import execute_build
 from builds.services import submit_manifest
-from clones import services
-from clones.models import Class, ClassMembership, Clone, CloneStatus
+from clones import readiness, services
+from clones.models import Class, ClassMembership, Clone, CloneStatus, CloneVM
 from clones.runner import run_inline
 from ruddervirt.guest import ssh
+from ruddervirt.hypervisor.driver import DomainState, ShutdownVia
+from ruddervirt.runtime import get_hypervisor
 from ruddervirt.spec import load_spec
 from tests.debianimage.conftest import debian_image
 from tests.helpers import make_user
@@ -169,6 +173,13 @@ def test_debian_clones_boot_with_their_own_identity_and_the_modules_address(
     run_inline([c.pk for c in made], "provision")
     clones = list(Clone.objects.all())
     assert {c.status for c in clones} == {CloneStatus.RUNNING}, [c.error for c in clones]
+    hv = get_hypervisor()
+    assert readiness.wait_ready([c.pk for c in clones], hv, timeout=900) == []
+    for vm in CloneVM.objects.filter(clone__in=clones):
+        print(f"clone {vm.clone_id} VM {vm.name} ready in {vm.ready_s:.1f}s ({vm.ready_via})")
+        # Debian's qemu-guest-agent answers: readiness comes from the agent, some time
+        # into the boot (a login prompt takes ~55 s under TCG) and within the wait.
+        assert vm.ready_via == "agent" and 5 < vm.ready_s < time.monotonic() - started
     seen = []
     for clone in clones:
         vm = clone.vms.get(name="web")
@@ -188,6 +199,16 @@ def test_debian_clones_boot_with_their_own_identity_and_the_modules_address(
     assert first["machine_id"] != second["machine_id"]
     assert first["host_key"] != second["host_key"]
     assert first["instance"] != second["instance"]
+
+    # Before a forced stop, the agent flushes and freezes the guest's filesystems.
+    second = clones[1].vms.get(name="web").domain_name
+    assert (hv.fsfreeze(second, 30) or 0) >= 1
+    hv.destroy(second)
+
+    # The agent shuts a clone down cleanly, whatever ACPI would do.
+    domain = clones[0].vms.get(name="web").domain_name
+    assert hv.shutdown(domain) is ShutdownVia.AGENT
+    assert hv.wait_for_state(domain, [DomainState.SHUTOFF], 180) is DomainState.SHUTOFF
 
     done, refused = services.request_for_class(klass, "delete", user=owner, queue=False)
     assert len(done) == 2 and not refused

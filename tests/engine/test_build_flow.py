@@ -11,6 +11,7 @@ import pytest
 
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
 from ruddervirt.guest import fake
+from ruddervirt.hypervisor.driver import ShutdownVia
 from ruddervirt.spec.model import CloudInitRecord, CommunicatorRecord
 from tests.engine.buildkit import FakeBuild, manifest_text, vm_yaml
 
@@ -88,6 +89,46 @@ def test_a_guest_that_stays_up_after_poweroff_gets_the_acpi_button(build) -> Non
     text = build.reporter.text()
     assert "the guest did not power off by itself; sending the ACPI power button" in text
     assert "the guest powered off on ACPI" in text
+
+
+def test_a_guest_that_stays_up_after_poweroff_is_shut_down_by_its_agent_despite_acpi(
+    build,
+) -> None:
+    build.script("web", fake.wait(), build.generalized(), fake.power_off(), bare=True)
+    build.hv.agents.add(build.domain("web"))
+    build.hv.acpi_ignored.add(build.domain("web"))
+    build.run(manifest_text(vm_yaml("web")))
+    text = build.reporter.text()
+    assert "the guest did not power off by itself; asked its guest agent to shut it down" in text
+    assert "the guest powered off through its guest agent" in text
+    assert not any("ACPI" in line for line in text)
+
+
+def test_a_guest_that_ignores_its_agents_shutdown_is_frozen_by_it_then_forced_off(
+    build,
+) -> None:
+    build.script("web", fake.wait(), build.generalized(), fake.power_off(), bare=True)
+    domain = build.domain("web")
+    build.hv.agents.add(domain)
+    build.hv.shutdown = lambda name: ShutdownVia.AGENT  # accepted, and nothing happens
+    build.run(manifest_text(vm_yaml("web")))
+    text = build.reporter.text()
+    forced = text.index("the guest ignored its guest agent's shutdown; forcing it off")
+    assert text[forced + 1] == "its guest agent froze 1 filesystem(s) first"
+    assert build.hv.frozen == {domain}
+    assert build.hv.calls.index(("fsfreeze", domain)) < build.hv.calls.index(("destroy", domain))
+
+
+def test_a_guest_without_agent_that_ignores_acpi_is_forced_off_unfrozen_and_says_so(
+    build,
+) -> None:
+    build.script("web", fake.wait(), build.generalized(), fake.power_off(), bare=True)
+    build.hv.acpi_ignored.add(build.domain("web"))
+    build.run(manifest_text(vm_yaml("web")))
+    text = build.reporter.text()
+    forced = text.index("the guest ignored ACPI; forcing it off")
+    assert text[forced + 1] == "no guest agent answers to freeze its filesystems first"
+    assert build.hv.frozen == set()
 
 
 def test_ssh_that_never_comes_fails_the_vm_with_the_domain_state(build) -> None:

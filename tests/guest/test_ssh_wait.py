@@ -19,6 +19,7 @@ from ruddervirt.guest.ssh import (
     HostKeyMismatch,
     SSHTarget,
     SSHWaitTimeout,
+    read_banner,
     wait_for_ssh,
 )
 
@@ -291,3 +292,24 @@ def test_a_slow_but_live_server_is_not_given_up_early(server, keys) -> None:
         with wait_for_ssh(target, timeout=30, banner_timeout=5, stagger=0.3) as session:
             assert session.run("true", timeout=10) == 0
     assert seen["spoke"] == {0}  # the first connection was kept and won
+
+
+def test_read_banner_returns_the_first_line_the_server_sends() -> None:
+    with tcp_server(close_at_once=False, greeting=b"SSH-2.0-dropbear_2022.83\r\nmore") as port:
+        assert read_banner(port, timeout=2) == "SSH-2.0-dropbear_2022.83"
+
+
+@pytest.mark.parametrize("close_at_once", [True, False])
+def test_read_banner_is_none_within_its_timeout_while_the_guest_is_down(
+    close_at_once: bool,
+) -> None:
+    with tcp_server(close_at_once=close_at_once) as port:
+        began = time.monotonic()
+        assert read_banner(port, timeout=0.3) is None
+        assert time.monotonic() - began < 1.5
+
+
+def test_read_banner_is_none_for_a_closed_port_and_refuses_other_hosts(unused_port) -> None:
+    assert read_banner(unused_port, timeout=0.5) is None
+    with pytest.raises(ValueError, match="not a loopback address"):
+        read_banner(22, timeout=0.5, host="192.0.2.1")

@@ -17,6 +17,7 @@ from ruddervirt.hypervisor.driver import (
     InvalidState,
     NetworkInfo,
     NetworkNotFound,
+    ShutdownVia,
     WaitCancelled,
     WaitTimedOut,
 )
@@ -73,6 +74,40 @@ def test_guest_ignoring_acpi_stays_running_until_destroyed(running: FakeHypervis
     running.destroy("rv-web")
     assert running.state("rv-web") is DomainState.SHUTOFF
     running.destroy("rv-web")  # already off: no error
+
+
+def test_shutdown_says_it_used_acpi_when_no_agent_answers(running: FakeHypervisor) -> None:
+    assert running.agent_ping("rv-web", 1) is False
+    assert running.shutdown("rv-web") is ShutdownVia.ACPI
+    assert running.state("rv-web") is DomainState.SHUTOFF
+
+
+def test_shutdown_goes_through_an_answering_agent_even_when_acpi_is_ignored(
+    running: FakeHypervisor,
+) -> None:
+    running.acpi_ignored.add("rv-web")
+    running.agents.add("rv-web")
+    assert running.agent_ping("rv-web", 1) is True
+    assert running.shutdown("rv-web") is ShutdownVia.AGENT
+    assert running.state("rv-web") is DomainState.SHUTOFF
+
+
+def test_an_agent_answers_only_while_its_domain_runs(running: FakeHypervisor) -> None:
+    running.agents.add("rv-web")
+    running.destroy("rv-web")
+    assert running.agent_ping("rv-web", 1) is False
+    assert running.shutdown("rv-web") is ShutdownVia.NOTHING
+    with pytest.raises(DomainNotFound):
+        running.agent_ping("rv-gone", 1)
+
+
+def test_fsfreeze_freezes_through_an_answering_agent_and_is_none_without_one(
+    running: FakeHypervisor,
+) -> None:
+    assert running.fsfreeze("rv-web", 1) is None
+    running.agents.add("rv-web")
+    assert running.fsfreeze("rv-web", 1) == 1
+    assert running.frozen == {"rv-web"}
 
 
 def test_wait_for_state_can_be_cancelled(running: FakeHypervisor) -> None:

@@ -22,6 +22,7 @@ from ruddervirt.hypervisor.driver import (
     DomainState,
     InvalidState,
     NetworkNotFound,
+    ShutdownVia,
 )
 from ruddervirt.hypervisor.libvirt_driver import LibvirtHypervisor
 from ruddervirt.hypervisor.network_xml import bridge_name_for
@@ -138,9 +139,12 @@ def test_domain_with_network_runs_and_cleans_up_completely(
     assert (info.name, info.state, dict(info.metadata)) == (name, DomainState.RUNNING, tags)
     assert Path(spec.serial_log).exists()  # type: ignore[arg-type]
 
-    hv.shutdown(name)  # no OS to honour ACPI: still running
+    assert hv.agent_ping(name, 1) is False  # a channel, but no agent in it: no error
+    assert hv.fsfreeze(name, 1) is None  # nothing to freeze with: no error
+    assert hv.shutdown(name) is ShutdownVia.ACPI  # no OS to honour ACPI: still running
     assert hv.state(name) is DomainState.RUNNING
     hv.destroy(name)
+    assert hv.agent_ping(name, 1) is False  # not running: no error
     assert hv.state(name) is DomainState.SHUTOFF
     hv.destroy(name)  # already off: no error
     hv.undefine(name)

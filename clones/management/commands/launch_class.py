@@ -1,5 +1,6 @@
 """`manage.py launch_class --module NAME[@VERSION] --students a,b,c [--class NAME] [--wait]
-[--json]`: one clone per student, through the same services as the class dashboard."""
+[--wait-ready [--ready-timeout S]] [--json]`: one clone per student, through the same
+services as the class dashboard."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from django.utils import timezone
 
 from builds.jobs import workers_listening
 from builds.management.commands._common import cli_user
-from clones import services, students
+from clones import readiness, services, students
 from clones.jobs import QUEUE, kind_name
-from clones.models import BUSY, Class, Clone, CloneStatus
+from clones.models import BUSY, Class, Clone, CloneStatus, CloneVM
 from clones.runner import run_inline
 from jobs.models import Operation, OperationStatus
+from ruddervirt.runtime import get_hypervisor
 
 FOLLOW_TIMEOUT_S = 1800
+READY_TIMEOUT_S = 900  # a class of Debian guests under TCG on a busy host takes minutes
 UNCLAIMED_S = 60
 
 
@@ -27,7 +30,9 @@ class Command(BaseCommand):
         "Launch a module version for students: one clone each, in a class (--class, made "
         "when missing) or an ad-hoc one. Students without an account get one (with an "
         "invitation link). With --wait, exit 0 when every clone is running, else 1; without "
-        "a worker serving the clones queue, the clones are made in this process."
+        "a worker serving the clones queue, the clones are made in this process. "
+        "--wait-ready (implies --wait) also waits until every VM of those clones is ready "
+        "(its guest agent or SSH server answers), exit 1 after --ready-timeout."
     )
 
     def add_arguments(self, parser):
@@ -36,10 +41,25 @@ class Command(BaseCommand):
         parser.add_argument("--class", dest="class_name", help="the class (made when missing)")
         parser.add_argument("--full-copy", action="store_true", help="full disk copies")
         parser.add_argument("--wait", action="store_true", help="wait until the clones run")
+        parser.add_argument(
+            "--wait-ready",
+            action="store_true",
+            help="also wait until every VM of the clones is ready (implies --wait)",
+        )
+        parser.add_argument(
+            "--ready-timeout",
+            type=float,
+            default=READY_TIMEOUT_S,
+            help=f"seconds --wait-ready waits (default {READY_TIMEOUT_S})",
+        )
         parser.add_argument("--json", action="store_true", help="end with one JSON object")
         parser.add_argument("--user", help="act as this user (default: the first administrator)")
 
     def handle(self, *args, module, students, class_name, full_copy, wait, json, user, **opts):
+        wait_ready, ready_timeout = opts["wait_ready"], opts["ready_timeout"]
+        if ready_timeout <= 0:
+            raise CommandError("--ready-timeout must be more than 0 seconds")
+        wait = wait or wait_ready
         actor = cli_user(user)
         try:
             version = services.resolve_version(module, user=actor)
@@ -62,6 +82,7 @@ class Command(BaseCommand):
                 run_inline([c.pk for c in made], "provision")
             else:
                 self.follow([c.pk for c in made])
+        not_ready = self.wait_ready([c.pk for c in made], ready_timeout) if wait_ready else []
         clones = list(Clone.objects.filter(pk__in=[c.pk for c in made]).select_related("student"))
         if json:
             self.stdout.write(jsonlib.dumps(self.summary(klass, clones)))
@@ -69,8 +90,22 @@ class Command(BaseCommand):
             for c in clones:
                 extra = f": {c.error}" if c.error else ""
                 self.stdout.write(f"  clone {c.pk} for {c.student}: {c.status}{extra}")
+                if wait_ready:
+                    for vm in c.vms.all():
+                        self.stdout.write(f"    VM {vm.name}: {readiness.ready_text(vm) or '-'}")
         if wait and not all(c.status == CloneStatus.RUNNING for c in clones):
             raise SystemExit(1)
+        if not_ready:
+            raise SystemExit(1)
+
+    def wait_ready(self, ids: list[int], timeout: float) -> list[CloneVM]:
+        """Probe the clones' VMs until all are ready (readiness.wait_ready); the VMs still not
+        ready after `timeout`, named on stderr."""
+        left = readiness.wait_ready(ids, get_hypervisor(), timeout=timeout)
+        if left:
+            names = ", ".join(f"clone {vm.clone_id} VM {vm.name} ({vm.domain_name})" for vm in left)
+            self.stderr.write(f"not ready after {timeout:g}s: {names}")
+        return left
 
     def get_class(self, name: str | None, version, actor) -> Class:
         if name is None:

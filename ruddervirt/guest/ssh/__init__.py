@@ -35,6 +35,7 @@ from ruddervirt.guest.ssh.wait import (
     CONNECT_TIMEOUT,
     STAGGER,
     SSHWaitTimeout,
+    read_banner,
     wait_for_ssh,
 )
 
@@ -60,6 +61,7 @@ __all__ = [
     "fingerprint",
     "generate_keypair",
     "load_private_key",
+    "read_banner",
     "reboot_and_wait",
     "ssh_communicator",
     "wait_for_ssh",

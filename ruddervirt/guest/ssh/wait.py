@@ -7,6 +7,7 @@ the SSH banner, not for the port (see ``_BannerRace``).
 
 from __future__ import annotations
 
+import ipaddress
 import select
 import socket
 import threading
@@ -173,14 +174,38 @@ class _BannerRace:
             )
             readable, _, _ = select.select([s for s, _ in self.pending], [], [], max(wait, 0))
             for sock in readable:
-                try:
-                    data = sock.recv(256, socket.MSG_PEEK)
-                except OSError as exc:
-                    data, reason = b"", exc.strerror or str(exc)
-                else:
-                    reason = "closed by the other side"
-                if not data:
+                banner, reason = _peek_first_line(sock)
+                if banner is None:
                     self._drop(sock)
                     raise AttemptFailed("banner", f"TCP connects but no SSH banner ({reason})")
                 self._forget(sock)  # the caller owns it now
-                return sock, data.split(b"\n", 1)[0].strip().decode("ascii", "replace")
+                return sock, banner
+
+
+def _peek_first_line(sock: socket.socket) -> tuple[str | None, str]:
+    """The first line a readable socket's server sent (only peeked at: it stays to be read),
+    or None and why there is none."""
+    try:
+        data = sock.recv(256, socket.MSG_PEEK)
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    if not data:
+        return None, "closed by the other side"
+    return data.split(b"\n", 1)[0].strip().decode("ascii", "replace"), ""
+
+
+def read_banner(port: int, *, timeout: float, host: str = "127.0.0.1") -> str | None:
+    """The first line the server on loopback ``host``:``port`` sends within ``timeout``, or
+    None when it sends none (no connection, closed at once, silent): one short connection,
+    closed again. The guest readiness probe for guests without an agent (through QEMU's
+    hostfwd a fresh connection reaches a guest's SSH server as soon as it listens)."""
+    if not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"{host} is not a loopback address")  # network safety rule
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError:
+        return None
+    with sock:
+        readable, _, _ = select.select([sock], [], [], max(deadline - time.monotonic(), 0))
+        return _peek_first_line(sock)[0] if readable else None
