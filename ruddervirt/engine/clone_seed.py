@@ -38,9 +38,10 @@ def network_config(vm: VMSpec, topology: TopologyRecord) -> str:
 
 def write(path: Path, vm: VMSpec, topology: TopologyRecord, *, domain: str) -> None:
     """Write the seed ISO of clone domain `domain` of `vm` to `path`."""
+    network = network_config(vm, topology)
     make_nocloud_seed(
         path,
-        user_data=clone_cloud_config(vm.name),
+        user_data=clone_cloud_config(vm.name, netconfig.name_servers(network)),
         meta_data=nocloud_meta_data(instance_id=instance_of(vm, domain), hostname=vm.name),
-        network_config=network_config(vm, topology),
+        network_config=network,
     )

@@ -10,6 +10,11 @@ never the default route or DNS.
 Default routes are spelled ``0.0.0.0/0`` (``::/0`` for IPv6), never ``default``: cloud-init 22.4
 (Debian 12) rejects ``to: default`` ("Address default is not a valid ip network") and then
 brings no NIC up. An instructor's own v2 networkData is rewritten the same way.
+
+:func:`name_servers` reads back the name servers a rendered config hands the guest's NICs:
+guests that configure a static NIC with ifupdown and have no `resolvconf` (Debian 12's cloud
+images) never apply them, so the seed also writes them to /etc/resolv.conf
+(ruddervirt.hypervisor.seed.resolv_conf_bootcmd).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ MGMT_KEY = "rvmgmt"
 DEFAULT_ROUTE_V4 = "0.0.0.0/0"
 DEFAULT_ROUTE_V6 = "::/0"
 V2_DEVICE_KINDS = ("ethernets", "bonds", "bridges", "vlans")
+MAX_NAME_SERVERS = 3  # the resolver reads no more (glibc's MAXNS)
 
 
 class NicLike(Protocol):
@@ -134,3 +140,39 @@ def render_for_subnets(
         ethernets[f"nic{index}"] = _nic_entry(nic, by_name[nic.subnet], first_gateway)
     ethernets[MGMT_KEY] = _mgmt_entry(mgmt_mac)
     return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False)
+
+
+def name_servers(network_config: str | None) -> list[str]:
+    """The name servers `network_config` (v1 or v2 text, as rendered) gives the guest, in
+    order, each once, at most MAX_NAME_SERVERS; what is not an IP address is left out."""
+    data = yaml.safe_load(network_config or "") or {}
+    if isinstance(data, dict) and isinstance(data.get("network"), dict):
+        data = data["network"]
+    if not isinstance(data, dict):
+        return []
+    found: list[object] = []
+    if data.get("version") == 2:
+        for kind in V2_DEVICE_KINDS:
+            devices = data.get(kind)
+            for entry in devices.values() if isinstance(devices, dict) else ():
+                listed = entry.get("nameservers") if isinstance(entry, dict) else None
+                if isinstance(listed, dict) and isinstance(listed.get("addresses"), list):
+                    found += listed["addresses"]
+    elif data.get("version") == 1:
+        for item in data.get("config") or ():
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "nameserver" and isinstance(item.get("address"), list):
+                found += item["address"]
+            for subnet in item.get("subnets") or ():
+                if isinstance(subnet, dict) and isinstance(subnet.get("dns_nameservers"), list):
+                    found += subnet["dns_nameservers"]
+    servers: list[str] = []
+    for value in found:
+        try:
+            address = str(ipaddress.ip_address(str(value)))
+        except ValueError:
+            continue
+        if address not in servers:
+            servers.append(address)
+    return servers[:MAX_NAME_SERVERS]

@@ -163,14 +163,19 @@ class VMRunner(VMDisks, InstallerMedia):
         NIC limited to reaching the host's SSH forward)."""
         ci = self.vm.cloud_init
         assert ci is not None  # only called for VMs with cloudInit
-        user_data = cloud_config_with_keys(ci.user_data, list(self.plan.public_keys), self.vm.name)
-        meta = nocloud_meta_data(instance_id=self.domain, hostname=self.vm.name)
         network = netconfig.render(
             self.nics,
             self.manifest,
             mgmt_mac=mgmt_mac_for(self.domain),
             user_network=ci.network_data,
         )
+        user_data = cloud_config_with_keys(
+            ci.user_data,
+            list(self.plan.public_keys),
+            self.vm.name,
+            name_servers=netconfig.name_servers(network),
+        )
+        meta = nocloud_meta_data(instance_id=self.domain, hostname=self.vm.name)
         seed = self.dir / "seed.iso"
         self.ctx.images.make_seed(seed, user_data=user_data, meta_data=meta, network_config=network)
         return seed

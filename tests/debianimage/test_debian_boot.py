@@ -150,7 +150,9 @@ def test_debian_guest_boots_to_ssh_as_debian_with_fresh_identity_agent_and_netwo
     )
     make_nocloud_seed(
         seed,
-        user_data=cloud_config_with_keys(None, [public_line], "deb"),
+        user_data=cloud_config_with_keys(
+            None, [public_line], "deb", name_servers=netconfig.name_servers(network_config)
+        ),
         meta_data=nocloud_meta_data(instance_id=f"{run_prefix}deb", hostname="deb"),
         network_config=network_config,
     )
@@ -206,6 +208,8 @@ def check_inside(session: ssh.SSHSession, *, address: str, gateway: str, mac: st
     assert address in guest(session, f"ip -o -4 addr show dev {interface}")
     assert address.split("/")[0] in guest(session, "cat /etc/network/interfaces.d/50-cloud-init")
     guest(session, f"ping -c 1 -W 5 {gateway}")
+    # ifupdown without resolvconf applies no dns-nameservers: the seed's bootcmd writes them.
+    assert f"nameserver {gateway}" in guest(session, "cat /etc/resolv.conf").splitlines()
     assert int(guest(session, "df -B1 --output=size / | tail -1")) > 2.5 * GIB  # resizefs
 
 

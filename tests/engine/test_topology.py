@@ -156,6 +156,42 @@ network:
     ]
 
 
+def test_the_name_servers_of_a_rendered_config_are_read_back_for_the_guests_resolv_conf():
+    manifest = parse(TWO_VPCS)
+    topo = plan(manifest, owner="b7", prefix="rvt-", allow_internet=False, new_mac=macs())
+    text = netconfig.render(
+        topo.nics["web"], manifest, mgmt_mac="52:54:00:fe:00:01", user_network=None
+    )
+    # The static NIC's gateway; the DHCP NIC and the management NIC name none.
+    assert netconfig.name_servers(text) == ["10.10.0.1"]
+    assert (
+        netconfig.name_servers(
+            netconfig.render((), manifest, mgmt_mac="52:54:00:fe:00:01", user_network=None)
+        )
+        == []
+    )
+
+
+def test_an_instructors_name_servers_are_read_back_in_order_once_and_at_most_three():
+    v2 = """\
+version: 2
+ethernets:
+  ens3: {addresses: [10.1.0.5/24], nameservers: {addresses: [10.1.0.1, "fd00::1", bogus]}}
+  ens4: {dhcp4: true, nameservers: {addresses: [10.1.0.1, 9.9.9.9, 1.1.1.1]}}
+"""
+    assert netconfig.name_servers(v2) == ["10.1.0.1", "fd00::1", "9.9.9.9"]
+    v1 = """\
+network:
+  version: 1
+  config:
+    - {type: physical, name: ens3, subnets: [{type: static, address: 10.2.0.5/24,
+       dns_nameservers: [10.2.0.1]}]}
+    - {type: nameserver, address: [10.2.0.53]}
+"""
+    assert netconfig.name_servers(v1) == ["10.2.0.1", "10.2.0.53"]
+    assert netconfig.name_servers(None) == [] and netconfig.name_servers("- a list") == []
+
+
 def test_the_subnets_of_one_vpc_share_a_router_and_other_vpcs_do_not():
     lan, edge, wire = topology(allow_internet=False).networks
     assert lan.router == "rvt-b7-vpc-lab" and edge.router == "rvt-b7-vpc-dmz"

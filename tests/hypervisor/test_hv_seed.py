@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ruddervirt.hypervisor.seed import (
+    RESOLV_CONF_MARK,
+    clone_cloud_config,
     cloud_config_with_keys,
     make_nocloud_seed,
     nocloud_meta_data,
+    resolv_conf_bootcmd,
 )
 from ruddervirt.proc import run
 
@@ -106,3 +110,54 @@ def test_invalid_yaml_is_a_value_error() -> None:
 def test_keys_that_are_not_a_list_of_strings_are_rejected() -> None:
     with pytest.raises(ValueError, match="ssh_authorized_keys"):
         cloud_config_with_keys("ssh_authorized_keys: {a: 1}\n", [OUR_KEY])
+
+
+def test_name_servers_become_a_bootcmd_that_runs_before_theirs() -> None:
+    theirs = "bootcmd: [[echo, hi]]\n"
+    config = yaml.safe_load(cloud_config_with_keys(theirs, [OUR_KEY], name_servers=["10.0.0.1"]))
+    assert config["bootcmd"] == [resolv_conf_bootcmd(["10.0.0.1"]), ["echo", "hi"]]
+    assert "bootcmd" not in yaml.safe_load(cloud_config_with_keys(theirs[:0], [OUR_KEY]))
+    clone = yaml.safe_load(clone_cloud_config("server", ["10.0.0.1", "9.9.9.9"]))
+    assert clone == {
+        "hostname": "server",
+        "users": [],
+        "bootcmd": [resolv_conf_bootcmd(["10.0.0.1", "9.9.9.9"])],
+    }
+    assert "bootcmd" not in yaml.safe_load(clone_cloud_config("server"))
+
+
+def test_a_bootcmd_of_theirs_that_is_not_a_list_is_rejected() -> None:
+    with pytest.raises(ValueError, match="bootcmd must be a list"):
+        cloud_config_with_keys("bootcmd: echo hi\n", [OUR_KEY], name_servers=["10.0.0.1"])
+
+
+def write_resolv_conf(path: Path, *servers: str) -> None:
+    """Run the bootcmd's script as cloud-init would (argv, no shell text of ours)."""
+    if shutil.which("resolvconf"):
+        pytest.skip("this host has resolvconf, which the script leaves in charge")
+    run(resolv_conf_bootcmd(list(servers), str(path)), timeout=30)
+
+
+def test_the_resolv_conf_script_fills_an_empty_file_and_renews_its_own(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("")
+    write_resolv_conf(conf, "10.0.0.1", "9.9.9.9")
+    assert conf.read_text() == f"{RESOLV_CONF_MARK}\nnameserver 10.0.0.1\nnameserver 9.9.9.9\n"
+    write_resolv_conf(conf, "10.5.0.1")  # a clone with other addresses: ours, so renewed
+    assert conf.read_text() == f"{RESOLV_CONF_MARK}\nnameserver 10.5.0.1\n"
+    (tmp_path / "missing").unlink(missing_ok=True)
+    write_resolv_conf(tmp_path / "missing", "10.0.0.1")
+    assert "nameserver 10.0.0.1" in (tmp_path / "missing").read_text()
+
+
+def test_the_resolv_conf_script_leaves_a_file_someone_else_manages(tmp_path: Path) -> None:
+    theirs = tmp_path / "resolv.conf"
+    theirs.write_text("# dhclient\nnameserver 192.0.2.53\n")
+    write_resolv_conf(theirs, "10.0.0.1")
+    assert theirs.read_text() == "# dhclient\nnameserver 192.0.2.53\n"
+    stub = tmp_path / "stub-resolv.conf"
+    stub.write_text("nameserver 127.0.0.53\n")
+    link = tmp_path / "linked.conf"
+    link.symlink_to(stub)  # systemd-resolved or resolvconf
+    write_resolv_conf(link, "10.0.0.1")
+    assert link.is_symlink() and stub.read_text() == "nameserver 127.0.0.53\n"
