@@ -1,8 +1,9 @@
-"""A real Debian 12 guest built, generalized at capture and cloned twice under TCG: each clone
-boots as a new cloud-init instance with its own machine-id and SSH host keys, keeps the
-module's static address, and is not provisioned again. Each clone VM is recorded ready when
-its qemu-guest-agent answers; the agent freezes a guest's filesystems and shuts a clone
-down.
+"""A real Debian 12 guest built, generalized at capture and cloned for a class of three under
+TCG (issue 14, item 7d): each clone boots as a new cloud-init instance with its own machine-id
+and SSH host keys, keeps the module's static address, and is not provisioned again; the
+clones cannot reach each other. Each clone VM is recorded ready when its qemu-guest-agent
+answers, and the class dashboard says so; the agent freezes a guest's filesystems and shuts
+a clone down.
 
 The build records its own machine-id, host key and user-data runs in files that
 generalization leaves alone; each clone is then checked from inside, over SSH as `debian`
@@ -31,7 +32,7 @@ from ruddervirt.hypervisor.driver import DomainState, ShutdownVia
 from ruddervirt.runtime import get_hypervisor
 from ruddervirt.spec import load_spec
 from tests.debianimage.conftest import debian_image
-from tests.helpers import make_user
+from tests.helpers import client_for, make_user
 from tests.specs import template_disks
 
 __all__ = ["debian_image"]
@@ -41,7 +42,7 @@ pytestmark = [
     pytest.mark.debian,
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("clean_host"),
-    pytest.mark.timeout(1800),  # a Debian build and two clones under TCG
+    pytest.mark.timeout(2400),  # a Debian build and three clones under TCG
 ]
 
 IMAGE = "debian12-20261206.qcow2"
@@ -140,6 +141,47 @@ def check_template(disk: Path, tmp: Path, instructor_key: str) -> None:
     assert "Size: 33" in ask("stat /var/lib/build-machine-id")  # the build's own, kept
 
 
+def probe_address(index: int) -> str:
+    """A second address clone `index` takes on the module's subnet for the isolation check."""
+    return f"10.10.0.{101 + index}"
+
+
+NIC_OF_MODULE_ADDRESS = "ip -o -4 addr show | awk '$4 == \"10.10.0.10/24\" {print $2}'"
+
+
+def take_probe_address(session: ssh.SSHSession, index: int) -> None:
+    """Clone `index` takes a second address of its own on the module's subnet."""
+    nic = guest(session, NIC_OF_MODULE_ADDRESS)
+    guest(session, f"sudo -n ip addr add {probe_address(index)}/24 dev {nic}")
+
+
+def isolation(session: ssh.SSHSession, index: int, count: int) -> dict[str, str]:
+    """From inside clone `index`, once every clone took its probe address: its own gateway
+    answers; the other clones' probe addresses do not (one shared segment would answer)."""
+    guest(session, "ping -c 1 -W 3 10.10.0.1 >/dev/null")
+    seen = {}
+    for other in range(count):
+        if other != index:
+            done = session.run_capture(f"ping -c 2 -W 2 {probe_address(other)}", timeout=30)
+            seen[probe_address(other)] = "answers" if done.exit_status == 0 else "silent"
+    return seen
+
+
+def dashboard(klass, owner) -> tuple[list[str], str]:
+    """The class dashboard as its instructor sees it: each VM's readiness from its JSON
+    feed, as "clone N student VM: ready in S (via)", and the page's HTML."""
+    browser = client_for(owner)
+    page = browser.get(f"/clones/classes/{klass.pk}/")
+    assert page.status_code == 200
+    summary = browser.get(f"/clones/classes/{klass.pk}/status.json").json()
+    rows = [
+        f"clone {c['id']} {c['student']} {vm['name']}: {vm['ready_text']}"
+        for c in summary["clones"]
+        for vm in c["vms"]
+    ]
+    return rows, page.content.decode()
+
+
 def test_debian_clones_boot_with_their_own_identity_and_the_modules_address(
     image_server, debian_image, storage, tmp_path
 ):
@@ -166,7 +208,7 @@ def test_debian_clones_boot_with_their_own_identity_and_the_modules_address(
     check_template(template_disks(version, "web")[0], tmp_path, public.split()[1])
 
     klass = Class.objects.create(name="Debian", owner=owner)
-    for name in ("ann", "ben"):
+    for name in ("ann", "ben", "cy"):
         ClassMembership.objects.create(klass=klass, student=make_user(name, STUDENTS))
     started = time.monotonic()
     made = services.launch(klass, version, by=owner, queue=False)
@@ -180,25 +222,38 @@ def test_debian_clones_boot_with_their_own_identity_and_the_modules_address(
         # Debian's qemu-guest-agent answers: readiness comes from the agent, some time
         # into the boot (a login prompt takes ~55 s under TCG) and within the wait.
         assert vm.ready_via == "agent" and 5 < vm.ready_s < time.monotonic() - started
+    rows, page = dashboard(klass, owner)
+    print("class dashboard:\n  " + "\n  ".join(rows))
+    assert len(rows) == 3 and all(": ready in " in row and "(agent)" in row for row in rows)
+    assert page.count("ready in ") == 3
+    targets = [
+        ssh.SSHTarget(port=vm.mgmt_port, username="debian", private_key=private_key)
+        for vm in (clone.vms.get(name="web") for clone in clones)
+    ]
     seen = []
-    for clone in clones:
-        vm = clone.vms.get(name="web")
-        target = ssh.SSHTarget(port=vm.mgmt_port, username="debian", private_key=private_key)
+    for index, target in enumerate(targets):
         with ssh.wait_for_ssh(target, timeout=600) as session:
             seen.append(identity(session))
-    print(f"2 Debian clones up with their own identity in {time.monotonic() - started:.1f}s")
+            take_probe_address(session, index)
+    probes = []
+    for index, target in enumerate(targets):
+        with ssh.wait_for_ssh(target, timeout=120) as session:
+            probes.append(isolation(session, index, len(clones)))
+    print(f"3 Debian clones up with their own identity in {time.monotonic() - started:.1f}s")
 
-    first, second = seen
     for one in seen:
         assert len(one["machine_id"]) == 32 and one["machine_id"] != one["build_machine_id"]
         assert one["host_key"] != one["build_host_key"]
         assert one["hostname"] == "web"
         assert one["userdata_runs"] == "ran"  # the build's userData did not run again
         assert one["build_keys"] == "0"
-    assert first["build_machine_id"] == second["build_machine_id"]  # the same template
-    assert first["machine_id"] != second["machine_id"]
-    assert first["host_key"] != second["host_key"]
-    assert first["instance"] != second["instance"]
+    assert len({one["build_machine_id"] for one in seen}) == 1  # the same template
+    for field in ("machine_id", "host_key", "instance"):
+        assert len({one[field] for one in seen}) == 3, field
+    # Every clone has the module's address (identity() waited for 10.10.0.10/24) and reaches
+    # its own gateway, never another clone.
+    print(f"isolation probes: {probes}")
+    assert all(set(probe.values()) == {"silent"} and len(probe) == 2 for probe in probes)
 
     # Before a forced stop, the agent flushes and freezes the guest's filesystems.
     second = clones[1].vms.get(name="web").domain_name
@@ -211,6 +266,6 @@ def test_debian_clones_boot_with_their_own_identity_and_the_modules_address(
     assert hv.wait_for_state(domain, [DomainState.SHUTOFF], 180) is DomainState.SHUTOFF
 
     done, refused = services.request_for_class(klass, "delete", user=owner, queue=False)
-    assert len(done) == 2 and not refused
+    assert len(done) == 3 and not refused
     run_inline([c.pk for c in done], "delete")
     assert not Clone.objects.exists()
