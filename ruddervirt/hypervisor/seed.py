@@ -84,13 +84,38 @@ def resolv_conf_bootcmd(name_servers: Sequence[str], path: str = RESOLV_CONF) ->
     return ["sh", "-c", RESOLV_CONF_SCRIPT, "rudder-resolv", path, *name_servers]
 
 
-def _add_name_servers(config: dict[str, Any], name_servers: Sequence[str]) -> None:
-    if not name_servers:
-        return
+def user_data_problem(user_yaml: str | None) -> str | None:
+    """Why the instructor's userData cannot take the build's keys and boot command (what
+    cloud_config_with_keys would raise), or None when it can: checked at validation."""
+    try:
+        config = _parse_cloud_config(user_yaml)
+        _authorized_keys(config)
+        _boot_commands(config)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _authorized_keys(config: dict[str, Any]) -> list[str]:
+    existing = config.get("ssh_authorized_keys") or []
+    if isinstance(existing, str):
+        existing = [existing]
+    if not isinstance(existing, list) or not all(isinstance(k, str) for k in existing):
+        raise ValueError("cloud-config ssh_authorized_keys must be a list of key strings")
+    return list(existing)
+
+
+def _boot_commands(config: dict[str, Any]) -> list[Any]:
     commands = config.get("bootcmd") or []
     if not isinstance(commands, list):
         raise ValueError("cloud-config bootcmd must be a list of commands")
-    config["bootcmd"] = [resolv_conf_bootcmd(name_servers), *commands]
+    return commands
+
+
+def _add_name_servers(config: dict[str, Any], name_servers: Sequence[str]) -> None:
+    commands = _boot_commands(config)
+    if name_servers:
+        config["bootcmd"] = [resolv_conf_bootcmd(name_servers), *commands]
 
 
 def clone_cloud_config(hostname: str, name_servers: Sequence[str] = ()) -> str:
@@ -117,18 +142,13 @@ def cloud_config_with_keys(
     Their keys stay first and in order; ours are appended unless already present (compared
     after trimming whitespace). ``hostname`` is set only when their text sets none. The
     `name_servers` of the seed's network config are written by a ``bootcmd`` that runs before
-    theirs (resolv_conf_bootcmd). Empty or
-    missing text counts as ``{}``. Raises ``ValueError`` when the text is not YAML or not a
-    mapping (a shell script or ``#include`` list cannot be merged). Returns ``#cloud-config``
-    text.
+    theirs (resolv_conf_bootcmd). Empty or missing text counts as ``{}``. Raises
+    ``ValueError`` when the text is not YAML or not a mapping (a shell script or ``#include``
+    list cannot be merged), or its keys or bootcmd are not lists (user_data_problem).
+    Returns ``#cloud-config`` text.
     """
     config = _parse_cloud_config(user_yaml)
-    existing = config.get("ssh_authorized_keys") or []
-    if isinstance(existing, str):
-        existing = [existing]
-    if not isinstance(existing, list) or not all(isinstance(k, str) for k in existing):
-        raise ValueError("cloud-config ssh_authorized_keys must be a list of key strings")
-    keys = list(existing)
+    keys = _authorized_keys(config)
     seen = {key.strip() for key in keys}
     for key in public_keys:
         if key.strip() not in seen:

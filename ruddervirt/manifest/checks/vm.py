@@ -1,10 +1,12 @@
-"""Per-VM checks: source, ISOs, resources, disks, communicator, boot command; durations."""
+"""Per-VM checks: source, ISOs, resources, disks, communicator, boot command, cloud-init
+userData; durations."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
 from ruddervirt.guest.bootcommand import BootCommandError, substitute, tokenize
+from ruddervirt.hypervisor.seed import user_data_problem
 from ruddervirt.manifest import defaults, paths, units
 from ruddervirt.manifest.checks.base import (
     Raw,
@@ -34,6 +36,7 @@ def check_vms(report: Reporter, data: Raw) -> None:
         _check_disks(report, vm_path, vm)
         _check_communicator(report, vm_path, vm)
         _check_boot_command(report, vm_path, vm)
+        _check_user_data(report, vm_path, vm)
     for path, override in entries(
         "buildOverrides.vms", mapping(data.get("buildOverrides")).get("vms")
     ):
@@ -64,6 +67,15 @@ def quantity(report: Reporter, path: str, value: object) -> Decimal | None:
     except ValueError:
         pass
     return None
+
+
+def _check_user_data(report: Reporter, vm_path: str, vm: Raw) -> None:
+    """userData the build could not merge its key and boot command into fails here, not
+    after the disks are made."""
+    text = mapping(vm.get("cloudInit")).get("userData")
+    problem = user_data_problem(text) if isinstance(text, str) else None
+    if problem is not None:
+        report.error(f"{vm_path}.cloudInit.userData", problem)
 
 
 def _check_source(report: Reporter, vm_path: str, vm: Raw) -> None:
