@@ -3,10 +3,6 @@ the SSH banner comes from a real loopback server)."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -17,30 +13,9 @@ from clones.models import Clone, CloneVM
 from clones.runner import execute, run_inline
 from ruddervirt.engine.readiness import Answer
 from tests.helpers import client_for
+from tests.loopback import SSH_BANNER, greeting_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@contextlib.contextmanager
-def ssh_server() -> Iterator[int]:
-    """A loopback port whose "guest" sends an SSH banner to every connection."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def loop() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = listener.accept()
-                accepted.append(conn)
-                conn.sendall(b"SSH-2.0-dropbear\r\n")
-
-    threading.Thread(target=loop, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-        for conn in accepted:
-            conn.close()
 
 
 @pytest.fixture
@@ -74,7 +49,7 @@ def test_a_vm_whose_agent_answers_is_ready_with_the_seconds_since_its_start(clon
 
 
 def test_a_vm_without_agent_is_ready_when_its_ssh_banner_comes(clone, fake_hv):
-    with ssh_server() as port:
+    with greeting_server(SSH_BANNER) as port:
         CloneVM.objects.filter(clone=clone, name="dc").update(mgmt_port=port)
         readiness.probe_pass(fake_hv, timeout=0.5)
     dc = vm(clone, "dc")

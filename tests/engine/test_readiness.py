@@ -3,13 +3,9 @@ guests without one (real loopback sockets, a stand-in hypervisor)."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-from collections.abc import Iterator
-
 from ruddervirt.engine.readiness import AGENT, SSH, ProbeTarget, is_ssh_banner, probe_all
 from ruddervirt.hypervisor.driver import DomainNotFound
+from tests.loopback import SSH_BANNER, greeting_server
 
 
 class Agents:
@@ -26,30 +22,6 @@ class Agents:
         return name in self.answering
 
 
-@contextlib.contextmanager
-def server(greeting: bytes | None) -> Iterator[int]:
-    """A loopback server that greets every connection with `greeting` (None: says nothing,
-    like QEMU's hostfwd while the guest's SSH server is not up)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def loop() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = listener.accept()
-                accepted.append(conn)
-                if greeting is not None:
-                    conn.sendall(greeting)
-
-    threading.Thread(target=loop, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-        for conn in accepted:
-            conn.close()
-
-
 def test_an_answering_agent_makes_a_vm_ready_without_looking_at_ssh() -> None:
     answers = probe_all(Agents("rv-c1-web"), [ProbeTarget("rv-c1-web", 0)], clock=lambda: 42.0)
     assert answers["rv-c1-web"].via == AGENT and answers["rv-c1-web"].at == 42.0
@@ -57,9 +29,9 @@ def test_an_answering_agent_makes_a_vm_ready_without_looking_at_ssh() -> None:
 
 def test_a_guest_without_agent_is_ready_once_its_ssh_server_sends_a_banner() -> None:
     with (
-        server(b"SSH-2.0-dropbear\r\n") as up,
-        server(None) as silent,
-        server(b"220 ftp\r\n") as ftp,
+        greeting_server(SSH_BANNER) as up,
+        greeting_server(None) as silent,
+        greeting_server(b"220 ftp\r\n") as ftp,
     ):
         targets = [
             ProbeTarget("rv-up", up),

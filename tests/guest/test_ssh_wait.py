@@ -22,38 +22,9 @@ from ruddervirt.guest.ssh import (
     read_banner,
     wait_for_ssh,
 )
+from tests.loopback import greeting_server
 
 pytestmark = pytest.mark.sshserver
-
-
-@contextlib.contextmanager
-def tcp_server(*, close_at_once: bool, greeting: bytes = b"") -> Iterator[int]:
-    """A TCP server that accepts and then says nothing (or closes at once), like QEMU hostfwd
-    while the guest's SSH server is not up; with ``greeting``, it sends that, then stalls."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            if close_at_once:
-                conn.close()
-            else:
-                conn.sendall(greeting)
-                accepted.append(conn)
-
-    threading.Thread(target=loop, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        listener.close()
-        for conn in accepted:
-            conn.close()
 
 
 def _host_key_fingerprint(server) -> str:
@@ -97,14 +68,14 @@ def test_nothing_listening_is_reported_as_connection_refused(unused_port: int) -
 
 
 def test_silent_tcp_server_is_reported_as_no_banner() -> None:
-    with tcp_server(close_at_once=False) as port:
+    with greeting_server(None) as port:
         target = SSHTarget(port=port, username="root", password="x")
         with pytest.raises(SSHWaitTimeout, match="TCP connects but no SSH banner within"):
             wait_for_ssh(target, timeout=0.4, banner_timeout=0.2)
 
 
 def test_server_that_closes_at_once_is_reported_as_no_banner() -> None:
-    with tcp_server(close_at_once=True) as port:
+    with greeting_server(None, close_at_once=True) as port:
         target = SSHTarget(port=port, username="root", password="x")
         with pytest.raises(SSHWaitTimeout) as caught:
             wait_for_ssh(target, timeout=0.3, poll_interval=0.1)
@@ -137,7 +108,7 @@ def test_on_attempt_sees_every_failure(unused_port: int) -> None:
 def test_cancel_stops_waiting_promptly_even_while_waiting_for_a_banner() -> None:
     cancel = threading.Event()
     threading.Timer(0.2, cancel.set).start()
-    with tcp_server(close_at_once=False) as port:
+    with greeting_server(None) as port:
         target = SSHTarget(port=port, username="root", password="x")
         started = time.monotonic()
         with pytest.raises(Cancelled):
@@ -191,7 +162,7 @@ def test_most_informative_failure_wins_and_the_last_one_is_added(server_factory,
 
 
 def test_server_that_stalls_after_its_banner_is_reported_as_a_handshake_failure() -> None:
-    with tcp_server(close_at_once=False, greeting=b"SSH-2.0-Stalling_1.0\r\n") as port:
+    with greeting_server(b"SSH-2.0-Stalling_1.0\r\n") as port:
         target = SSHTarget(port=port, username="root", password="x")
         with pytest.raises(SSHWaitTimeout) as caught:
             wait_for_ssh(target, timeout=0.5)
@@ -202,7 +173,7 @@ def test_server_that_stalls_after_its_banner_is_reported_as_a_handshake_failure(
 
 
 def test_non_ssh_server_is_reported_with_what_it_said() -> None:
-    with tcp_server(close_at_once=False, greeting=b"HTTP/1.1 400 Bad Request\r\n\r\n") as port:
+    with greeting_server(b"HTTP/1.1 400 Bad Request\r\n\r\n") as port:
         target = SSHTarget(port=port, username="root", password="x")
         with pytest.raises(SSHWaitTimeout) as caught:
             wait_for_ssh(target, timeout=0.3)
@@ -212,7 +183,7 @@ def test_non_ssh_server_is_reported_with_what_it_said() -> None:
 def test_cancel_during_the_handshake_is_prompt() -> None:
     cancel = threading.Event()
     threading.Timer(0.2, cancel.set).start()
-    with tcp_server(close_at_once=False, greeting=b"SSH-2.0-Stalling_1.0\r\n") as port:
+    with greeting_server(b"SSH-2.0-Stalling_1.0\r\n") as port:
         target = SSHTarget(port=port, username="root", password="x")
         started = time.monotonic()
         with pytest.raises(Cancelled):
@@ -295,7 +266,7 @@ def test_a_slow_but_live_server_is_not_given_up_early(server, keys) -> None:
 
 
 def test_read_banner_returns_the_first_line_the_server_sends() -> None:
-    with tcp_server(close_at_once=False, greeting=b"SSH-2.0-dropbear_2022.83\r\nmore") as port:
+    with greeting_server(b"SSH-2.0-dropbear_2022.83\r\nmore") as port:
         assert read_banner(port, timeout=2) == "SSH-2.0-dropbear_2022.83"
 
 
@@ -303,7 +274,7 @@ def test_read_banner_returns_the_first_line_the_server_sends() -> None:
 def test_read_banner_is_none_within_its_timeout_while_the_guest_is_down(
     close_at_once: bool,
 ) -> None:
-    with tcp_server(close_at_once=close_at_once) as port:
+    with greeting_server(None, close_at_once=close_at_once) as port:
         began = time.monotonic()
         assert read_banner(port, timeout=0.3) is None
         assert time.monotonic() - began < 1.5
