@@ -185,6 +185,8 @@ def _run_attempt(
             manifest=base,
             parents=parents,
             workdir=workdir,
+            use_cache=build.use_cache,
+            build_id=build.pk,
         )
         result = run_build(plan, BuildContext(config=config, hv=hv, reporter=reporter))
         reporter.flush()
