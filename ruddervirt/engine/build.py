@@ -3,8 +3,10 @@
 `run_build` either returns the captured disks (in `plan.workdir / "capture"`) or raises
 BuildError / BuildCancelled. Whatever happens, it leaves no domain, network, seed or key
 behind; the VMs' working disks stay for inspection when the build failed (the caller
-removes them later). It reaches the outside world only through its BuildContext (one context
-per call: the context's stopper is the build's cancel flag).
+removes them later, and with the step cache releases the build's lease on its layers:
+StepCache(config.step_cache_dir).release(plan.key)). It reaches the outside world only
+through its BuildContext (one context per call: the context's stopper is the build's
+cancel flag).
 """
 
 from __future__ import annotations
@@ -152,7 +154,10 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
             reporter.log(f"HTTP server stopped after {len(http.requests)} request(s)")
             http = None
         reporter.build_phase(BuildPhase.CAPTURING)
-        return _capture(ctx, plan, manifest, topology, outcomes)
+        result = _capture(ctx, plan, manifest, topology, outcomes)
+        if cache is not None:
+            cache.release()  # a failed build keeps its lease with its disks (vm_cache)
+        return result
     finally:
         if http is not None:
             http.stop()
@@ -176,9 +181,9 @@ def _build_cache(plan: BuildPlan, ctx: BuildContext) -> BuildCache | None:
 
 
 def _close_cache(cache: BuildCache, config: EngineConfig, reporter: Reporter) -> None:
-    """Release the build's lease, then evict what the cap and the age limit say (the
-    checkpoints other running builds hold stay)."""
-    cache.release()
+    """Evict what the cap and the age limit say; the checkpoints and layers a running
+    build holds stay, and so do those of this build when it failed (its lease goes with
+    its kept disks: StepCache.release)."""
     try:
         evicted = cache.store.evict(
             max_bytes=config.step_cache_max_bytes, max_age_s=config.step_cache_max_age_s

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 RECORD = "record.json"
+# A layer nobody references is removed only once it has not changed for this long.
+GRACE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -195,17 +197,20 @@ class StepCache:
                 removed.append(record)
         for record in removed:
             self.remove(record.key)
-        self.collect(keep=_layers_of(keep) | held_layers)
+        self.collect(keep=_layers_of(keep) | held_layers, now=now)
         return removed
 
-    def collect(self, keep: set[str] | None = None) -> list[str]:
-        """Remove every layer file no record and no lease names; the names removed."""
+    def collect(self, keep: set[str] | None = None, *, now: float | None = None) -> list[str]:
+        """Remove every layer file no record and no lease names, unless it changed in the
+        last GRACE_S (a build may have leased and made it since the leases were read);
+        the names removed."""
         if keep is None:
             _keys, held = self._held()
             keep = _layers_of(self.records()) | held
+        now = time.time() if now is None else now
         gone = []
         for path in sorted(self.layers.glob("*")):
-            if path.name not in keep:
+            if path.name not in keep and now - _mtime(path) > GRACE_S:
                 path.unlink(missing_ok=True)
                 gone.append(path.name)
         return gone
@@ -227,6 +232,13 @@ def _size(path: Path) -> int:
         return path.stat().st_blocks * 512
     except OSError:
         return 0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _write_json(path: Path, data: object) -> None:

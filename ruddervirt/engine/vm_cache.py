@@ -72,6 +72,7 @@ class VMCache:
     vm: Vm
     key: str
     domain: str
+    dir: Path
     stopper: Stopper
     cache: VMCacheState | None
 
@@ -124,7 +125,17 @@ class VMCache:
         self.scope.cache.hold(self.key, layers=(layer,))
         path = self.scope.cache.store.layer_path(layer)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.link_working_disk(index, name, path)
         return path
+
+    def link_working_disk(self, index: int, name: str, layer: Path) -> None:
+        """``disk<index>-<name>.qcow2`` in the VM's folder: a link to the layer the guest
+        writes, where a failed build's disks are looked for (kept for inspection: the
+        engine keeps the lease of a build that failed, the caller releases it with
+        StepCache.release when it removes the build's folder)."""
+        link = self.dir / f"disk{index}-{name}.qcow2"
+        link.unlink(missing_ok=True)
+        link.symlink_to(layer)
 
     def reuse_base(self, index: int) -> Path | None:
         """The checkpoint layer disk ``index`` is an overlay on, when reusing; else None."""
@@ -201,18 +212,21 @@ class VMCache:
             f"({record.size} bytes, {time.monotonic() - started:.1f}s)"
         )
 
-    def switch_layers(self, index: int) -> None:
+    def switch_layers(self, step: int) -> None:
         """Snapshot every disk onto a new layer; the current ones become read-only."""
         state, shared = self.cache, self.scope.cache
         assert state is not None and shared is not None
         overlays: dict[Path, Path] = {}
         for disk, chain in zip(self.vm.disks, state.chains, strict=True):
-            layer = f"{self.key}-{self.vm.name}-{state.token}-{disk.name}-{index + 1}.qcow2"
+            layer = f"{self.key}-{self.vm.name}-{state.token}-{disk.name}-{step + 1}.qcow2"
             shared.hold(self.key, layers=(layer,))
             overlays[shared.store.layer_path(chain[-1])] = shared.store.layer_path(layer)
         self.ctx.hv.snapshot_disks(self.domain, overlays)  # type: ignore[attr-defined]
-        for chain, new in zip(state.chains, overlays.values(), strict=True):
+        for i, (disk, chain, new) in enumerate(
+            zip(self.vm.disks, state.chains, overlays.values(), strict=True)
+        ):
             chain.append(new.name)
+            self.link_working_disk(i, disk.name, new)
         self.switched_disks(list(overlays.values()))
 
     def switched_disks(self, paths: list[Path]) -> None:

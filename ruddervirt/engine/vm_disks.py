@@ -55,9 +55,9 @@ class VMDisks:
     def prepare_disks(self) -> list[PreparedDisk]:
         prepared = []
         for index, disk in enumerate(self.vm.disks):
-            cached = self.cache_disk_path(index, disk.name)
-            path = cached or self.dir / f"disk{index}-{disk.name}.qcow2"
+            path = self.dir / f"disk{index}-{disk.name}.qcow2"
             path.unlink(missing_ok=True)  # left by an earlier attempt of this build
+            path = self.cache_disk_path(index, disk.name) or path
             parent = self.parent_disk(index)
             checkpoint = self.reuse_base(index)
             if checkpoint is not None:

@@ -3,12 +3,13 @@ the per-build off switch, a VM whose steps are not cacheable."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from ruddervirt.engine.errors import StepFailed
-from ruddervirt.engine.stepcache import StepCache
+from ruddervirt.engine.stepcache import GRACE_S, StepCache
 from ruddervirt.guest import fake
 from tests.engine.buildkit import FakeBuild, manifest_text, vm_yaml
 
@@ -104,3 +105,24 @@ def test_a_handbuild_step_ends_the_cached_prefix(tmp_path) -> None:
     build.run(manifest_text(vm_yaml("web", steps)), use_cache=True, build_id=1)
     assert [r.step_name for r in store(build).records()] == ["one"]
     assert any("not cached (a handbuild step" in line for line in build.reporter.text())
+
+
+def test_a_failed_build_keeps_its_lease_and_a_link_to_each_working_disk(tmp_path) -> None:
+    build = FakeBuild(tmp_path)
+    build.script("web", fake.run("exit 1", exit_status=1), fails=True)
+    with pytest.raises(StepFailed):
+        build.run(manifest_text(vm_yaml("web", shell("one", "exit 1"))), use_cache=True)
+    link = tmp_path / "work" / "web" / "disk0-root.qcow2"
+    assert link.is_symlink() and link.resolve().parent == store(build).layers
+    assert (store(build).leases / "b1.json").exists()  # the kept disk is not collected
+    assert store(build).collect(now=time.time() + GRACE_S + 1) == []
+    store(build).release("b1")
+    assert store(build).collect(now=time.time() + GRACE_S + 1) == [link.resolve().name]
+
+
+def test_a_successful_build_releases_its_lease(tmp_path) -> None:
+    build = FakeBuild(tmp_path)
+    build.script("web", *checkpointed("echo one"))
+    build.run(manifest_text(vm_yaml("web", shell("one", "echo one"))), use_cache=True)
+    assert list(store(build).leases.glob("*.json")) == []
+    assert len(store(build).records()) == 1

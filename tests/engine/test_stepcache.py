@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from ruddervirt.engine.stepcache import CheckpointRecord, Lease, StepCache
+from ruddervirt.engine.stepcache import GRACE_S, CheckpointRecord, Lease, StepCache
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def test_a_checkpoint_whose_layer_is_gone_is_not_usable(store) -> None:
 def test_eviction_removes_the_least_recently_used_until_under_the_cap(store) -> None:
     keep(store, "old", "a.qcow2", used=1.0)
     keep(store, "new", "b.qcow2", used=2.0)
-    removed = store.evict(max_bytes=store.total_size() - 1)
+    removed = store.evict(max_bytes=store.total_size() - 1, now=time.time() + GRACE_S + 1)
     assert [r.key for r in removed] == ["old"]
     assert store.get("new") is not None and not store.layer_path("a.qcow2").exists()
 
@@ -67,8 +68,16 @@ def test_a_leased_checkpoint_and_layer_are_never_evicted(store) -> None:
     assert store.evict(everything=True) == []
     assert store.get("used") is not None and store.layer_path("writing.qcow2").exists()
     store.release("b9")
-    assert [r.key for r in store.evict(everything=True)] == ["used"]
+    later = time.time() + GRACE_S + 1  # unused layers go once they are older than GRACE_S
+    assert [r.key for r in store.evict(everything=True, now=later)] == ["used"]
     assert list(store.layers.iterdir()) == []
+
+
+def test_a_fresh_unreferenced_layer_is_spared_it_may_be_a_build_s_new_one(store) -> None:
+    store.layers.mkdir(parents=True)
+    store.layer_path("new.qcow2").write_bytes(b"z")
+    assert store.collect() == []
+    assert store.collect(now=time.time() + GRACE_S + 1) == ["new.qcow2"]
 
 
 def test_touch_moves_a_checkpoint_to_the_back_of_the_eviction_order(store) -> None:
