@@ -173,10 +173,16 @@ def build_summary(build: Build, *, detail: bool = False) -> dict:
                         "exit_code": s.exit_code,
                         "duration_s": s.duration_s,
                         "message": s.message,
+                        **(
+                            {"reused_from": s.reused_from, "saved_s": s.saved_s}
+                            if s.status == StepStatus.REUSED
+                            else {}
+                        ),
                     }
                     for s in vm.steps.all()
                 ],
             }
             for vm in build.vms.prefetch_related("steps")
         ]
+        data["cache_starts"] = build.cache_starts
     return data

@@ -22,7 +22,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("action", choices=["list", "clear"])
         parser.add_argument(
-            "--older-than", help="a duration (30m, 12h, 7d): only checkpoints unused that long"
+            "--older-than", help="a duration (30m, 12h, 168h): only checkpoints unused that long"
         )
         parser.add_argument("--json", action="store_true", help="one JSON object")
 
