@@ -142,7 +142,7 @@ class VMRunner(VMCache, VMDisks, InstallerMedia):
             self.outcome.efi = self.efi
         self.phase(VMPhase.BOOTING)
         self.boot(self.outcome.disks, seed)
-        if self.vm.boot_command:
+        if self.vm.boot_command and not self.reusing():
             self.phase(VMPhase.BOOT_COMMAND)
             self.type_boot_command()
         self.comm = self.ctx.communicator(self.endpoint())

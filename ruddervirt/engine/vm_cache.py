@@ -102,9 +102,21 @@ class VMCache:
                 state.chains = [list(c) for c in record.chains]
                 state.requires = record.requires
                 break
-        if state.hit is not None:
-            shared.hold(self.key, keys=(state.hit.key,), layers=_names(state.chains))
-            shared.store.touch(state.hit)
+        hit = state.hit
+        if hit is not None:
+            # Leased first, then checked again: another build's eviction may have run between.
+            shared.hold(self.key, keys=(hit.key,), layers=_names(state.chains))
+            if shared.store.get(hit.key) is None:
+                state = VMCacheState(
+                    keys=keys, requires=tuple(map(str, self.plan.parent_disks or ()))
+                )
+            else:
+                shared.store.touch(hit)
+                self.log(
+                    f"step cache: starting from the checkpoint {hit.key[:12]} of step "
+                    f"{state.reused} ({hit.step_name}), made by {_origin(hit)}"
+                    + ("; not typing the bootCommand again" if self.vm.boot_command else "")
+                )
         for step in keys.steps[state.reused :]:
             if step.key is None:
                 self.log(f"step cache: steps from here on are not cached ({step.why_not})")
@@ -136,6 +148,10 @@ class VMCache:
         link = self.dir / f"disk{index}-{name}.qcow2"
         link.unlink(missing_ok=True)
         link.symlink_to(layer)
+
+    def reusing(self) -> bool:
+        """Whether this VM starts from a checkpoint (its installer's bootCommand is done)."""
+        return self.cache is not None and self.cache.hit is not None
 
     def reuse_base(self, index: int) -> Path | None:
         """The checkpoint layer disk ``index`` is an overlay on, when reusing; else None."""

@@ -126,3 +126,16 @@ def test_a_successful_build_releases_its_lease(tmp_path) -> None:
     build.run(manifest_text(vm_yaml("web", shell("one", "echo one"))), use_cache=True)
     assert list(store(build).leases.glob("*.json")) == []
     assert len(store(build).records()) == 1
+
+
+def test_a_vm_started_from_a_checkpoint_does_not_get_its_boot_command_again(tmp_path) -> None:
+    text = manifest_text(vm_yaml("web", STEPS, extra='    bootCommand: ["x<enter>"]\n'))
+    first = FakeBuild(tmp_path)
+    first.script("web", *checkpointed("echo one", "echo two", "echo three"))
+    first.run(text, use_cache=True, build_id=1)
+    assert first.hv.sent_keys.get(first.domain())  # typed in the first build
+    second = FakeBuild(tmp_path, key="b2")
+    second.script("web", fake.run("ruddervirt-build-b1"))
+    second.run(text, use_cache=True, build_id=2)
+    assert not second.hv.sent_keys.get(second.domain())
+    assert any("not typing the bootCommand again" in line for line in second.reporter.text())
