@@ -12,6 +12,7 @@ help:
 	@echo "make run    set up everything and serve the portal on http://127.0.0.1:8000 (Ctrl-C stops it)"
 	@echo "make test   set up everything and run the whole test suite (real VMs under TCG)"
 	@echo "make lint   ruff check and format check (make test runs ruff check and mypy too)"
+	@echo "make bench  set up everything with Packer and run the build benchmark (BENCH_ARGS=...)"
 
 setup:
 	@scripts/setup.sh
@@ -39,6 +40,14 @@ test-fast: export REDIS_URL = unix://$(CURDIR)/var/redis.sock?db=15
 test-fast: export RUDDERVIRT_FETCH_ALLOW_NETS = 127.0.0.0/8
 test-fast:
 	.venv/bin/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)
+
+# The benchmarks (docs/benchmarks.md): the same setup plus the optional peers (Packer), then
+# the build benchmark, e.g.  make bench BENCH_ARGS="--image debian --runs 3 --markdown"
+bench: export RUDDERVIRT_DOMAIN_TYPE = qemu
+bench: export RUDDERVIRT_ALLOW_INTERNET = false
+bench:
+	@scripts/setup.sh --for-tests --with-optional
+	.venv/bin/python bench/build_bench.py $(BENCH_ARGS)
 
 lint:
 	.venv/bin/ruff check .

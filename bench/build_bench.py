@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """Build benchmark: RudderVirt and Packer's QEMU builder, the same recipe on the same image.
 
-    .venv/bin/python bench/build_bench.py [--runs N] [--markdown] [--mode portal|engine]
-        [--tools rudder,packer] [--wait-quiet MINUTES] [--verbose]
+    .venv/bin/python bench/build_bench.py [--image tiny|debian] [--runs N] [--markdown]
+        [--mode portal|engine] [--tools rudder,packer] [--wait-quiet MINUTES] [--verbose]
 
-The recipe (bench/build_recipe.py): the tiny test image, boot, one shell step, a 1 MiB
-upload, a sha256sum step, shutdown, capture. Each tool builds it N times, alternating
-(ABBA order); the table gives the median and minimum of every phase (bench/build_phases.py
-says where each phase starts and ends).
+The recipe (bench/build_recipe.py): the tiny test image or the Debian 12 test image
+(tools/debianimage, Debian's genericcloud image remade from Debian packages), boot, one
+shell step, a 1 MiB upload, a sha256sum step, shutdown, capture. Each tool builds it N
+times, alternating (ABBA order); the table gives the median and minimum of every phase
+(bench/build_phases.py says where each phase starts and ends).
 
 Everything lives in a temporary folder (storage root, SQLite database, Packer's output)
 and under a libvirt name prefix of its own ("rvb<pid>-"); both are removed at the end,
 also after a failure or Ctrl-C. Needs root (qemu:///system, the tiny image build) and
-Debian's `packer` package for the Packer side.
+Debian's `packer` package for the Packer side (`apt install packer`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ if str(ROOT) not in sys.path:
 
 from bench.build_packer import PackerRun, packer_version, run_packer  # noqa: E402
 from bench.build_phases import packer_marks, phases, rudder_marks, rudder_output  # noqa: E402
-from bench.build_recipe import Recipe, guest_timing, make_recipe, manifest_text  # noqa: E402
+from bench.build_recipe import GUESTS, Recipe, guest_timing, make_recipe, manifest_text  # noqa: E402
 from bench.build_report import RunRecord, markdown_table, run_lines, text_table  # noqa: E402
+from bench.images import image_path  # noqa: E402
 
 PACKER_TIMEOUT_S = 900.0
 QUIET_POLL_S = 30.0
@@ -50,6 +52,9 @@ QUIET_POLL_S = 30.0
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--image", choices=sorted(GUESTS), default="tiny", help="the image (default tiny)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="builds per tool (default 3)")
     parser.add_argument("--markdown", action="store_true", help="print the results as markdown")
     parser.add_argument(
@@ -169,10 +174,10 @@ class Bench:
         self.user = setup_django()
         from ruddervirt.engine.sources import fetch
         from ruddervirt.runtime import engine_config, get_hypervisor
-        from tools.testimage.build import build_image
 
         self.hv, self.config = get_hypervisor(), engine_config()
-        self.recipe = make_recipe(build_image(ROOT / "var" / "cache" / "testimage"), self.tmp)
+        guest = GUESTS[self.args.image]
+        self.recipe = make_recipe(guest, image_path(guest.name), self.tmp)
         # Warm RudderVirt's caches (Packer reads the file:// image in place): a first build
         # must not be charged for copying the image once into the cache.
         policy = self.config.fetch_policy
@@ -284,7 +289,7 @@ class Bench:
         if self.args.trace:
             _trace(run.start, [(e.t, f"{e.kind:<13} {e.vm:<6} {e.text}") for e in run.events])
             _trace_console(run.start, run.seen, run.console)
-        guest = guest_timing(rudder_output(run.events), self.recipe.blob_sha256)
+        guest = guest_timing(rudder_output(run.events), self.recipe)
         _check(guest.checksum_ok and run.output.is_file(), "RudderVirt", run.output)
         if self.args.mode == "engine":
             build_rudder.remove_engine_workdir(self.config, index)
@@ -297,7 +302,7 @@ class Bench:
         if self.args.trace:
             _trace(run.start, run.lines)
             _trace_console(run.start, run.seen, run.console)
-        guest = guest_timing(run.lines, self.recipe.blob_sha256)
+        guest = guest_timing(run.lines, self.recipe)
         _check(guest.checksum_ok and run.output.is_file(), "Packer", run.output)
         result = phases(packer_marks(run.lines, run.start, run.end, run.seen), guest)
         shutil.rmtree(self.tmp / f"packer-{index}", ignore_errors=True)
@@ -313,7 +318,10 @@ class Bench:
             return "\n".join([text_table(rudder, packer), "", *run_lines(self.records)])
         facts = machine_facts()
         lines = [f"- **{k}**: {v}" for k, v in facts.items()]
+        guest = self.recipe.guest
         lines += [
+            f"- **image**: {guest.name} ({guest.memory_mib} MiB, {guest.disk_mib} MiB disk, "
+            f"logged into as {guest.user}, SSH server {guest.sshd})",
             f"- **command**: `{command}`",
             f"- **RudderVirt path**: {self.args.mode}",
             f"- **conditions**: {self.quiet_note}",

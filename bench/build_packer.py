@@ -88,7 +88,7 @@ def run_packer(
     serial, seed = workdir / "serial.log", workdir / "seed.iso"
     make_nocloud_seed(
         seed,
-        user_data=cloud_config_with_keys(None, [], VM_NAME),
+        user_data=cloud_config_with_keys(None, [recipe.public_key], VM_NAME),
         meta_data=nocloud_meta_data(instance_id=f"packer-{workdir.name}", hostname=VM_NAME),
     )
     template.write_text(packer_template(recipe, output, serial, seed))

@@ -16,6 +16,7 @@ some of them (None when not seen):
 
     started      the start call returned (libvirt create) / QEMU was spawned (Packer)
     sshd_up      the guest's SSH server started (the guest's own clock, bench.build_recipe)
+    generalize   RudderVirt began generalizing the guest for clones (after the last step)
     power_down   the guest's kernel printed "reboot: Power down" (bench.build_watch)
     qemu_exit    QEMU's process ended (a zombie, or gone)
     qemu_reaped  its parent reaped it (libvirt's QEMU is a child of PID 1; Packer's, of Packer)
@@ -40,6 +41,7 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("step_shell", "step 1: shell (host view)"),
     ("step_upload", "step 2: 1 MiB upload (host view)"),
     ("step_checksum", "step 3: sha256sum (host view)"),
+    ("generalize", "  of which: generalizing for clones (RudderVirt only)"),
     ("guest_commands", "commands' own run time (guest clock)"),
     ("shutdown", "shutdown (command → VM seen off)"),
     ("guest_shutdown", "  guest: command → kernel power-down"),
@@ -66,6 +68,7 @@ class Marks:
     captured: float
     end: float
     started: float | None = None
+    generalize: float | None = None
     power_down: float | None = None
     qemu_exit: float | None = None
     qemu_reaped: float | None = None
@@ -92,6 +95,7 @@ def phases(marks: Marks, guest: GuestTiming) -> dict[str, float | None]:
         "step_shell": s2 - s1,
         "step_upload": s3 - s2,
         "step_checksum": marks.halt - s3,
+        "generalize": _span(marks.generalize, marks.halt),
         "guest_commands": guest.commands_s,
         "shutdown": marks.off - marks.halt,
         "guest_shutdown": _span(marks.halt, marks.power_down),
@@ -144,6 +148,16 @@ def _first_log(events: list[Event], prefix: str, after: float = 0.0) -> float:
     raise MissingMark(f"no log line starting with {prefix!r} in the RudderVirt timeline")
 
 
+GENERALIZING = "generalizing the guest for cloning"  # ruddervirt.engine.generalize
+
+
+def _optional_log(events: list[Event], prefix: str, after: float) -> float | None:
+    try:
+        return _first_log(events, prefix, after)
+    except MissingMark:
+        return None
+
+
 def rudder_marks(events: list[Event], start: float, end: float, seen: dict[str, float]) -> Marks:
     """Cut a RudderVirt run (events recorded by bench.build_timing.TimedMixin)."""
     boots = [e.t for e in events if e.kind == "vm_domain"]
@@ -165,6 +179,7 @@ def rudder_marks(events: list[Event], start: float, end: float, seen: dict[str, 
         captured=_first(events, "vm_phase", "DiskCaptured", off),
         end=end,
         started=_first_log(events, "domain ", boot),  # "domain NAME started; SSH forwarded..."
+        generalize=_optional_log(events, GENERALIZING, boot),
         **_shutdown_marks(seen, halt, off),
     )
 

@@ -1,10 +1,14 @@
-"""The reference recipe of the build benchmark, written for both tools.
+"""The reference recipe of the build benchmark, written for both tools, on two images.
 
-One VM from the tiny test image (1 vCPU, 256 MiB, 1 GiB disk): boot, a shell step, a
-1 MiB file upload, a shell step that checksums the file; shut down and capture the disk.
-The same two scripts run under both tools and print ``RVBENCH`` marker lines with the
-guest's own clock (``/proc/uptime``), so the commands' own run time is measured inside
-the guest, and so is the moment the guest's SSH server (dropbear) started.
+One VM: boot, a shell step, a 1 MiB file upload, a shell step that checksums the file;
+shut down and capture the disk. Two images (``GUESTS``): the tiny test image (1 vCPU,
+256 MiB, 1 GiB disk, logged into as root; its SSH server is dropbear) and the Debian 12
+test image, shaped like Debian's genericcloud image (1 vCPU, 1 GiB, 2 GiB disk, logged into
+as ``debian``, whose home takes the upload; OpenSSH, systemd, real cloud-init). The same
+two scripts run under both tools and print ``RVBENCH`` marker lines with the guest's own
+clock (``/proc/uptime``), so the commands' own run time is measured inside the guest, and
+so is the moment the guest's SSH server started. Both tools log in with a key the NoCloud
+seed installs: RudderVirt with its own build key, Packer with the benchmark's.
 """
 
 from __future__ import annotations
@@ -13,48 +17,88 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ruddervirt.guest.ssh import generate_keypair
+
 BLOB_SIZE = 1024 * 1024
-BLOB_DEST = "/root/blob.bin"
 VM_NAME = "bench"
 GUEST_HZ = 100  # Linux USER_HZ: /proc/<pid>/stat start times are in 1/100 s
-PACKER_ROOT_PASSWORD = "rudder"  # noqa: S105 - the tiny test image's documented password
 
-# Step 1. The work is the two lines between t0 and t1; the rest is measurement: the guest
-# uptime now, and the uptime at which the dropbear listener (the one whose parent is init)
-# started (field 22 of /proc/<pid>/stat, in ticks). No "{{" anywhere: Packer would read it
-# as a template.
-HELLO_SCRIPT = """\
+
+@dataclass(frozen=True)
+class Guest:
+    """What differs between the images: the login, the SSH server, the VM's size."""
+
+    name: str  # "tiny" or "debian" (bench/build_bench.py --image)
+    user: str  # the SSH user of both tools
+    home: str  # that user's home: the hello file and the upload go there
+    sshd: str  # the SSH server's process name (/proc/<pid>/stat's comm)
+    memory_mib: int
+    disk_mib: int
+    ssh_timeout_m: int  # both tools' wait for SSH
+    build_timeout_m: int  # RudderVirt's build timeout
+
+    @property
+    def blob_dest(self) -> str:
+        return f"{self.home}/blob.bin"
+
+    @property
+    def shutdown_command(self) -> str:
+        """Packer's (RudderVirt shuts down on its own: agent, then ACPI)."""
+        return "poweroff" if self.user == "root" else "sudo -n poweroff"
+
+
+TINY = Guest("tiny", "root", "/root", "dropbear", 256, 1024, 5, 15)
+DEBIAN = Guest("debian", "debian", "/home/debian", "sshd", 1024, 2048, 10, 30)
+GUESTS = {guest.name: guest for guest in (TINY, DEBIAN)}
+
+
+def hello_script(guest: Guest) -> str:
+    """Step 1. The work is the two lines between t0 and t1; the rest is measurement: the
+    guest uptime now, and the uptime at which the SSH listener (the one whose parent is
+    init) started (field 22 of /proc/<pid>/stat, in ticks). No "{{" anywhere: Packer would
+    read it as a template."""
+    return f"""\
 t0=$(cut -d' ' -f1 /proc/uptime)
-echo "hello from $(hostname)" | tee /root/hello.txt
+echo "hello from $(hostname)" | tee {guest.home}/hello.txt
 uname -r
 t1=$(cut -d' ' -f1 /proc/uptime)
 sshd=
 for f in /proc/[0-9]*/stat; do
   read -r pid comm state ppid rest 2>/dev/null <"$f" || continue
-  if [ "$comm" = "(dropbear)" ] && [ "$ppid" = 1 ]; then set -- $rest; shift 17; sshd=$1; break; fi
+  if [ "$comm" = "({guest.sshd})" ] && [ "$ppid" = 1 ]; then
+    set -- $rest; shift 17; sshd=$1; break
+  fi
 done
 echo "RVBENCH step=1 start=$t0 end=$t1 now=$(cut -d' ' -f1 /proc/uptime) sshd_ticks=$sshd"
 """
 
-CHECKSUM_SCRIPT = f"""\
+
+def checksum_script(guest: Guest) -> str:
+    """Step 3: the upload's sha256, timed by the guest."""
+    return f"""\
 t0=$(cut -d' ' -f1 /proc/uptime)
-sha256sum {BLOB_DEST}
+sha256sum {guest.blob_dest}
 t1=$(cut -d' ' -f1 /proc/uptime)
 echo "RVBENCH step=3 start=$t0 end=$t1"
 """
+
 
 _MARK = re.compile(r"RVBENCH step=(\d) (.*)$")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    image: Path  # the tiny image, copied into the benchmark's temporary folder
+    guest: Guest
+    image: Path  # the image, copied into the benchmark's temporary folder
     image_sha256: str
     blob: Path
     blob_sha256: str
+    key_file: Path  # Packer's SSH private key
+    public_key: str  # ... and its public half, for the seed
 
     @property
     def image_url(self) -> str:
@@ -73,13 +117,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def make_recipe(image: Path, folder: Path) -> Recipe:
-    """Copy ``image`` into ``folder`` and write a fresh 1 MiB random blob beside it."""
-    copy = folder / "tiny.qcow2"
-    copy.write_bytes(image.read_bytes())
+def make_recipe(guest: Guest, image: Path, folder: Path) -> Recipe:
+    """Copy ``image`` into ``folder``; write a fresh 1 MiB random blob and an SSH key pair
+    (for Packer) beside it."""
+    copy = folder / f"{guest.name}.qcow2"
+    shutil.copyfile(image, copy)
     blob = folder / "blob.bin"
     blob.write_bytes(os.urandom(BLOB_SIZE))
-    return Recipe(copy, sha256_file(copy), blob, sha256_file(blob))
+    private, public = generate_keypair(comment="rvbench-packer")
+    key_file = folder / "packer-key"
+    key_file.touch(mode=0o600)
+    key_file.write_text(private)
+    return Recipe(guest, copy, sha256_file(copy), blob, sha256_file(blob), key_file, public)
 
 
 def _indented(text: str, spaces: int) -> str:
@@ -89,8 +138,15 @@ def _indented(text: str, spaces: int) -> str:
 
 def manifest_text(recipe: Recipe) -> str:
     """The recipe as a RudderVirt manifest (the SSH key reaches the guest via the seed)."""
+    guest = recipe.guest
+    communicator = (
+        ""
+        if guest.user == "root"
+        else f"    communicator: {{sshUsername: {guest.user}, "
+        f"sshTimeout: {guest.ssh_timeout_m}m}}\n"
+    )
     return (
-        "timeout: 15m\n"
+        f"timeout: {guest.build_timeout_m}m\n"
         "files:\n"
         "  - name: blob\n"
         f"    url: {recipe.blob_url}\n"
@@ -100,20 +156,21 @@ def manifest_text(recipe: Recipe) -> str:
         "    source:\n"
         f"      url: {recipe.image_url}\n"
         f"      checksum: sha256:{recipe.image_sha256}\n"
-        "    resources: {cpu: 1, memory: 256Mi}\n"
-        "    disks: [{name: root, size: 1Gi}]\n"
-        "    cloudInit: {}\n"
+        f"    resources: {{cpu: 1, memory: {guest.memory_mib}Mi}}\n"
+        f"    disks: [{{name: root, size: {guest.disk_mib}Mi}}]\n"
+        + communicator
+        + "    cloudInit: {}\n"
         "    provisioners:\n"
         "      - name: hello\n"
         "        type: shell\n"
         "        shell:\n"
-        "          inline: |\n" + _indented(HELLO_SCRIPT, 12) + "      - name: upload\n"
+        "          inline: |\n" + _indented(hello_script(guest), 12) + "      - name: upload\n"
         "        type: file\n"
-        f"        file: {{fileRef: blob, destination: {BLOB_DEST}}}\n"
+        f"        file: {{fileRef: blob, destination: {guest.blob_dest}}}\n"
         "      - name: checksum\n"
         "        type: shell\n"
         "        shell:\n"
-        "          inline: |\n" + _indented(CHECKSUM_SCRIPT, 12)
+        "          inline: |\n" + _indented(checksum_script(guest), 12)
     )
 
 
@@ -124,27 +181,28 @@ def packer_template(recipe: Recipe, output_dir: Path, serial_log: Path, seed: Pa
     interfaces, a route out) is replaced by a restricted one forwarding from loopback only;
     the NIC is Packer's own ``virtio-net,netdev=user.0``. VNC listens on 127.0.0.1. As in
     RudderVirt's domains, the guest gets QEMU's "max" CPU model and a virtio RNG, a NoCloud
-    ``seed`` CD-ROM (hostname only: Packer logs in with the image's root password), and its
-    serial console goes to a file (``serial_log``, see bench.build_watch).
+    ``seed`` CD-ROM (hostname and Packer's public key: bench.build_packer), and its serial
+    console goes to a file (``serial_log``, see bench.build_watch).
     """
+    guest = recipe.guest
     builder = {
         "type": "qemu",
         "iso_url": recipe.image_url,
         "iso_checksum": f"sha256:{recipe.image_sha256}",
         "disk_image": True,
-        "disk_size": "1024M",
+        "disk_size": f"{guest.disk_mib}M",
         "format": "qcow2",
         "accelerator": "tcg",
         "cpus": 1,
-        "memory": 256,
+        "memory": guest.memory_mib,
         "headless": True,
         "vnc_bind_address": "127.0.0.1",
         # Packer's default is 10 s, spent before it even looks for SSH; "1ms" removes it.
         "boot_wait": "1ms",
         "communicator": "ssh",
-        "ssh_username": "root",
-        "ssh_password": PACKER_ROOT_PASSWORD,
-        "ssh_timeout": "5m",
+        "ssh_username": guest.user,
+        "ssh_private_key_file": str(recipe.key_file),
+        "ssh_timeout": f"{guest.ssh_timeout_m}m",
         "ssh_file_transfer_method": "sftp",  # as RudderVirt's upload
         "qemuargs": [
             [
@@ -162,14 +220,14 @@ def packer_template(recipe: Recipe, output_dir: Path, serial_log: Path, seed: Pa
             ["-cdrom", str(seed)],
             ["-serial", f"file:{serial_log}"],
         ],
-        "shutdown_command": "poweroff",
+        "shutdown_command": guest.shutdown_command,
         "output_directory": str(output_dir),
         "vm_name": f"{VM_NAME}.qcow2",
     }
     provisioners = [
-        {"type": "shell", "inline": HELLO_SCRIPT.splitlines()},
-        {"type": "file", "source": str(recipe.blob), "destination": BLOB_DEST},
-        {"type": "shell", "inline": CHECKSUM_SCRIPT.splitlines()},
+        {"type": "shell", "inline": hello_script(guest).splitlines()},
+        {"type": "file", "source": str(recipe.blob), "destination": guest.blob_dest},
+        {"type": "shell", "inline": checksum_script(guest).splitlines()},
     ]
     return json.dumps({"builders": [builder], "provisioners": provisioners}, indent=2)
 
@@ -179,19 +237,19 @@ class GuestTiming:
     """What the guest measured itself (seconds)."""
 
     commands_s: float  # the two scripts' work (t0..t1 of steps 1 and 3)
-    sshd_age_s: float | None  # how long dropbear had been running when step 1 printed
+    sshd_age_s: float | None  # how long the SSH server had run when step 1 printed
     step1_marker_t: float  # host monotonic time at which step 1's marker line arrived
     checksum_ok: bool
 
 
-def guest_timing(lines: list[tuple[float, str]], blob_sha256: str) -> GuestTiming:
+def guest_timing(lines: list[tuple[float, str]], recipe: Recipe) -> GuestTiming:
     """Read the RVBENCH marker lines (host arrival time, text) of one run.
 
     Raises ValueError when a marker is missing (a step did not run as written)."""
     marks: dict[str, tuple[float, dict[str, str]]] = {}
     checksum_ok = False
     for t, text in lines:
-        if blob_sha256 in text and BLOB_DEST in text:
+        if recipe.blob_sha256 in text and recipe.guest.blob_dest in text:
             checksum_ok = True
         found = _MARK.search(text)
         if found:

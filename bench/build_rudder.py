@@ -149,7 +149,8 @@ def run_engine(
             tail = "\n".join(text for _vm, _stream, text in reporter.lines[-25:])
             raise RudderFailed(f"{exc}\n{tail}") from exc
         end = time.monotonic()
-        return RudderRun(start, end, timeline.events(), result.vms[0].disks[0].path, {})
+        disk = result.capture_dir / str(result.spec.vms[0].disks[0].path)
+        return RudderRun(start, end, timeline.events(), disk, {})
 
     return _in_thread(build, timeline, config)
 

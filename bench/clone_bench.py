@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Clone benchmark: control-plane time to create and start N clones, linked vs. full copies.
+"""Clone benchmark: control-plane time to create and start N clones, linked vs. full copies,
+and (--ready) the time from Launch until every VM of them is ready.
 
-    .venv/bin/python bench/clone_bench.py [--sizes 1,10,30] [--workers 8] [--memory 256]
+    .venv/bin/python bench/clone_bench.py [--image tiny|debian] [--sizes 1,10,30]
+        [--modes linked,full] [--ready [--ready-timeout S]] [--workers 8] [--memory MIB]
         [--markdown] [--keep-running S]
 
-The module: one VM of the tiny test image (its template disk is the image converted to a
-standalone qcow2, as a build captures it) with one managed subnet, so every clone also gets
-its own libvirt network and gateway (namespace + dnsmasq). For each N and each mode (linked
+The module: one VM of the tiny or the Debian 12 test image with one managed subnet, so every
+clone also gets its own libvirt network and gateway (namespace + dnsmasq). It is built once
+for real first (bench/clone_ready.py: the engine boots, generalizes and captures it), so the
+clones start from a template as a class's do. For each N and each mode (linked
 overlays, full copies), the clones are made with ruddervirt.engine.clone.create_many, the
 same call and thread count (8) the portal uses to launch a class in-process: every clone's
 disks, network and domain, then every domain started paused, then all resumed. "Create +
@@ -35,34 +38,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.build_recipe import GUESTS  # noqa: E402
+from bench.clone_ready import Readiness, build_template, wait_ready  # noqa: E402
+from bench.images import image_path  # noqa: E402
 from ruddervirt.engine import clone as engine  # noqa: E402
-from ruddervirt.engine.capture import topology_record  # noqa: E402
 from ruddervirt.engine.cleanup import remove_owned  # noqa: E402
 from ruddervirt.engine.config import EngineConfig  # noqa: E402
-from ruddervirt.hypervisor import disks as qimg  # noqa: E402
-from ruddervirt.hypervisor.domain_xml import mgmt_mac_for  # noqa: E402
+from ruddervirt.fetchpolicy import FetchPolicy  # noqa: E402
 from ruddervirt.hypervisor.libvirt_driver import LibvirtHypervisor  # noqa: E402
-from ruddervirt.manifest import parse  # noqa: E402
-from ruddervirt.spec import DiskRecord, MgmtRecord, NicRecord, VersionSpec, VMSpec  # noqa: E402
 
 MIB = 1024 * 1024
-MANIFEST = """\
-network:
-  vpcs: [{name: lab}]
-  subnets: [{name: lan, vpc: lab, cidr: 10.10.0.0/24}]
-vms:
-  - name: web
-    source: {url: "http://127.0.0.1:9/tiny.qcow2"}
-    resources: {cpu: 1, memory: MEMORY}
-    disks: [{name: root, size: 1Gi}]
-    nics: [{name: eth0, subnet: lan, slot: 1, ip: 10.10.0.10}]
-"""
 
 
 @dataclass
@@ -78,13 +70,26 @@ class Round:
     disk_per_clone_max_kib: float
     delete_s: float
     failures: int
+    ready_first_s: float | None = None  # --ready: since the launch began, the first VM ready
+    ready_median_s: float | None = None
+    ready_last_s: float | None = None  # ... and the last: every VM of the N clones is ready
+    ready_via: str = ""  # "agent", "ssh" or both
+    not_ready: int = 0  # VMs not ready within --ready-timeout
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,10,30", help="clone counts (default 1,10,30)")
     parser.add_argument("--workers", type=int, default=8, help="threads (default 8)")
-    parser.add_argument("--memory", type=int, default=256, help="guest MiB (default 256)")
+    parser.add_argument("--image", choices=sorted(GUESTS), default="tiny")
+    parser.add_argument(
+        "--memory", type=int, default=None, help="guest MiB (default: tiny 256, debian 1024)"
+    )
+    parser.add_argument(
+        "--ready", action="store_true",
+        help="after each launch, wait until every VM is ready (guest agent or SSH banner)",
+    )  # fmt: skip
+    parser.add_argument("--ready-timeout", type=float, default=1800.0, metavar="S")
     parser.add_argument("--modes", default="linked,full", help="linked, full or both")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument("--json", action="store_true", help="print the rounds as JSON")
@@ -97,42 +102,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep-running", type=float, default=0.0, metavar="S",
         help="leave each round's guests running S seconds before removing them",
     )  # fmt: skip
-    return parser.parse_args(argv)
-
-
-def template_disk(folder: Path) -> Path:
-    """The tiny image as a standalone qcow2 (what a build captures)."""
-    from tools.testimage.build import build_image
-
-    image = build_image(ROOT / "var" / "cache" / "testimage")
-    disk = folder / "template" / "web-root.qcow2"
-    disk.parent.mkdir(parents=True)
-    qimg.convert(image, disk)
-    qimg.resize(disk, 1024 * MIB)
-    return disk
-
-
-def version_spec(folder: Path, disk: Path, memory_mib: int) -> VersionSpec:
-    """The record a build of MANIFEST would write, with `disk` (under `folder`, the storage
-    root) as its template disk."""
-    manifest = parse(MANIFEST.replace("MEMORY", f"{memory_mib}Mi"))
-    vm = VMSpec(
-        name="web",
-        cpu=1,
-        memory=memory_mib * MIB,
-        disks=(
-            DiskRecord(
-                name="root", bus="virtio", size=1024 * MIB, boot_order=1,
-                path=PurePosixPath(disk.relative_to(folder).as_posix()),
-            ),
-        ),
-        nics=(
-            NicRecord(name="eth0", subnet="lan", slot=1, mac="52:54:00:be:0c:01",
-                      ip="10.10.0.10", static=True),
-        ),
-        mgmt=MgmtRecord(mac=mgmt_mac_for("bench-web")),
-    )  # fmt: skip
-    return VersionSpec(vms=(vm,), topology=topology_record(manifest, manifest.for_build()))
+    args = parser.parse_args(argv)
+    if args.memory is None:
+        args.memory = GUESTS[args.image].memory_mib
+    return args
 
 
 def one_round(hv, config, spec, folder: Path, mode: str, n: int, keep: float) -> Round:
@@ -156,6 +129,8 @@ def one_round(hv, config, spec, folder: Path, mode: str, n: int, keep: float) ->
     for failure in failures[:3]:
         print(f"  a clone failed: {failure}", file=sys.stderr)
     sizes = [engine.disk_usage(r.workdir) for r in requests if r.workdir.exists()]
+    made = [r for r in results if isinstance(r, engine.CloneResult)]
+    ready = wait_ready(hv, made, started, ARGS.ready_timeout) if ARGS.ready else None
     if keep:
         time.sleep(keep)
     removing = time.monotonic()
@@ -173,7 +148,19 @@ def one_round(hv, config, spec, folder: Path, mode: str, n: int, keep: float) ->
         disk_per_clone_max_kib=round(max(sizes) / 1024, 1) if sizes else 0.0,
         delete_s=round(time.monotonic() - removing, 2),
         failures=len(failures),
+        **(_ready_fields(ready) if ready is not None else {}),
     )
+
+
+def _ready_fields(ready: Readiness) -> dict[str, Any]:
+    times = sorted(ready.ready_s.values())
+    return {
+        "ready_first_s": round(times[0], 1) if times else None,
+        "ready_median_s": round(statistics.median(times), 1) if times else None,
+        "ready_last_s": round(times[-1], 1) if times and not ready.not_ready else None,
+        "ready_via": "+".join(sorted(set(ready.via.values()))),
+        "not_ready": len(ready.not_ready),
+    }
 
 
 def wait_quiet(minutes: float, max_load: float) -> str:
@@ -190,19 +177,29 @@ def running_vms(hv) -> int:
 
 
 def markdown(rounds: list[Round]) -> str:
+    timed = any(r.ready_via or r.not_ready for r in rounds)
+    extra = " launch → ready: first / median / all (s) | ready via | not ready |" if timed else ""
     lines = [
         "| clones | mode | create + start (s) | prepare / start / resume (s) | per clone (ms) "
-        "| disk per clone (KiB, mean / max) | delete (s) | failed |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| disk per clone (KiB, mean / max) | delete (s) | failed |" + extra,
+        "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|---|---:|" if timed else ""),
     ]
     for r in rounds:
-        lines.append(
+        row = (
             f"| {r.clones} | {r.mode} | {r.create_start_s:.2f} | {r.prepare_s:.2f} / "
             f"{r.start_s:.2f} / {r.resume_s:.2f} | {r.per_clone_ms:.0f} | "
             f"{r.disk_per_clone_kib:,.0f} / {r.disk_per_clone_max_kib:,.0f} | "
             f"{r.delete_s:.2f} | {r.failures} |"
         )
+        if timed:
+            row += f" {_s(r.ready_first_s)} / {_s(r.ready_median_s)} / {_s(r.ready_last_s)} "
+            row += f"| {r.ready_via or '-'} | {r.not_ready} |"
+        lines.append(row)
     return "\n".join(lines)
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def cleanup(hv, prefix: str, folder: Path) -> None:
@@ -217,19 +214,24 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="rv-clone-bench-", dir="/var/tmp"))
     folder.chmod(0o755)  # QEMU runs as libvirt-qemu
     hv = LibvirtHypervisor(name_prefix=prefix)
-    config = EngineConfig(storage_root=folder, domain_type=os.environ.get(
-        "RUDDERVIRT_DOMAIN_TYPE", "qemu"), name_prefix=prefix, allow_internet=False)  # fmt: skip
+    config = EngineConfig(
+        storage_root=folder, domain_type=os.environ.get("RUDDERVIRT_DOMAIN_TYPE", "qemu"),
+        name_prefix=prefix, allow_internet=False,
+        fetch_policy=FetchPolicy(file_source_dirs=(folder,)),  # the image, copied in
+    )  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     rounds: list[Round] = []
     quiet = wait_quiet(ARGS.wait_quiet, ARGS.max_load) if ARGS.wait_quiet else ""
     try:
-        disk = template_disk(folder)
-        spec = version_spec(folder, disk, ARGS.memory)
+        built = time.monotonic()
+        spec = build_template(hv, config, folder, ARGS.image, image_path(ARGS.image), ARGS.memory)
+        disk = folder / str(spec.vms[0].disks[0].path)
         print(
             f"clone bench {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
             f"{os.cpu_count()} CPUs, {quiet or f'load {os.getloadavg()[0]:.2f}'}, "
-            f"{running_vms(hv)} running VMs, domain type "
-            f"{config.domain_type}, template {disk.stat().st_blocks * 512 // MIB} MiB on disk",
+            f"{running_vms(hv)} running VMs, domain type {config.domain_type}, image "
+            f"{ARGS.image}, {ARGS.memory} MiB, template built in {time.monotonic() - built:.0f}s, "
+            f"{disk.stat().st_blocks * 512 // MIB} MiB on disk",
             file=sys.stderr,
         )
         for n in (int(s) for s in ARGS.sizes.split(",")):

@@ -1,27 +1,41 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian 12 machine (root, no systemd) and for every later run.
-# Usage: scripts/setup.sh [--for-tests | --list-packages]
+# Usage: scripts/setup.sh [--for-tests] [--with-optional] | --list-packages [--with-optional]
+#   --with-optional  also the optional: packages (the benchmarks' peers, Packer: `make bench`)
 # Second runs take seconds: each step checks first and does nothing when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 FOR_TESTS=0
-[ "${1:-}" = "--for-tests" ] && FOR_TESTS=1
+WITH_OPTIONAL=0
+LIST=0
+for arg in "$@"; do
+  case "$arg" in
+    --for-tests) FOR_TESTS=1 ;;
+    --with-optional) WITH_OPTIONAL=1 ;;
+    --list-packages) LIST=1 ;;
+    *) echo "usage: $0 [--for-tests] [--with-optional] | --list-packages [--with-optional]" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
 # --- System packages: exactly those of scripts/packages.txt ------------------------------------
-# One line there per package: PACKAGE[|ALTERNATIVE] PROGRAM... (optional: and @venv lines are
-# not installed here). --list-packages prints what this installs, one entry a line.
+# One line there per package: PACKAGE[|ALTERNATIVE] PROGRAM... (@venv lines are not installed
+# here; optional: ones only with --with-optional). --list-packages prints what this installs,
+# one entry a line.
 declared_packages() {
   local name rest
   while read -r name rest; do
-    case "$name" in '' | '#'* | @venv | optional:*) continue ;; esac
+    case "$name" in
+      '' | '#'* | @venv) continue ;;
+      optional:*) [ "$WITH_OPTIONAL" = 1 ] && printf '%s\n' "${name#optional:}"; continue ;;
+    esac
     printf '%s\n' "$name"
   done <scripts/packages.txt
 }
-if [ "${1:-}" = "--list-packages" ]; then declared_packages; exit 0; fi
+if [ "$LIST" = 1 ]; then declared_packages; exit 0; fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 while read -r entry; do # "a|b": either is enough; the first is installed when neither is

@@ -32,7 +32,9 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ruddervirt.hypervisor import gateway_nat
 from ruddervirt.hypervisor.gateway_names import GatewayNames, names_for
@@ -133,15 +135,49 @@ def _netns_exists(netns: str) -> bool:
     return (NETNS_DIR / netns).exists()
 
 
+@dataclass
+class _Held:
+    """A held router lock; ``remove`` (set by its holder) removes the lock file at release."""
+
+    remove: bool = False
+
+
 @contextlib.contextmanager
-def _locked(runtime_dir: Path, netns: str) -> Iterator[None]:
+def _locked(runtime_dir: Path, netns: str) -> Iterator[_Held]:
+    """An exclusive lock per router: flock on ``<runtime_dir>/<netns>.lock``. The holder may
+    remove the file with its router (``held.remove = True``): it is unlinked while still
+    locked, so a process that was waiting on it wakes up holding a file no longer at the path,
+    sees so (_lock_file) and locks the path again, where newcomers lock too."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
-    with open(runtime_dir / f"{netns}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    path = runtime_dir / f"{netns}.lock"
+    handle = _lock_file(path)
+    held = _Held()
+    try:
+        yield held
+    finally:
         try:
-            yield
+            if held.remove:
+                path.unlink(missing_ok=True)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def _lock_file(path: Path) -> IO[str]:
+    """An open ``path``, flocked, that is still the file at ``path`` (see _locked)."""
+    while True:
+        handle = open(path, "a")  # noqa: SIM115 - closed by _locked, or below
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            mine, now = os.fstat(handle.fileno()), os.stat(path)
+            if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
+                return handle
+        except FileNotFoundError:
+            pass  # removed by the holder we waited for: lock the path again
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()
 
 
 def _files(spec: NetworkSpec, names: GatewayNames, folder: Path) -> dict[str, str]:
@@ -180,10 +216,11 @@ def stop(spec: NetworkSpec, *, runtime_dir: Path = RUNTIME_DIR) -> None:
         return
     names = names_for(spec)
     try:
-        with _locked(runtime_dir, names.netns):
+        with _locked(runtime_dir, names.netns) as held:
             _stop_subnet(names, _folder(runtime_dir, spec))
             if _netns_exists(names.netns) and not _subnets_in(names.netns):
                 _remove_router(names, runtime_dir)
+            held.remove = not _netns_exists(names.netns)  # no router: nor its lock file
     except (ExternalCommandError, OSError) as exc:
         raise GatewayError(f"gateway of network {spec.name}: {exc}") from exc
 
@@ -298,7 +335,6 @@ def _remove_router(names: GatewayNames, runtime_dir: Path) -> None:
     with contextlib.suppress(gateway_nat.UplinkError):
         gateway_nat.remove_uplink(names, host=gateway_nat.uplink_host())
     _ip("netns", "del", names.netns)
-    # The lock file stays: unlinking it under a waiting process would split the lock.
     shutil.rmtree(runtime_dir / names.netns, ignore_errors=True)
 
 

@@ -18,12 +18,14 @@ import pytest
 
 from bench.build_phases import PHASES, MissingMark, packer_marks, phases, rudder_marks
 from bench.build_recipe import (
-    BLOB_DEST,
-    CHECKSUM_SCRIPT,
-    HELLO_SCRIPT,
+    DEBIAN,
+    GUESTS,
+    TINY,
     GuestTiming,
     Recipe,
+    checksum_script,
     guest_timing,
+    hello_script,
     manifest_text,
     packer_template,
 )
@@ -31,23 +33,31 @@ from bench.build_report import RunRecord, markdown_table, text_table
 from bench.build_timing import Event, Timeline, timed_reporter_class
 from bench.build_watch import GuestWatch
 from ruddervirt.engine.reporter import NullReporter
+from ruddervirt.guest.ssh import generate_keypair
 from ruddervirt.manifest import validate
 
 SHA = "ab" * 32
 
 
-@pytest.fixture
-def recipe(tmp_path: Path) -> Recipe:
-    image, blob = tmp_path / "tiny.qcow2", tmp_path / "blob.bin"
+def make_recipe(tmp_path: Path, guest=TINY) -> Recipe:
+    image, blob = tmp_path / f"{guest.name}.qcow2", tmp_path / "blob.bin"
     image.write_bytes(b"qcow2")
     blob.write_bytes(b"blob")
-    return Recipe(image, "cd" * 32, blob, SHA)
+    key = tmp_path / "packer-key"
+    private, public = generate_keypair("rvbench-packer")  # Packer's validate reads the key
+    key.write_text(private)
+    return Recipe(guest, image, "cd" * 32, blob, SHA, key, public)
+
+
+@pytest.fixture(params=sorted(GUESTS))
+def recipe(request, tmp_path: Path) -> Recipe:
+    return make_recipe(tmp_path, GUESTS[request.param])
 
 
 def guest_lines(t: float = 10.0, *, sshd: str = "1000") -> list[tuple[float, str]]:
     return [
         (t, f"RVBENCH step=1 start=14.00 end=14.05 now=14.50 sshd_ticks={sshd}"),
-        (t + 1.0, f"{SHA}  {BLOB_DEST}"),
+        (t + 1.0, f"{SHA}  {TINY.blob_dest}"),
         (t + 1.1, "RVBENCH step=3 start=15.00 end=15.20"),
     ]
 
@@ -59,9 +69,32 @@ def test_the_manifest_is_valid_and_carries_both_scripts_and_the_upload(recipe):
     assert result.valid, [p.message for p in result.errors]
     steps = result.manifest.vms[0].provisioners
     assert [s.type for s in steps] == ["shell", "file", "shell"]
-    assert steps[0].inline.strip() == HELLO_SCRIPT.strip()
-    assert steps[1].destination == BLOB_DEST
-    assert steps[2].inline.strip() == CHECKSUM_SCRIPT.strip()
+    assert steps[0].inline.strip() == hello_script(recipe.guest).strip()
+    assert steps[1].destination == recipe.guest.blob_dest
+    assert steps[2].inline.strip() == checksum_script(recipe.guest).strip()
+    vm = result.manifest.vms[0]
+    assert vm.communicator.ssh_username == recipe.guest.user
+    assert vm.resources.memory == recipe.guest.memory_mib * 1024 * 1024
+
+
+def test_on_debian_both_tools_log_in_as_debian_and_work_in_its_home(tmp_path):
+    recipe = make_recipe(tmp_path, DEBIAN)
+    builder = json.loads(packer_template(recipe, tmp_path, tmp_path / "s.log", tmp_path / "s"))[
+        "builders"
+    ][0]
+
+    assert validate(manifest_text(recipe)).manifest.vms[0].communicator.ssh_username == "debian"
+    assert (builder["ssh_username"], builder["ssh_private_key_file"]) == (
+        "debian",
+        str(recipe.key_file),
+    )
+    assert "ssh_password" not in builder
+    assert builder["shutdown_command"] == "sudo -n poweroff"
+    assert (builder["memory"], builder["disk_size"]) == (1024, "2048M")
+    assert DEBIAN.blob_dest == "/home/debian/blob.bin"
+    assert '"$comm" = "(sshd)"' in hello_script(DEBIAN)
+    assert '"$comm" = "(dropbear)"' in hello_script(TINY)
+    assert "tee /home/debian/hello.txt" in hello_script(DEBIAN)
 
 
 def test_the_packer_template_keeps_the_guest_off_the_network_and_vnc_on_loopback(recipe, tmp_path):
@@ -101,8 +134,8 @@ def test_packer_accepts_the_template(recipe, tmp_path):
 
 
 # --- what the guest measured ------------------------------------------------------------------
-def test_guest_timing_adds_both_scripts_and_dates_sshd_from_its_start_ticks():
-    timing = guest_timing(guest_lines(), SHA)
+def test_guest_timing_adds_both_scripts_and_dates_sshd_from_its_start_ticks(tmp_path):
+    timing = guest_timing(guest_lines(), make_recipe(tmp_path))
 
     assert timing.commands_s == pytest.approx(0.05 + 0.20)
     assert timing.sshd_age_s == pytest.approx(14.50 - 10.00)
@@ -110,18 +143,18 @@ def test_guest_timing_adds_both_scripts_and_dates_sshd_from_its_start_ticks():
     assert timing.checksum_ok
 
 
-def test_a_wrong_checksum_and_a_missing_sshd_are_reported_not_invented():
+def test_a_wrong_checksum_and_a_missing_sshd_are_reported_not_invented(tmp_path):
     lines = [(t, text.replace(SHA, "00" * 32)) for t, text in guest_lines(sshd="")]
 
-    timing = guest_timing(lines, SHA)
+    timing = guest_timing(lines, make_recipe(tmp_path))
 
     assert not timing.checksum_ok
     assert timing.sshd_age_s is None
 
 
-def test_a_missing_marker_line_is_an_error():
+def test_a_missing_marker_line_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="RVBENCH"):
-        guest_timing(guest_lines()[:1], SHA)
+        guest_timing(guest_lines()[:1], make_recipe(tmp_path))
 
 
 # --- cutting runs into phases ------------------------------------------------------------------
@@ -178,6 +211,20 @@ def test_phases_of_a_rudder_run_add_up_to_its_total():
     assert sum(result[k] for k in shutdown) == pytest.approx(result["shutdown"])
     assert result["tool_overhead"] == pytest.approx(result["overhead"] - 2.4 - 1.2)
     assert result["tool_overhead_lag"] == pytest.approx(result["tool_overhead"] + 3.8)
+
+
+def test_rudders_generalization_is_split_out_of_the_last_step_and_packer_has_none():
+    generalizing = Event(20.95, "log", "bench", "generalizing the guest for cloning, x", "")
+    events = sorted([*rudder_events(), generalizing], key=lambda e: e.t)
+    guest = GuestTiming(0.1, None, 20.2, True)
+
+    rudder = phases(rudder_marks(events, 0.0, 25.6, {}), guest)
+    packer = phases(packer_marks(PACKER_OUTPUT, 0.0, 34.1, {}), guest)
+
+    assert rudder["generalize"] == pytest.approx(21.1 - 20.95)
+    assert rudder["step_checksum"] == pytest.approx(21.1 - 20.8)
+    assert phases(rudder_marks(rudder_events(), 0.0, 25.6, {}), guest)["generalize"] is None
+    assert packer["generalize"] is None
 
 
 def test_without_the_guest_watch_the_shutdown_is_not_split():

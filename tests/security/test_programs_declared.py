@@ -89,6 +89,16 @@ def test_setup_installs_exactly_the_declared_packages() -> None:
     assert {"grub-efi-amd64-bin", "grub-common", "iptables", "mmdebstrap"} <= set(listed)
 
 
+def test_with_optional_setup_also_installs_the_benchmark_peers_in_their_order() -> None:
+    listed = subprocess.run(
+        [str(ROOT / "scripts" / "setup.sh"), "--list-packages", "--with-optional"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.split()  # fmt: skip
+    wanted = ["|".join(p.names) for p in programs.packages() if not p.venv]
+    assert listed == wanted
+    assert "packer" in listed
+
+
 def _owners(paths: list[str]) -> dict[str, set[str]]:
     """dpkg's owning packages of each path (none for a path no package ships)."""
     out = subprocess.run(
