@@ -119,6 +119,10 @@ def base_key(
     reuse_outside: bool,
 ) -> tuple[str | None, str]:
     """(key, why not) of the VM before its first step."""
+    if vm.efi_firmware is not None:
+        # A checkpoint holds the disks, not the UEFI variable store: boot entries an
+        # installer or a step wrote would be lost in a VM started from it.
+        return None, "a UEFI VM's NVRAM is not checkpointed"
     source = vm.source
     if source.kind == "url":
         if not source.checksum and not reuse_outside:

@@ -138,3 +138,10 @@ def test_a_build_ref_s_parent_disk_files_are_its_source_identity(tmp_path: Path)
         vm_keys(manifest.vms[0], manifest, lambda n: "", parents=[other], allow_internet=False).base
         != one
     )
+
+
+def test_a_uefi_vm_has_no_cacheable_step_since_its_nvram_is_not_checkpointed() -> None:
+    uefi = BASE.replace("    resources:", "    efiFirmware: {}\n    resources:")
+    result = keys(uefi % VALUES)
+    assert result.base is None and result.cacheable_prefix() == 0
+    assert "NVRAM" in result.why_not
