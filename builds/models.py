@@ -77,6 +77,8 @@ class Build(models.Model):
     retries = models.PositiveIntegerField(default=defaults.RETRIES)
     memory_bytes = models.BigIntegerField(default=0)
     disk_bytes = models.BigIntegerField(default=0)
+    # The step cache (docs/builds.md#step-cache): False builds every step again.
+    use_cache = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -90,6 +92,20 @@ class Build(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def cache_starts(self) -> dict[str, dict[str, object]]:
+        """The build's provenance from the step cache: per VM that reused steps, the
+        checkpoint it started from (its key, the build that made it, how many steps)."""
+        starts: dict[str, dict[str, object]] = {}
+        reused = BuildStep.objects.filter(vm__build=self, status=StepStatus.REUSED)
+        for step in reused.select_related("vm").order_by("vm__index", "index"):
+            starts[step.vm.name] = {
+                "key": step.cache_key,
+                "build": step.reused_from,
+                "steps": step.index + 1,
+            }
+        return starts
 
     @property
     def duration_s(self) -> float | None:
@@ -149,6 +165,11 @@ class BuildStep(models.Model):
     # handbuild: set by Continue / Fail from the page or the command.
     user_decision = models.CharField(max_length=10, blank=True)
     user_reason = models.TextField(blank=True)
+    # The step cache: the step's key, and for a Reused step the build whose checkpoint it
+    # came from and how long the step took there (the time this build saved).
+    cache_key = models.CharField(max_length=64, blank=True)
+    reused_from = models.IntegerField(null=True, blank=True)
+    saved_s = models.FloatField(null=True, blank=True)
 
     class Meta:
         ordering = ["vm", "index"]

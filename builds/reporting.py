@@ -135,6 +135,19 @@ class DBReporter:
 
         self._db(finish)
 
+    def step_reused(
+        self, vm: str, index: int, *, key: str, from_build: int | None, saved_s: float
+    ) -> None:
+        self._db(
+            lambda: self._step(vm, index).update(
+                status=StepStatus.REUSED,
+                cache_key=key,
+                reused_from=from_build,
+                saved_s=saved_s,
+                message=reused_message(from_build, saved_s),
+            )
+        )
+
     def log(self, text: str, *, vm: str = "", stream: str = "info") -> None:
         now = timezone.now()
         with self._lock:
@@ -244,6 +257,12 @@ class DBReporter:
         self._flusher.join(timeout=5)
         self._note_dropped()
         self.flush()
+
+
+def reused_message(from_build: int | None, saved_s: float) -> str:
+    """What a Reused step says on the build page: where from, and the time saved."""
+    origin = f"build #{from_build}" if from_build is not None else "the step cache"
+    return f"reused from {origin} · saved {saved_s:.1f}s"
 
 
 def format_line(when: datetime, vm: str, stream: str, text: str) -> str:

@@ -42,6 +42,7 @@ from ruddervirt.engine.build import BuildPlan, BuildResult, run_build
 from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.context import BuildContext
 from ruddervirt.engine.errors import BuildCancelled, BuildError
+from ruddervirt.engine.stepcache import StepCache
 from ruddervirt.engine.templates import define_templates, remove_templates
 from ruddervirt.manifest import NO_LIMITS, Manifest, parse
 from ruddervirt.runtime import engine_config, get_hypervisor
@@ -185,6 +186,8 @@ def _run_attempt(
             manifest=base,
             parents=parents,
             workdir=workdir,
+            use_cache=build.use_cache,
+            build_id=build.pk,
         )
         result = run_build(plan, BuildContext(config=config, hv=hv, reporter=reporter))
         reporter.flush()
@@ -288,5 +291,13 @@ def _succeed(
 
 
 def remove_build_disks(build: Build) -> None:
+    """Remove the build's folder, and the step-cache layers only it held (its working
+    disks; the checkpoints it kept stay in the cache)."""
     shutil.rmtree(build_workdir(build.pk), ignore_errors=True)
+    store = StepCache(engine_config().step_cache_dir)
+    store.release(f"b{build.pk}")
+    try:
+        store.collect()
+    except OSError as exc:
+        log.warning("build %s: could not clean the step cache: %s", build.pk, exc)
     Build.objects.filter(pk=build.pk).update(disks_removed=True, keep_disks_until=None)

@@ -39,7 +39,12 @@ class BuildNotAllowed(Exception):
 
 # --- submitting ------------------------------------------------------------------------
 def start_build(
-    *, module: Module, user, revision: ManifestRevision | None = None, queue: bool = True
+    *,
+    module: Module,
+    user,
+    revision: ManifestRevision | None = None,
+    queue: bool = True,
+    use_cache: bool = True,
 ) -> Build:
     """Create a build of `revision` (default: the module's newest manifest) and queue it
     for the workers once the transaction commits. With queue=False the caller runs it
@@ -67,6 +72,7 @@ def start_build(
             manifest_text=revision.text,
             manifest_sha256=revision.sha256,
             requested_by=user,
+            use_cache=use_cache,
             **build_plan_fields(manifest),
         )
         create_rows(build, manifest)
@@ -75,8 +81,11 @@ def start_build(
     return build
 
 
-def submit_manifest(*, text: str, module_name: str, user, queue: bool = True) -> Build:
-    """Save `text` as the module's newest manifest (creating the module) and build it.
+def submit_manifest(
+    *, text: str, module_name: str, user, queue: bool = True, use_cache: bool = True
+) -> Build:
+    """Save `text` as the module's newest manifest (creating the module) and build it
+    (``use_cache=False``: every step runs, the step cache is neither read nor written).
     Another instructor's module is refused as a name that is taken (ModuleNameTaken)."""
     module = Module.objects.filter(name=module_name).first()
     if module is not None and not can_manage(user, module):
@@ -85,7 +94,13 @@ def submit_manifest(*, text: str, module_name: str, user, queue: bool = True) ->
         outcome = create_module(name=module_name, description="", text=text, user=user)
     else:
         outcome = save_manifest(module=module, text=text, user=user)
-    return start_build(module=outcome.module, user=user, revision=outcome.revision, queue=queue)
+    return start_build(
+        module=outcome.module,
+        user=user,
+        revision=outcome.revision,
+        queue=queue,
+        use_cache=use_cache,
+    )
 
 
 def request_cancel(build: Build, *, user) -> Build:
@@ -158,10 +173,16 @@ def build_summary(build: Build, *, detail: bool = False) -> dict:
                         "exit_code": s.exit_code,
                         "duration_s": s.duration_s,
                         "message": s.message,
+                        **(
+                            {"reused_from": s.reused_from, "saved_s": s.saved_s}
+                            if s.status == StepStatus.REUSED
+                            else {}
+                        ),
                     }
                     for s in vm.steps.all()
                 ],
             }
             for vm in build.vms.prefetch_related("steps")
         ]
+        data["cache_starts"] = build.cache_starts
     return data

@@ -207,6 +207,12 @@ RUDDERVIRT_CLONE_DISK_ALLOWANCE = int(
 RUDDERVIRT_HEARTBEAT_S = float(os.environ.get("RUDDERVIRT_HEARTBEAT_S", "15"))
 # How long a failed build's disks are kept for inspection.
 RUDDERVIRT_FAILED_BUILD_KEEP_S = int(os.environ.get("RUDDERVIRT_FAILED_BUILD_KEEP_S", "1800"))
+# The step cache (docs/builds.md#step-cache): on or off for every build, the most its
+# checkpoints may take on disk (bytes or Ki/Mi/Gi/Ti; 0: no cap) and how long a checkpoint
+# nobody used is kept (seconds; 0: no limit). Least recently used go first, after each build.
+RUDDERVIRT_STEP_CACHE = env_bool("RUDDERVIRT_STEP_CACHE", True)
+RUDDERVIRT_STEP_CACHE_MAX_BYTES = env_bytes("RUDDERVIRT_STEP_CACHE_MAX_BYTES", "50Gi")
+RUDDERVIRT_STEP_CACHE_MAX_AGE_S = int(os.environ.get("RUDDERVIRT_STEP_CACHE_MAX_AGE_S", "1209600"))
 # bootCommand pace: the pause after each key sent to a console, and how long a key is held
 # (0: the hypervisor's default). Installers under TCG on a busy host drop keys sent faster.
 RUDDERVIRT_BOOT_KEY_INTERVAL_MS = int(os.environ.get("RUDDERVIRT_BOOT_KEY_INTERVAL_MS", "100"))

@@ -3,8 +3,10 @@
 `run_build` either returns the captured disks (in `plan.workdir / "capture"`) or raises
 BuildError / BuildCancelled. Whatever happens, it leaves no domain, network, seed or key
 behind; the VMs' working disks stay for inspection when the build failed (the caller
-removes them later). It reaches the outside world only through its BuildContext (one context
-per call: the context's stopper is the build's cancel flag).
+removes them later, and with the step cache releases the build's lease on its layers:
+StepCache(config.step_cache_dir).release(plan.key)). It reaches the outside world only
+through its BuildContext (one context per call: the context's stopper is the build's
+cancel flag).
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from ruddervirt.engine.generalize import build_key_comment
 from ruddervirt.engine.httpserver import BuildHTTPServer, Listener, listener_for
 from ruddervirt.engine.phases import BuildPhase, VMPhase
 from ruddervirt.engine.reporter import Reporter, Stopper
+from ruddervirt.engine.stepcache import BuildCache, StepCache
+from ruddervirt.engine.stepkey import VMKeys, file_hasher, vm_keys
 from ruddervirt.engine.topology import Topology
 from ruddervirt.engine.topology import plan as plan_topology
 from ruddervirt.engine.vm import VMOutcome, VMRunner
+from ruddervirt.engine.vm_cache import snapshots_supported
 from ruddervirt.guest.ssh import generate_keypair, load_private_key
 from ruddervirt.hypervisor.driver import Hypervisor, HypervisorError
 from ruddervirt.manifest.model import Manifest, Vm
@@ -45,6 +50,12 @@ class BuildPlan:
     manifest: Manifest  # the base manifest; the build applies its buildOverrides
     workdir: Path
     parents: dict[str, list[Path]] = field(default_factory=dict)
+    # The step cache (engine.vm_cache): used unless off here or in the config;
+    # ``reuse_outside`` caches steps that depend on the outside too (as the manifest's
+    # stepCache.reuseOutside); ``build_id`` is how the portal numbers this build.
+    use_cache: bool = False
+    reuse_outside: bool = False
+    build_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,7 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
     plan.workdir.mkdir(parents=True, exist_ok=True)
     http: BuildHTTPServer | None = None
     teardown: list[threading.Thread] = []
+    cache = _build_cache(plan, ctx)
 
     def networks_no_longer_needed() -> None:
         # Every VM is provisioned: from here on they only shut down, which they do over
@@ -134,6 +146,7 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
             metadata=metadata,
             http=http,
             on_provisioned=_Countdown(len(manifest.vms), networks_no_longer_needed),
+            cache=cache,
         )
         outcomes = _run_vms(ctx, scope, plan, topology)
         if http is not None:
@@ -141,7 +154,10 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
             reporter.log(f"HTTP server stopped after {len(http.requests)} request(s)")
             http = None
         reporter.build_phase(BuildPhase.CAPTURING)
-        return _capture(ctx, plan, manifest, topology, outcomes)
+        result = _capture(ctx, plan, manifest, topology, outcomes)
+        if cache is not None:
+            cache.release()  # a failed build keeps its lease with its disks (vm_cache)
+        return result
     finally:
         if http is not None:
             http.stop()
@@ -152,6 +168,31 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
         removed = cleanup.remove_owned(hv, config.name_prefix, metadata)
         if removed:
             reporter.log("removed " + ", ".join(removed))
+        if cache is not None:
+            _close_cache(cache, config, reporter)
+
+
+def _build_cache(plan: BuildPlan, ctx: BuildContext) -> BuildCache | None:
+    """The build's step cache, or None when it is off (the plan, the config, or a
+    hypervisor that cannot take live disk snapshots)."""
+    if not (plan.use_cache and ctx.config.step_cache and snapshots_supported(ctx.hv)):
+        return None
+    return BuildCache(StepCache(ctx.config.step_cache_dir), build_id=plan.build_id)
+
+
+def _close_cache(cache: BuildCache, config: EngineConfig, reporter: Reporter) -> None:
+    """Evict what the cap and the age limit say; the checkpoints and layers a running
+    build holds stay, and so do those of this build when it failed (its lease goes with
+    its kept disks: StepCache.release)."""
+    try:
+        evicted = cache.store.evict(
+            max_bytes=config.step_cache_max_bytes, max_age_s=config.step_cache_max_age_s
+        )
+    except OSError as exc:
+        reporter.log(f"could not clean the step cache: {exc}", stream="stderr")
+        return
+    if evicted:
+        reporter.log(f"step cache: evicted {len(evicted)} checkpoint(s) (size cap or age limit)")
 
 
 class _Countdown:
@@ -277,6 +318,7 @@ def _run_vms(
                 private_key=keys[vm.name][0],
                 public_keys=tuple(keys[vm.name][1]),
                 parent_disks=_parents(plan, vm),
+                keys=_vm_keys(ctx, scope, plan, vm),
             ),
         )
         for vm in scope.manifest.vms
@@ -304,6 +346,21 @@ def _run_vms(
             raise real[0]
         raise BuildCancelled(stopper.reason)
     return [f.result() for f in futures]
+
+
+def _vm_keys(ctx: BuildContext, scope: BuildScope, plan: BuildPlan, vm: Vm) -> VMKeys | None:
+    """The step-cache keys of ``vm`` (None when the build has no cache)."""
+    if scope.cache is None:
+        return None
+    manifest = scope.manifest
+    return vm_keys(
+        vm,
+        manifest,
+        file_hasher(manifest, lambda name: scope.files.content(name)),
+        parents=_parents(plan, vm),
+        allow_internet=ctx.config.allow_internet,
+        reuse_outside=plan.reuse_outside,
+    )
 
 
 def _parents(plan: BuildPlan, vm: Vm) -> tuple[Path, ...] | None:

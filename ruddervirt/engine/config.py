@@ -29,6 +29,11 @@ class EngineConfig:
     boot_key_hold_ms: int = 0
     # What sources may be downloaded from, and how much (docs/security.md).
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
+    # The step cache (engine.stepcache): off altogether, its size cap (bytes of layers on
+    # disk, None: no cap) and how long an unused checkpoint is kept (None: no limit).
+    step_cache: bool = True
+    step_cache_max_bytes: int | None = None
+    step_cache_max_age_s: float | None = None
 
     @property
     def cache_dir(self) -> Path:
@@ -37,6 +42,10 @@ class EngineConfig:
     @property
     def files_cache_dir(self) -> Path:
         return self.storage_root / "cache" / "files"
+
+    @property
+    def step_cache_dir(self) -> Path:
+        return self.storage_root / "cache" / "steps"
 
     @property
     def iso_cache_dir(self) -> Path:

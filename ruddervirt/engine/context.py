@@ -17,6 +17,8 @@ from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.files import FileStore
 from ruddervirt.engine.httpserver import BuildHTTPServer
 from ruddervirt.engine.reporter import Reporter, Stopper
+from ruddervirt.engine.stepcache import BuildCache
+from ruddervirt.engine.stepkey import VMKeys
 from ruddervirt.engine.topology import NicPlan
 from ruddervirt.guest.communicator import CommunicatorFactory
 from ruddervirt.guest.ssh import ssh_communicator
@@ -57,6 +59,7 @@ class BuildScope:
     http: BuildHTTPServer | None = None
     # Called once by each VM when its provisioners are done, before it shuts down.
     on_provisioned: Callable[[], None] | None = None
+    cache: BuildCache | None = None  # the step cache (None: off for this build)
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,4 @@ class VMPlan:
     private_key: str = field(repr=False, default="")
     public_keys: tuple[str, ...] = ()
     parent_disks: tuple[Path, ...] | None = None  # a buildRef source's template disks
+    keys: VMKeys | None = None  # its step-cache keys (None: the cache is off)

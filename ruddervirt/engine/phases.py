@@ -44,6 +44,7 @@ class StepState(StrEnum):
     WAITING_FOR_USER = "WaitingForUser"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    REUSED = "Reused"  # not run: the step cache had its result (Reporter.step_reused)
 
 
 def choices(enum: type[StrEnum]) -> list[tuple[str, str]]:

@@ -26,6 +26,14 @@ class Reporter(Protocol):
         self, vm: str, index: int, *, ok: bool, exit_code: int | None = None, message: str = ""
     ) -> None: ...
 
+    def step_reused(
+        self, vm: str, index: int, *, key: str, from_build: int | None, saved_s: float
+    ) -> None:
+        """Step ``index`` did not run: the step cache had its result (checkpoint ``key``),
+        made by build ``from_build`` (the portal's number, None when not known), whose
+        run of the step took ``saved_s`` seconds."""
+        ...
+
     def log(self, text: str, *, vm: str = "", stream: str = "info") -> None: ...
 
     def poll(self) -> str | None:
@@ -86,6 +94,11 @@ class NullReporter:
         pass
 
     def step_finished(self, vm, index, *, ok, exit_code=None, message="") -> None:
+        pass
+
+    def step_reused(
+        self, vm: str, index: int, *, key: str, from_build: int | None, saved_s: float
+    ) -> None:
         pass
 
     def log(self, text: str, *, vm: str = "", stream: str = "info") -> None:

@@ -18,6 +18,7 @@ from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
 from ruddervirt.engine.installer_media import InstallerMedia
 from ruddervirt.engine.phases import VMPhase
+from ruddervirt.engine.vm_cache import VMCache, VMCacheState
 from ruddervirt.engine.vm_disks import PreparedDisk, VMDisks
 from ruddervirt.guest.communicator import Communicator, Endpoint, OutputCallback
 from ruddervirt.guest.errors import Cancelled, CommandTimeout, GuestError, WaitTimeout
@@ -72,7 +73,7 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-class VMRunner(VMDisks, InstallerMedia):
+class VMRunner(VMCache, VMDisks, InstallerMedia):
     """Runs one VM of a build (``run``); every attribute VMDisks and InstallerMedia rely on
     is set here from the context, the build's scope and the VM's plan."""
 
@@ -98,6 +99,7 @@ class VMRunner(VMDisks, InstallerMedia):
         self.floppy: Path | None = None
         self.efi: EfiSpec | None = None
         self.boot_plan: list[bootcmd.Segment] = []
+        self.cache: VMCacheState | None = None  # the step cache, once planned
 
     # --- helpers --------------------------------------------------------------------
     def log(self, text: str, stream: str = "info") -> None:
@@ -129,6 +131,7 @@ class VMRunner(VMDisks, InstallerMedia):
 
     def _run(self) -> VMOutcome:
         self.phase(VMPhase.SOURCE_IMPORTING)
+        self.cache = self.plan_cache()
         self.outcome.disks = self.prepare_disks()
         self.isos = self.prepare_isos()
         self.floppy = self.make_floppy() if self.vm.floppy_files else None
@@ -139,7 +142,7 @@ class VMRunner(VMDisks, InstallerMedia):
             self.outcome.efi = self.efi
         self.phase(VMPhase.BOOTING)
         self.boot(self.outcome.disks, seed)
-        if self.vm.boot_command:
+        if self.vm.boot_command and not self.reusing():
             self.phase(VMPhase.BOOT_COMMAND)
             self.type_boot_command()
         self.comm = self.ctx.communicator(self.endpoint())
@@ -288,8 +291,12 @@ class VMRunner(VMDisks, InstallerMedia):
 
     # --- provisioners ------------------------------------------------------------------
     def provision(self) -> None:
-        """Run every step in order; StepFailed names the first that failed and why."""
+        """Run every step in order (after those the step cache reused, checkpointing each);
+        StepFailed names the first that failed and why."""
+        first = self.report_reused()
         for index, step in enumerate(self.vm.provisioners):
+            if index < first:
+                continue
             self.check_stop()
             label = step.name or f"{step.type} {index + 1}"
             self.reporter.step_started(self.vm.name, index)
@@ -316,6 +323,11 @@ class VMRunner(VMDisks, InstallerMedia):
             self.reporter.step_finished(
                 self.vm.name, index, ok=True, exit_code=exit_code, message=f"{took:.1f}s"
             )
+            self.checkpoint(index, took)
+
+    def switched_disks(self, paths: list[Path]) -> None:
+        for prepared, path in zip(self.outcome.disks, paths, strict=True):
+            prepared.path = path
 
     def run_step(self, index: int, step: AnyStep) -> int | None:
         """One step; its exit code (shell steps) or None."""

@@ -4,7 +4,8 @@
 top of the class (and set by VMRunner.__init__), as InstallerMedia does. Every image file is
 made through the build context's `Images` (ctx.images), never by calling qemu-img here; the
 parents of a `buildRef` source come from the VM's plan (plan.parent_disks). Everything here
-happens before the VM boots.
+happens before the VM boots. With the step cache (engine.vm_cache) the disks are layers in
+the cache's store, and a reused checkpoint's disks are overlays on its layers.
 """
 
 from __future__ import annotations
@@ -45,13 +46,24 @@ class VMDisks:
     def remaining(self) -> float:
         raise NotImplementedError  # VMRunner.remaining: seconds left before the build's deadline
 
+    def cache_disk_path(self, index: int, name: str) -> Path | None:
+        raise NotImplementedError  # VMCache: the disk's layer in the step cache, or None
+
+    def reuse_base(self, index: int) -> Path | None:
+        raise NotImplementedError  # VMCache: the checkpoint layer to start from, or None
+
     def prepare_disks(self) -> list[PreparedDisk]:
         prepared = []
         for index, disk in enumerate(self.vm.disks):
             path = self.dir / f"disk{index}-{disk.name}.qcow2"
             path.unlink(missing_ok=True)  # left by an earlier attempt of this build
+            path = self.cache_disk_path(index, disk.name) or path
             parent = self.parent_disk(index)
-            if index == 0 and self.vm.source.url:
+            checkpoint = self.reuse_base(index)
+            if checkpoint is not None:
+                self.ctx.images.create_overlay(checkpoint, path, backing_format="qcow2")
+                self.log(f"disk {disk.name}: an overlay on the step cache's checkpoint")
+            elif index == 0 and self.vm.source.url:
                 self.note_size(disk, self.import_source(path, disk.size))
             elif parent is not None:
                 virtual = self.ctx.images.virtual_size(parent, fmt="qcow2")

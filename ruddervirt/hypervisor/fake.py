@@ -14,8 +14,9 @@ a state with :meth:`FakeHypervisor.set_state` and inspect ``sent_keys``, ``froze
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from ruddervirt.hypervisor.driver import (
     CancelCheck,
@@ -32,6 +33,7 @@ from ruddervirt.hypervisor.driver import (
     check_prefix,
     poll_for_state,
 )
+from ruddervirt.hypervisor.fake_images import FakeImages
 from ruddervirt.hypervisor.specs import DEFAULT_NAME_PREFIX, DomainSpec, NetworkSpec
 
 _ACTIVE = frozenset({DomainState.RUNNING, DomainState.PAUSED})
@@ -48,6 +50,7 @@ class FakeDomain:
     state: DomainState = DomainState.SHUTOFF
     vnc_port: int | None = None
     boots: int = 0
+    snapshotted: set[str] = field(default_factory=set)  # files snapshot_disks switched to
 
 
 @dataclass
@@ -70,6 +73,7 @@ class FakeHypervisor:
         self.agents: set[str] = set()
         self.frozen: set[str] = set()
         self.calls: list[tuple[str, str]] = []
+        self.snapshots: list[tuple[str, dict[Path, Path]]] = []
         self._lock = threading.RLock()
         self._next_port = FIRST_VNC_PORT
 
@@ -126,6 +130,22 @@ class FakeHypervisor:
             dom = self._dom(name)
             if dom.state is DomainState.PAUSED:
                 dom.state = DomainState.RUNNING
+
+    # -- optional, not in the Hypervisor protocol (see LibvirtHypervisor.snapshot_disks) -----
+    def snapshot_disks(self, name: str, overlays: Mapping[Path, Path]) -> None:
+        """Write each new file as a FakeImages overlay on its old one; the domain must be
+        running and have every old file as a disk (``snapshots`` records each call)."""
+        with self._lock:
+            self._record("snapshot_disks", name)
+            dom = self._running(name, "snapshot")
+            disks = {str(d.path) for d in dom.spec.disks}
+            missing = sorted(str(p) for p in overlays if str(p) not in disks | dom.snapshotted)
+            if missing:
+                raise ValueError(f"{name!r} has no disk {', '.join(missing)}")
+            for old, new in overlays.items():
+                FakeImages().create_overlay(old, new, "qcow2")
+                dom.snapshotted.add(str(new))
+            self.snapshots.append((name, dict(overlays)))
 
     def _start(self, name: str, method: str, state: DomainState) -> None:
         with self._lock:

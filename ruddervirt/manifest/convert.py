@@ -52,6 +52,7 @@ def to_manifest(data: Raw) -> Manifest:
         timeout=_seconds(data.get("timeout"), defaults.TIMEOUT_SECONDS),
         retries=data.get("retries", defaults.RETRIES),
         iso_cache_ttl=_seconds(data.get("isoCacheTTL"), defaults.ISO_CACHE_TTL_SECONDS),
+        reuse_outside=bool(data.get("stepCache", {}).get("reuseOutside", False)),
     )
 
 

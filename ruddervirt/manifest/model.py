@@ -241,6 +241,9 @@ class Manifest:
     timeout: float = defaults.TIMEOUT_SECONDS
     retries: int = defaults.RETRIES
     iso_cache_ttl: float = defaults.ISO_CACHE_TTL_SECONDS
+    # (ours) `stepCache.reuseOutside`: cache steps whose result depends on the outside too
+    # (engine.stepkey: internet on, a url file without checksum, handbuild, windows-update).
+    reuse_outside: bool = False
 
     def vm(self, name: str) -> Vm:
         return next(v for v in self.vms if v.name == name)

@@ -44,9 +44,11 @@ files:
 {provisioners}"""
 
 
-def build(text: str, name: str = "lab") -> Build:
+def build(text: str, name: str = "lab", *, use_cache: bool = True) -> Build:
     user = make_user(f"inst-{time.monotonic_ns()}", superuser=True)
-    submitted = submit_manifest(text=text, module_name=name, user=user, queue=False)
+    submitted = submit_manifest(
+        text=text, module_name=name, user=user, queue=False, use_cache=use_cache
+    )
     return execute_build(submitted.pk)
 
 
@@ -254,9 +256,11 @@ def test_the_same_manifest_built_twice_gives_the_same_files(image_server):
     )
     text = manifest(image_server, recipe)
     first = build(text, name="twice")
-    second = build(text, name="twice")
+    second = build(text, name="twice", use_cache=False)  # from the source again, every step
     assert first.status == BuildStatus.SUCCEEDED, first.error
     assert second.status == BuildStatus.SUCCEEDED, second.error
+    steps = BuildStep.objects.filter(vm__build=second)
+    assert [s.status for s in steps] == [StepStatus.SUCCEEDED], "the second build reused a step"
     assert ModuleVersion.objects.get(build=second).number == 2
     for path in ("/srv/app/version", "/srv/app/os-release", "/etc/hostname"):
         assert read_file(template_disk(first), path) == read_file(template_disk(second), path)

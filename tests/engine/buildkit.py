@@ -74,6 +74,9 @@ class RecordingReporter(NullReporter):
     def step_finished(self, vm, index, *, ok, exit_code=None, message="") -> None:
         self.events.append(("finished", vm, index, ok, exit_code, message))
 
+    def step_reused(self, vm, index, *, key, from_build, saved_s) -> None:
+        self.events.append(("reused", vm, index, from_build))
+
     def poll(self) -> str | None:
         return self.cancel_reason
 
@@ -109,9 +112,10 @@ class FakeBuild:
     reporter: RecordingReporter = field(default_factory=RecordingReporter)
     guests: dict[str, ScriptedCommunicator] = field(default_factory=dict)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    key: str = KEY  # the build's key (another key: another build on the same storage)
 
     def domain(self, vm: str = "web") -> str:
-        return f"{PREFIX}{KEY}-{vm}"
+        return f"{PREFIX}{self.key}-{vm}"
 
     def powered_off(self, vm: str = "web") -> Step:
         """The guest's own poweroff: the domain turns SHUTOFF."""
@@ -160,13 +164,17 @@ class FakeBuild:
             self.images.create_blank(path, 64 * 2**20)
         return path
 
-    def run(self, text: str) -> BuildResult:
+    def run(
+        self, text: str, *, use_cache: bool = False, build_id: int | None = None
+    ) -> BuildResult:
         manifest = parse(text)
         plan = BuildPlan(
-            key=KEY,
+            key=self.key,
             manifest=manifest,
-            workdir=self.tmp_path / "work",
+            workdir=self.tmp_path / ("work" if self.key == KEY else f"work-{self.key}"),
             parents={vm.name: [self.parent(vm.name)] for vm in manifest.vms},
+            use_cache=use_cache,
+            build_id=build_id,
         )
         ctx = BuildContext(
             config=self.config(),

@@ -35,9 +35,22 @@ class Command(BaseCommand):
         )
         parser.add_argument("--json", action="store_true", help="end with one JSON object")
         parser.add_argument("--user", help="act as this user (default: the first administrator)")
+        parser.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="run every step: neither reuse nor keep step-cache checkpoints",
+        )
 
     def handle(
-        self, *args, path: str, module: str | None, wait: bool, json: bool, user: str | None, **opts
+        self,
+        *args,
+        path: str,
+        module: str | None,
+        wait: bool,
+        json: bool,
+        user: str | None,
+        no_cache: bool = False,
+        **opts,
     ):
         text = self.read(Path(path))
         name = module or Path(path).stem
@@ -49,7 +62,11 @@ class Command(BaseCommand):
         run_here = wait and workers_listening() == 0
         try:
             build = services.submit_manifest(
-                text=text, module_name=name, user=actor, queue=not run_here
+                text=text,
+                module_name=name,
+                user=actor,
+                queue=not run_here,
+                use_cache=not no_cache,
             )
         except ManifestRejected as exc:
             for problem in exc.result.errors:

@@ -1,0 +1,87 @@
+"""The step cache's store (engine.stepcache): records, leases, LRU eviction, garbage."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from ruddervirt.engine.stepcache import GRACE_S, CheckpointRecord, Lease, StepCache
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StepCache:
+    return StepCache(tmp_path / "steps")
+
+
+def keep(
+    store: StepCache, key: str, *layers: str, used: float = 100.0, size: int = 4096
+) -> CheckpointRecord:
+    store.layers.mkdir(parents=True, exist_ok=True)
+    for name in layers:
+        path = store.layer_path(name)
+        if not path.exists():
+            path.write_bytes(b"x" * size)
+    record = CheckpointRecord(
+        key=key, build="b1", vm="web", step_index=0, step_name="one",
+        chains=(tuple(layers),), created=used, last_used=used, size=size,
+    )  # fmt: skip
+    assert store.put(record)
+    return record
+
+
+def test_a_kept_checkpoint_is_found_by_its_key_and_the_first_writer_wins(store) -> None:
+    first = keep(store, "k1", "base.qcow2")
+    assert store.get("k1") == first
+    again = CheckpointRecord(**{**first.__dict__, "build": "b2"})
+    assert store.put(again) is False and store.get("k1").build == "b1"
+    assert store.get("other") is None
+
+
+def test_a_checkpoint_whose_layer_is_gone_is_not_usable(store) -> None:
+    keep(store, "k1", "base.qcow2")
+    store.layer_path("base.qcow2").unlink()
+    assert store.get("k1") is None
+
+
+def test_eviction_removes_the_least_recently_used_until_under_the_cap(store) -> None:
+    keep(store, "old", "a.qcow2", used=1.0)
+    keep(store, "new", "b.qcow2", used=2.0)
+    removed = store.evict(max_bytes=store.total_size() - 1, now=time.time() + GRACE_S + 1)
+    assert [r.key for r in removed] == ["old"]
+    assert store.get("new") is not None and not store.layer_path("a.qcow2").exists()
+
+
+def test_a_layer_shared_by_a_kept_checkpoint_survives_its_other_checkpoint(store) -> None:
+    keep(store, "step1", "base.qcow2", used=1.0)
+    keep(store, "step2", "base.qcow2", "top.qcow2", used=2.0)
+    store.evict(max_age_s=10, now=12.0)  # step1 unused for 11 s, step2 for 10
+    assert store.get("step1") is None and store.get("step2") is not None
+    assert store.layer_path("base.qcow2").exists()
+
+
+def test_a_leased_checkpoint_and_layer_are_never_evicted(store) -> None:
+    keep(store, "used", "base.qcow2", used=1.0)
+    store.layers.joinpath("writing.qcow2").write_bytes(b"y")
+    store.hold(Lease("b9", keys={"used"}, layers={"base.qcow2", "writing.qcow2"}))
+    assert store.evict(everything=True) == []
+    assert store.get("used") is not None and store.layer_path("writing.qcow2").exists()
+    store.release("b9")
+    later = time.time() + GRACE_S + 1  # unused layers go once they are older than GRACE_S
+    assert [r.key for r in store.evict(everything=True, now=later)] == ["used"]
+    assert list(store.layers.iterdir()) == []
+
+
+def test_a_fresh_unreferenced_layer_is_spared_it_may_be_a_build_s_new_one(store) -> None:
+    store.layers.mkdir(parents=True)
+    store.layer_path("new.qcow2").write_bytes(b"z")
+    assert store.collect() == []
+    assert store.collect(now=time.time() + GRACE_S + 1) == ["new.qcow2"]
+
+
+def test_touch_moves_a_checkpoint_to_the_back_of_the_eviction_order(store) -> None:
+    one = keep(store, "one", "a.qcow2", used=1.0)
+    keep(store, "two", "b.qcow2", used=2.0)
+    store.touch(one, now=3.0)
+    assert [r.key for r in store.records()] == ["two", "one"]
