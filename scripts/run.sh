@@ -5,6 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DJANGO_SETTINGS_MODULE=ruddervirt.settings
+# KVM unless told otherwise, but only where KVM really runs a guest (/dev/kvm may exist and
+# still fail every guest, e.g. broken nested KVM): ruddervirt/hypervisor/kvm_probe.py.
+if [ -z "${RUDDERVIRT_DOMAIN_TYPE:-}" ]; then
+  if verdict=$(.venv/bin/python -m ruddervirt.hypervisor.kvm_probe); then
+    echo "$verdict"; export RUDDERVIRT_DOMAIN_TYPE=kvm
+  else
+    printf '\033[1mWARNING: %s\033[0m\nUsing TCG (RUDDERVIRT_DOMAIN_TYPE=qemu): VMs run several times slower.\n' "$verdict" >&2
+    export RUDDERVIRT_DOMAIN_TYPE=qemu
+  fi
+fi
 # Clone records follow libvirt and leftovers go before the workers start.
 .venv/bin/python manage.py reconcile --quiet 2>/dev/null || true
 exec .venv/bin/python -m ruddervirt.serve
