@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ruddervirt.hypervisor.driver import (
     CancelCheck,
     ConsoleAddress,
+    DomainFault,
     DomainInfo,
     DomainNotFound,
     DomainState,
@@ -48,6 +49,7 @@ class FakeDomain:
     state: DomainState = DomainState.SHUTOFF
     vnc_port: int | None = None
     boots: int = 0
+    fault: DomainFault | None = None
 
 
 @dataclass
@@ -78,7 +80,15 @@ class FakeHypervisor:
     def set_state(self, name: str, state: DomainState) -> None:
         """Force a domain's state (a crash, a guest powering itself off, ...)."""
         with self._lock:
-            self._dom(name).state = state
+            dom = self._dom(name)
+            dom.state, dom.fault = state, None
+
+    def fail(self, name: str, state: DomainState, reason: str, log: str = "") -> None:
+        """Make a domain stop as on an error: ``state`` (PAUSED, CRASHED, SHUTOFF) with
+        libvirt's ``reason`` in words and what QEMU's ``log`` says."""
+        with self._lock:
+            dom = self._dom(name)
+            dom.state, dom.fault = state, DomainFault(state, reason, log)
 
     def _dom(self, name: str) -> FakeDomain:
         check_prefix(name, self.name_prefix)
@@ -125,7 +135,7 @@ class FakeHypervisor:
             self._record("resume", name)
             dom = self._dom(name)
             if dom.state is DomainState.PAUSED:
-                dom.state = DomainState.RUNNING
+                dom.state, dom.fault = DomainState.RUNNING, None
 
     def _start(self, name: str, method: str, state: DomainState) -> None:
         with self._lock:
@@ -137,7 +147,7 @@ class FakeHypervisor:
                 network = self.networks.get(nic.network)
                 if network is None or not network.active:
                     raise HypervisorError(f"start {name!r}: network {nic.network!r} is not active")
-            dom.state, dom.boots = state, dom.boots + 1
+            dom.state, dom.boots, dom.fault = state, dom.boots + 1, None
             dom.vnc_port, self._next_port = self._next_port, self._next_port + 1
 
     def shutdown(self, name: str) -> ShutdownVia:
@@ -196,6 +206,20 @@ class FakeHypervisor:
                 return self._dom(name).state
             except DomainNotFound:
                 return DomainState.ABSENT
+
+    def fault(self, name: str) -> DomainFault | None:
+        """See :meth:`Hypervisor.fault`: what :meth:`fail` set, else from the state (a
+        PAUSED domain is paused on purpose unless :meth:`fail` said otherwise)."""
+        with self._lock:
+            try:
+                dom = self._dom(name)
+            except DomainNotFound:
+                return DomainFault(DomainState.ABSENT, "the domain is gone")
+            if dom.state in (DomainState.RUNNING, DomainState.PAUSED, DomainState.OTHER):
+                return dom.fault if dom.state is DomainState.PAUSED else None
+            return dom.fault or DomainFault(
+                dom.state, dom.state.value.replace("shutoff", "shut off")
+            )
 
     def wait_for_state(
         self,
