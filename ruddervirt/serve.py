@@ -22,7 +22,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ruddervirt.supervisor import DEFAULT_GRACE_S, Service, Supervisor, install_signal_handlers, log
+from ruddervirt.supervisor import (
+    DEFAULT_GRACE_S,
+    START,
+    Service,
+    Supervisor,
+    install_signal_handlers,
+    log,
+)
 
 
 class ConfigError(ValueError):
@@ -72,14 +79,15 @@ def portal_services(env: Mapping[str, str], *, python: str) -> tuple[list[Servic
         Service("portal", (daphne, "-b", host, "-p", port, "ruddervirt.asgi:application")),
         *(
             Service(
-                f"worker build-{i}", (*manage, "rqworker", "builds", "--name", f"{tag}-build-{i}")
+                f"worker build-{i}",
+                (*manage, "rqworker", "builds", "--name", f"{tag}-build-{i}.{START}"),
             )
             for i in range(1, builds + 1)
         ),
         *(
             Service(
                 f"worker clone-{i}",
-                (*manage, "rqworker", "clones", "default", "--name", f"{tag}-clone-{i}"),
+                (*manage, "rqworker", "clones", "default", "--name", f"{tag}-clone-{i}.{START}"),
             )
             for i in range(1, clones + 1)
         ),

@@ -37,6 +37,7 @@ log = logging.getLogger("ruddervirt.supervisor")
 
 TICK_S = 0.2  # how often children are polled; also the longest a signal waits to be noticed
 DEFAULT_GRACE_S = 10.0
+START = "{start}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ class Service:
     argv: tuple[str, ...]
     every: float | None = None
 
+    def argv_for(self, start: int) -> tuple[str, ...]:
+        """The command of start number ``start`` (1, 2, ...): ``{start}`` in an argument
+        becomes that number (an RQ worker's name must differ from a killed one's, whose
+        registration stays in Redis for minutes)."""
+        return tuple(arg.replace(START, str(start)) for arg in self.argv)
+
 
 @dataclass
 class _Child:
@@ -70,6 +77,7 @@ class _Child:
     started_at: float = 0.0
     next_start: float = 0.0
     quick_exits: int = 0
+    starts: int = 0
     restarts: int = 0
     given_up: bool = False
     history: list[str] = field(default_factory=list)
@@ -139,9 +147,11 @@ class Supervisor:
 
     # --- children -----------------------------------------------------------------------
     def _start(self, child: _Child, now: float) -> None:
+        child.starts += 1
+        argv = child.service.argv_for(child.starts)
         try:
             child.proc = subprocess.Popen(  # argv lists from Service, no shell
-                child.service.argv, start_new_session=True, env=self.env, cwd=self.cwd
+                argv, start_new_session=True, env=self.env, cwd=self.cwd
             )
         except OSError as exc:
             self._note(child, f"{child.service.name} did not start: {exc}")

@@ -51,3 +51,11 @@ def test_the_variables_of_run_sh_set_address_pools_and_periods():
 def test_a_worker_count_below_one_or_a_period_that_is_not_positive_is_refused(env):
     with pytest.raises(ConfigError):
         portal_services(env, python="/venv/bin/python")
+
+
+def test_each_start_of_a_worker_registers_with_rq_under_a_name_of_its_own():
+    services, _banner = portal_services({}, python="/venv/bin/python")
+    worker = next(s for s in services if s.name == "worker build-1")
+    first, second = (worker.argv_for(n) for n in (1, 2))
+    name_at = first.index("--name") + 1
+    assert first[name_at].endswith("-build-1.1") and second[name_at].endswith("-build-1.2")
