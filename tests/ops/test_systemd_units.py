@@ -92,9 +92,7 @@ def test_the_units_run_the_same_commands_as_make_run():
     supervised = {s.argv[2] for s in made if "manage.py" in s.argv[1]}
     in_units = {exec_start(u)[2] for u in services().values() if "manage.py" in exec_start(u)}
     assert in_units == supervised  # rqworker, reconcile, watch_ready
-    queues = {
-        tuple(exec_start(u)[3:]) for u in services().values() if "rqworker" in exec_start(u)
-    }
+    queues = {tuple(exec_start(u)[3:]) for u in services().values() if "rqworker" in exec_start(u)}
     assert queues == {("builds",), ("clones", "default")}
 
 
