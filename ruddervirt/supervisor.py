@@ -12,8 +12,9 @@ Contract:
   at ``Backoff.first`` seconds and doubles up to ``Backoff.cap``; it returns to ``first`` once a
   child stayed up ``Backoff.reset_after`` seconds. Each restart is said on the console and in
   the log ("worker build-2 exited with signal 9 after 12.3s; restarting in 1s (restart 3)");
-- a service that exits ``Backoff.give_up_after`` times in a row, each time within
-  ``reset_after`` seconds of its start, is given up on (a crash loop); the others keep running;
+- a service restarted ``Backoff.give_up_after`` times in a row, each time exiting within
+  ``reset_after`` seconds of its start, is given up on when it exits so once more (a crash
+  loop); the others keep running;
 - a *periodic* service (``every`` set: the reconcile pass) is a command first run ``every``
   seconds after the start, then again ``every`` seconds after it ended, whatever its exit
   status: its ends are not crashes;
@@ -148,6 +149,7 @@ class Supervisor:
     # --- children -----------------------------------------------------------------------
     def _start(self, child: _Child, now: float) -> None:
         child.starts += 1
+        child.started_at = now
         argv = child.service.argv_for(child.starts)
         try:
             child.proc = subprocess.Popen(  # argv lists from Service, no shell
@@ -156,8 +158,6 @@ class Supervisor:
         except OSError as exc:
             self._note(child, f"{child.service.name} did not start: {exc}")
             self._exited(child, 127, now)
-            return
-        child.started_at = now
 
     def _exited(self, child: _Child, returncode: int, now: float) -> None:
         child.proc = None
