@@ -125,7 +125,9 @@ def _verdict(outcome: str, said: str, guest: str, took: float, timeout: float) -
     elif any(word in said for word in KVM_FAILURES):
         reason = f"QEMU: {_first_failure(said)}"
     else:
+        said_last = _last_line(said)
         reason = "the probe guest stopped before its kernel finished booting"
+        reason += f" (QEMU: {said_last})" if said_last else ""
     return KvmVerdict(False, f"{ADVICE} ({reason})", detail, took)
 
 
@@ -133,6 +135,12 @@ def _first_failure(said: str) -> str:
     lines = [line.strip() for line in said.splitlines() if line.strip()]
     hits = [i for i, line in enumerate(lines) if any(w in line for w in KVM_FAILURES)]
     return " / ".join(lines[hits[0] : hits[0] + 2]) if hits else ""
+
+
+def _last_line(said: str) -> str:
+    """QEMU's last error line, without its program-name prefix and the shell's abort note."""
+    lines = [line.strip() for line in said.splitlines() if "error" in line.lower()]
+    return lines[-1].removeprefix(f"{QEMU}: ") if lines else ""
 
 
 def _read(path: Path) -> str:

@@ -23,7 +23,8 @@ if mode == "broken":
     sys.stderr.write("KVM internal error. Suberror: 1\\nemulation failure\\nRAX=0\\n")
     sys.stderr.flush()
 if mode == "stops":
-    sys.exit(1)
+    sys.stderr.write("qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\\n")
+    sys.exit(134)
 time.sleep(60)  # a paused guest: QEMU never exits by itself
 """
 
@@ -75,6 +76,7 @@ def test_qemu_exiting_before_the_guest_kernel_ran_is_a_failure(tmp_path, kernel)
     verdict = probe(tmp_path, kernel, "stops")
     assert not verdict.works
     assert "stopped before its kernel finished booting" in verdict.message
+    assert "(QEMU: error: failed to set MSR 0x10a to 0x69)" in verdict.message
 
 
 def test_without_dev_kvm_the_probe_says_so_without_running_qemu(tmp_path):
