@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 
 from django.db.models import QuerySet
@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from clones.models import CloneStatus, CloneVM
 from ruddervirt.engine import readiness as engine
-from ruddervirt.hypervisor.driver import DomainState, Hypervisor
+from ruddervirt.hypervisor.driver import DomainFault, DomainState, Hypervisor, HypervisorError
 
 WAIT_INTERVAL_S = 1.0  # launch_class --wait-ready: one probe pass about this often
 OFF = (DomainState.SHUTOFF, DomainState.ABSENT, DomainState.CRASHED)
@@ -106,19 +106,36 @@ def wait_ready(
     *,
     timeout: float,
     interval: float = WAIT_INTERVAL_S,
+    on_fault: Callable[[CloneVM, DomainFault], None] | None = None,
 ) -> list[CloneVM]:
     """Probe the clones' VMs about every `interval` seconds until none is pending; the VMs
     still not ready after `timeout` seconds (empty: all are). Clones that are not Running
-    (failed, stopped) are not waited for."""
+    (failed, stopped) are not waited for, nor is a VM whose domain stopped by itself (QEMU
+    paused it on an error, it crashed or shut off: `Hypervisor.fault`): `on_fault` hears it
+    once, and it is among the VMs returned, at once if no other VM is still booting."""
     deadline = time.monotonic() + timeout
+    stopped: set[int] = set()
     while True:
         began = time.monotonic()
         probe_pass(hv, clone_ids)
         left = list(pending(clone_ids))
+        for vm in left:
+            fault = None if vm.pk in stopped else _fault(hv, vm.domain_name)
+            if fault is not None:
+                stopped.add(vm.pk)
+                if on_fault is not None:
+                    on_fault(vm, fault)
         now = time.monotonic()
-        if not left or now >= deadline:
+        if all(vm.pk in stopped for vm in left) or now >= deadline:
             return left
         time.sleep(max(0.0, min(interval - (now - began), deadline - now)))
+
+
+def _fault(hv: Hypervisor, domain: str) -> DomainFault | None:
+    try:
+        return hv.fault(domain)
+    except HypervisorError:
+        return None  # libvirt did not answer this time: keep waiting
 
 
 def ready_text(vm: CloneVM) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from ruddervirt.engine import bootcmd, efi, generalize, netconfig
 from ruddervirt.engine.capture import build_vm_spec
 from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan
+from ruddervirt.engine.domainwatch import DomainWatch
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
 from ruddervirt.engine.installer_media import InstallerMedia
 from ruddervirt.engine.phases import VMPhase
@@ -264,10 +265,20 @@ class VMRunner(VMCache, VMDisks, InstallerMedia):
                 last_note[0] = self.ctx.clock()
                 self.log(f"still waiting for SSH ({message})")
 
+        # A domain that QEMU paused on an error, or that crashed or shut off, fails the wait
+        # at once with QEMU's reason (engine/domainwatch.py).
+        watch = DomainWatch(self.hv, self.domain, self.stopper.event)
         try:
-            self.guest().wait(timeout=timeout, cancel=self.stopper.event, on_attempt=note)
+            with watch:
+                self.guest().wait(timeout=timeout, cancel=watch.event, on_attempt=note)
         except Cancelled as exc:
-            raise BuildCancelled(self.stopper.reason) from exc
+            if watch.fault is None:
+                raise BuildCancelled(self.stopper.reason) from exc
+            self.log_serial_tail()
+            raise BuildError(
+                f"VM {self.vm.name}: the domain stopped while waiting for SSH: "
+                f"{watch.fault.describe()}"
+            ) from exc
         except WaitTimeout as exc:
             self.log_serial_tail()
             self.log_ssh_hints()

@@ -75,6 +75,20 @@ class ShutdownVia(enum.Enum):
 
 
 @dataclass(frozen=True)
+class DomainFault:
+    """Why a domain is not running by itself: its ``state`` now, libvirt's ``reason`` in
+    words ("paused after an I/O error") and what QEMU's log says of it (``log``, may be empty:
+    "KVM internal error. Suberror: 1 / emulation failure")."""
+
+    state: DomainState
+    reason: str
+    log: str = ""
+
+    def describe(self) -> str:
+        return f"{self.reason}; QEMU says: {self.log}" if self.log else self.reason
+
+
+@dataclass(frozen=True)
 class DomainInfo:
     """One domain as listed: its name, state and owner metadata tags."""
 
@@ -140,6 +154,12 @@ class Hypervisor(Protocol):
 
     def state(self, name: str) -> DomainState:
         """The current state; ABSENT when no such domain exists (never raises DomainNotFound)."""
+
+    def fault(self, name: str) -> DomainFault | None:
+        """Why ``name`` is not running, for a caller that expects it to run (waiting for its
+        guest): None while it runs or was paused on purpose (by a person, for a snapshot or a
+        migration, or started paused); a fault when it is paused by an error (I/O, watchdog,
+        a crash such as KVM's "emulation failure"), crashed, shut off or absent."""
 
     def wait_for_state(
         self,

@@ -21,6 +21,7 @@ from pathlib import Path
 from ruddervirt.hypervisor.driver import (
     CancelCheck,
     ConsoleAddress,
+    DomainFault,
     DomainInfo,
     DomainNotFound,
     DomainState,
@@ -51,6 +52,7 @@ class FakeDomain:
     vnc_port: int | None = None
     boots: int = 0
     snapshotted: set[str] = field(default_factory=set)  # files snapshot_disks switched to
+    fault: DomainFault | None = None
 
 
 @dataclass
@@ -82,7 +84,15 @@ class FakeHypervisor:
     def set_state(self, name: str, state: DomainState) -> None:
         """Force a domain's state (a crash, a guest powering itself off, ...)."""
         with self._lock:
-            self._dom(name).state = state
+            dom = self._dom(name)
+            dom.state, dom.fault = state, None
+
+    def fail(self, name: str, state: DomainState, reason: str, log: str = "") -> None:
+        """Make a domain stop as on an error: ``state`` (PAUSED, CRASHED, SHUTOFF) with
+        libvirt's ``reason`` in words and what QEMU's ``log`` says."""
+        with self._lock:
+            dom = self._dom(name)
+            dom.state, dom.fault = state, DomainFault(state, reason, log)
 
     def _dom(self, name: str) -> FakeDomain:
         check_prefix(name, self.name_prefix)
@@ -129,7 +139,7 @@ class FakeHypervisor:
             self._record("resume", name)
             dom = self._dom(name)
             if dom.state is DomainState.PAUSED:
-                dom.state = DomainState.RUNNING
+                dom.state, dom.fault = DomainState.RUNNING, None
 
     # -- optional, not in the Hypervisor protocol (see LibvirtHypervisor.snapshot_disks) -----
     def snapshot_disks(self, name: str, overlays: Mapping[Path, Path]) -> None:
@@ -157,7 +167,7 @@ class FakeHypervisor:
                 network = self.networks.get(nic.network)
                 if network is None or not network.active:
                     raise HypervisorError(f"start {name!r}: network {nic.network!r} is not active")
-            dom.state, dom.boots = state, dom.boots + 1
+            dom.state, dom.boots, dom.fault = state, dom.boots + 1, None
             dom.vnc_port, self._next_port = self._next_port, self._next_port + 1
 
     def shutdown(self, name: str) -> ShutdownVia:
@@ -216,6 +226,20 @@ class FakeHypervisor:
                 return self._dom(name).state
             except DomainNotFound:
                 return DomainState.ABSENT
+
+    def fault(self, name: str) -> DomainFault | None:
+        """See :meth:`Hypervisor.fault`: what :meth:`fail` set, else from the state (a
+        PAUSED domain is paused on purpose unless :meth:`fail` said otherwise)."""
+        with self._lock:
+            try:
+                dom = self._dom(name)
+            except DomainNotFound:
+                return DomainFault(DomainState.ABSENT, "the domain is gone")
+            if dom.state in (DomainState.RUNNING, DomainState.PAUSED, DomainState.OTHER):
+                return dom.fault if dom.state is DomainState.PAUSED else None
+            return dom.fault or DomainFault(
+                dom.state, dom.state.value.replace("shutoff", "shut off")
+            )
 
     def wait_for_state(
         self,

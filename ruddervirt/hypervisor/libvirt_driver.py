@@ -25,12 +25,13 @@ from pathlib import Path
 import libvirt
 import libvirt_qemu
 
-from ruddervirt.hypervisor import gateway
+from ruddervirt.hypervisor import gateway, qemu_log
 from ruddervirt.hypervisor.domain_xml import OWNER_NS, build_domain_xml, parse_owner_metadata
 from ruddervirt.hypervisor.driver import (
     AGENT_PING_TIMEOUT_S,
     CancelCheck,
     ConsoleAddress,
+    DomainFault,
     DomainInfo,
     DomainNotFound,
     DomainState,
@@ -96,6 +97,33 @@ def map_state(state: int, reason: int) -> DomainState:
     if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
         return DomainState.CRASHED
     return _STATES.get(state, DomainState.OTHER)
+
+
+# Paused or shut off by an error rather than on purpose: what libvirt's reason means.
+_PAUSED_FAULTS = {
+    libvirt.VIR_DOMAIN_PAUSED_UNKNOWN: "paused for an unknown reason",
+    libvirt.VIR_DOMAIN_PAUSED_IOERROR: "paused after an I/O error",
+    libvirt.VIR_DOMAIN_PAUSED_WATCHDOG: "paused by its watchdog",
+    libvirt.VIR_DOMAIN_PAUSED_CRASHED: "paused: the guest crashed",
+    libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED: "paused: a migration failed",
+}
+_SHUTOFF_REASONS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "shut off: the guest powered off",
+    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "shut off: destroyed",
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "shut off: QEMU crashed",
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "shut off: QEMU failed to start",
+}
+
+
+def fault_reason(state: int, reason: int) -> str | None:
+    """Words for a (state, reason) that is a fault (see :meth:`Hypervisor.fault`), or None."""
+    if state == libvirt.VIR_DOMAIN_PAUSED:
+        return _PAUSED_FAULTS.get(reason)
+    if state == libvirt.VIR_DOMAIN_SHUTOFF:
+        return _SHUTOFF_REASONS.get(reason, "shut off")
+    if state == libvirt.VIR_DOMAIN_CRASHED:
+        return "crashed"
+    return None
 
 
 def _translate(exc: libvirt.libvirtError, what: str) -> HypervisorError:
@@ -328,6 +356,20 @@ class LibvirtHypervisor:
         except DomainNotFound:
             return DomainState.ABSENT
         return map_state(state, reason)
+
+    def fault(self, name: str) -> DomainFault | None:
+        """See :meth:`Hypervisor.fault`; the log is the telling lines of QEMU's log."""
+        try:
+            dom = self._domain(name)
+            with _errors(f"state of {name!r}"):
+                state, reason = dom.state()
+        except DomainNotFound:
+            return DomainFault(DomainState.ABSENT, "the domain is gone")
+        described = fault_reason(state, reason)
+        if described is None:
+            return None
+        log = qemu_log.reason(qemu_log.log_dir(self.uri) / f"{name}.log")
+        return DomainFault(map_state(state, reason), described, log)
 
     def wait_for_state(
         self,

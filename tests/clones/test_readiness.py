@@ -3,6 +3,7 @@ the SSH banner comes from a real loopback server)."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from clones import readiness, services
 from clones.models import Clone, CloneVM
 from clones.runner import execute, run_inline
 from ruddervirt.engine.readiness import Answer
+from ruddervirt.hypervisor.driver import DomainState
 from tests.helpers import client_for
 from tests.loopback import SSH_BANNER, greeting_server
 
@@ -108,6 +110,23 @@ def test_wait_ready_returns_the_vms_still_booting_at_its_timeout(clone, fake_hv)
     assert [v.name for v in left] == ["dc"]
     fake_hv.agents.add(vm(clone, "dc").domain_name)
     assert readiness.wait_ready([clone.pk], fake_hv, timeout=5, interval=0.1) == []
+
+
+def test_wait_ready_stops_waiting_for_a_vm_whose_domain_qemu_paused_and_says_why(clone, fake_hv):
+    fake_hv.agents.add(vm(clone, "web").domain_name)
+    dc = vm(clone, "dc").domain_name
+    reason = "KVM internal error. Suberror: 1 / emulation failure"
+    fake_hv.fail(dc, DomainState.CRASHED, "paused: the guest crashed", reason)
+    heard = []
+    started = time.monotonic()
+    left = readiness.wait_ready(
+        [clone.pk], fake_hv, timeout=60, interval=0.1, on_fault=lambda v, f: heard.append((v, f))
+    )
+    assert time.monotonic() - started < 5  # not the whole timeout
+    assert [v.name for v in left] == ["dc"]
+    assert [(v.name, f.describe()) for v, f in heard] == [
+        ("dc", f"paused: the guest crashed; QEMU says: {reason}")
+    ]
 
 
 def test_the_dashboard_and_the_clone_page_show_each_vm_ready_or_booting(clone, instructor, fake_hv):

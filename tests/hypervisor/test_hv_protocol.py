@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(ruddervirt.hypervisor.__file__).parent
 
 
 def test_protocol_lists_the_whole_interface() -> None:
-    domain_ops = "define start shutdown destroy undefine state wait_for_state list_domains"
+    domain_ops = "define start shutdown destroy undefine state fault wait_for_state list_domains"
     domain_ops += " agent_ping fsfreeze"
     console_ops = "console_address send_keys screenshot"
     network_ops = "define_network start_network destroy_network undefine_network list_networks"

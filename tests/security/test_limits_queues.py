@@ -4,7 +4,6 @@ starts clone workers that serve only it, whatever the build workers are doing.""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import django_rq
@@ -16,18 +15,26 @@ from clones.models import Class, ClassMembership, Clone, CloneStatus
 from clones.services import launch
 from jobs.tasks import run_operation_job
 from ruddervirt.hypervisor.fake import FakeHypervisor
+from ruddervirt.serve import portal_services
 from tests.clones.conftest import make_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
-RUN_SH = Path(__file__).resolve().parents[2] / "scripts" / "run.sh"
 
 
-def worker_queues() -> dict[str, list[str]]:
-    """The queues each kind of worker that scripts/run.sh starts listens to."""
-    found = re.findall(
-        r'rqworker ([a-z ]+?) --name "rudder-\$\$-(build|clone)-', RUN_SH.read_text()
-    )
-    return {kind: names.split() for names, kind in found}
+def worker_queues(env: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """The queues each kind of worker that `make run` starts (ruddervirt/serve.py) listens to."""
+    found: dict[str, list[str]] = {}
+    for service in portal_services(env or {}, python="python")[0]:
+        if service.name.startswith("worker "):
+            argv = list(service.argv)
+            kind = service.name.split()[1].split("-")[0]
+            found.setdefault(kind, argv[argv.index("rqworker") + 1 : argv.index("--name")])
+    return found
+
+
+def worker_count(env: dict[str, str], kind: str) -> int:
+    names = [s.name for s in portal_services(env, python="python")[0]]
+    return sum(name.startswith(f"worker {kind}-") for name in names)
 
 
 @pytest.fixture
@@ -70,9 +77,9 @@ def test_make_run_starts_build_workers_that_never_take_clone_jobs() -> None:
 
 
 def test_make_run_reads_the_number_of_each_kind_of_worker_from_its_setting() -> None:
-    text = RUN_SH.read_text()
-    assert "BUILD_WORKERS=${RUDDERVIRT_BUILD_WORKERS:-2}" in text
-    assert "CLONE_WORKERS=${RUDDERVIRT_CLONE_WORKERS:-1}" in text
+    assert (worker_count({}, "build"), worker_count({}, "clone")) == (2, 1)
+    env = {"RUDDERVIRT_BUILD_WORKERS": "3", "RUDDERVIRT_CLONE_WORKERS": "2"}
+    assert (worker_count(env, "build"), worker_count(env, "clone")) == (3, 2)
 
 
 def test_a_clone_job_runs_while_every_build_worker_is_busy(

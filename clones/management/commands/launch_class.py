@@ -18,6 +18,7 @@ from clones.jobs import QUEUE, kind_name
 from clones.models import BUSY, Class, Clone, CloneStatus, CloneVM
 from clones.runner import run_inline
 from jobs.models import Operation, OperationStatus
+from ruddervirt.hypervisor.driver import DomainFault
 from ruddervirt.runtime import get_hypervisor
 
 FOLLOW_TIMEOUT_S = 1800
@@ -101,7 +102,13 @@ class Command(BaseCommand):
     def wait_ready(self, ids: list[int], timeout: float) -> list[CloneVM]:
         """Probe the clones' VMs until all are ready (readiness.wait_ready); the VMs still not
         ready after `timeout`, named on stderr."""
-        left = readiness.wait_ready(ids, get_hypervisor(), timeout=timeout)
+
+        def stopped(vm: CloneVM, fault: DomainFault) -> None:
+            self.stderr.write(
+                f"clone {vm.clone_id} VM {vm.name} ({vm.domain_name}) stopped: {fault.describe()}"
+            )
+
+        left = readiness.wait_ready(ids, get_hypervisor(), timeout=timeout, on_fault=stopped)
         if left:
             names = ", ".join(f"clone {vm.clone_id} VM {vm.name} ({vm.domain_name})" for vm in left)
             self.stderr.write(f"not ready after {timeout:g}s: {names}")
