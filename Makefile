@@ -45,7 +45,7 @@ test-fast:
 bench: export RUDDERVIRT_DOMAIN_TYPE = qemu
 bench: export RUDDERVIRT_ALLOW_INTERNET = false
 bench:
-	@scripts/setup.sh --for-tests --with-optional
+	@scripts/setup.sh --for-tests --with packer
 	.venv/bin/python bench/build_bench.py $(BENCH_ARGS)
 
 lint:

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian 12 machine (root, no systemd) and for every later run.
-# Usage: scripts/setup.sh [--for-tests] [--with-optional] | --list-packages [--with-optional]
-#   --with-optional  also the optional: packages (the benchmarks' peers, Packer: `make bench`)
+# Usage: scripts/setup.sh [--for-tests] [--with PACKAGE]... | --list-packages [--with PACKAGE]...
+#   --with PACKAGE  also that optional: package of scripts/packages.txt (`make bench`: packer)
 # Second runs take seconds: each step checks first and does nothing when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 FOR_TESTS=0
-WITH_OPTIONAL=0
+WITH=" "
 LIST=0
-for arg in "$@"; do
-  case "$arg" in
+usage() { echo "usage: $0 [--for-tests] [--with PACKAGE]... | --list-packages [--with PACKAGE]..." >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
     --for-tests) FOR_TESTS=1 ;;
-    --with-optional) WITH_OPTIONAL=1 ;;
+    --with)
+      [ $# -ge 2 ] || usage
+      grep -q "^optional:$2 " scripts/packages.txt || { echo "$0: $2 is not an optional package of scripts/packages.txt" >&2; exit 2; }
+      WITH+="$2 "; shift ;;
     --list-packages) LIST=1 ;;
-    *) echo "usage: $0 [--for-tests] [--with-optional] | --list-packages [--with-optional]" >&2; exit 2 ;;
+    *) usage ;;
   esac
+  shift
 done
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -23,14 +28,14 @@ stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
 # --- System packages: exactly those of scripts/packages.txt ------------------------------------
 # One line there per package: PACKAGE[|ALTERNATIVE] PROGRAM... (@venv lines are not installed
-# here; optional: ones only with --with-optional). --list-packages prints what this installs,
+# here; optional: ones only when named with --with). --list-packages prints what this installs,
 # one entry a line.
 declared_packages() {
   local name rest
   while read -r name rest; do
     case "$name" in
       '' | '#'* | @venv) continue ;;
-      optional:*) [ "$WITH_OPTIONAL" = 1 ] && printf '%s\n' "${name#optional:}"; continue ;;
+      optional:*) [[ "$WITH" == *" ${name#optional:} "* ]] && printf '%s\n' "${name#optional:}"; continue ;;
     esac
     printf '%s\n' "$name"
   done <scripts/packages.txt

@@ -89,14 +89,23 @@ def test_setup_installs_exactly_the_declared_packages() -> None:
     assert {"grub-efi-amd64-bin", "grub-common", "iptables", "mmdebstrap"} <= set(listed)
 
 
-def test_with_optional_setup_also_installs_the_benchmark_peers_in_their_order() -> None:
+def test_setup_installs_an_optional_package_only_when_named_and_refuses_unknown_ones() -> None:
     listed = subprocess.run(
-        [str(ROOT / "scripts" / "setup.sh"), "--list-packages", "--with-optional"],
+        [str(ROOT / "scripts" / "setup.sh"), "--list-packages", "--with", "packer"],
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout.split()  # fmt: skip
-    wanted = ["|".join(p.names) for p in programs.packages() if not p.venv]
+    wanted = [
+        "|".join(p.names)
+        for p in programs.packages()
+        if not p.venv and (not p.optional or p.names == ("packer",))
+    ]
     assert listed == wanted
-    assert "packer" in listed
+    assert "packer" in listed and "systemd" not in listed
+    refused = subprocess.run(
+        [str(ROOT / "scripts" / "setup.sh"), "--list-packages", "--with", "qemu-utils"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "not an optional package" in refused.stderr
 
 
 def _owners(paths: list[str]) -> dict[str, set[str]]:
