@@ -188,6 +188,7 @@ def _run_attempt(
             workdir=workdir,
             use_cache=build.use_cache,
             build_id=build.pk,
+            cache_scope=f"user-{build.requested_by_id}",
         )
         result = run_build(plan, BuildContext(config=config, hv=hv, reporter=reporter))
         reporter.flush()

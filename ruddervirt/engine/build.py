@@ -56,6 +56,10 @@ class BuildPlan:
     use_cache: bool = False
     reuse_outside: bool = False
     build_id: int | None = None
+    # Whose checkpoints this build may reuse and adds to: part of every key. The portal
+    # passes ``user-<id>`` of the instructor who asked for the build; "" (the engine's
+    # default) never matches a portal scope.
+    cache_scope: str = ""
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,8 @@ def _vm_keys(ctx: BuildContext, scope: BuildScope, plan: BuildPlan, vm: Vm) -> V
         parents=_parents(plan, vm),
         allow_internet=ctx.config.allow_internet,
         reuse_outside=plan.reuse_outside,
+        scope=plan.cache_scope,
+        peer_parents=plan.parents,
     )
 
 

@@ -5,10 +5,15 @@ and ``key(step n) = H(key(step n-1), the step's canonical description)``; a step
 description includes the content hash of every file it uses. So a checkpoint of step n is
 reused only when the source, the VM's settings and every step up to n are unchanged.
 
-What changes a key: the source's checksum (a `buildRef`: the parent template's disk files),
+What changes a key: the cache's scope (whose builds these are: the portal passes the
+instructor who asked for the build, so each instructor's builds reuse only their own
+checkpoints), the source's checksum (a `buildRef`: the parent template's disk files),
 cpu, memory, disks (name, size, bus), firmware, NICs and their subnets' addresses, cloud-init
 user and network data, the communicator's user, shell and port, an `sshPrivateKeyFile`'s
-content, bootCommand, installer ISOs and floppy files; a step's type and what it runs (inline
+content, bootCommand, installer ISOs and floppy files, the content of every ``httpDirectory`` file,
+whether each of the VM's networks has internet while building, ``reuseOutside`` itself, and
+the full definition (source, settings and every step) of each other VM sharing a subnet
+with it (a step can talk to them); a step's type and what it runs (inline
 text, script and file content, env, executeCommand, destination, reboot command).
 
 What does not: a step's ``name`` (renaming does not change what a step does), its
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,23 +122,42 @@ def base_key(
     *,
     parents: Sequence[Path] | None,
     reuse_outside: bool,
+    scope: str = "",
+    allow_internet: bool = True,
+    peer_parents: Mapping[str, Sequence[Path]] | None = None,
 ) -> tuple[str | None, str]:
-    """(key, why not) of the VM before its first step."""
+    """(key, why not) of the VM before its first step. ``scope`` is whose cache this is
+    (the portal: ``user-<id>`` of the instructor who asked for the build; the engine's own
+    default "" never equals a portal scope), so different owners never share a key."""
     if vm.efi_firmware is not None:
         # A checkpoint holds the disks, not the UEFI variable store: boot entries an
         # installer or a step wrote would be lost in a VM started from it.
         return None, "a UEFI VM's NVRAM is not checkpointed"
     source = vm.source
+    if source.kind == "url" and not source.checksum and not reuse_outside:
+        return None, "the source URL has no checksum"
+    identity, settings = _definition(vm, manifest, files, parents)
+    settings["internet"] = _internet(vm, manifest, allow_internet=allow_internet)
+    settings["reuse_outside"] = reuse_outside
+    settings["http_files"] = [[name, files(name)] for name in manifest.http_files]
+    settings["peers"] = _peers(vm, manifest, files, peer_parents or {})
+    return digest(VERSION, scope, identity, settings), ""
+
+
+def _definition(
+    vm: Vm, manifest: Manifest, files: ContentHash, parents: Sequence[Path] | None
+) -> tuple[object, dict[str, object]]:
+    """(source identity, settings that reach the guest) of ``vm`` alone."""
+    source = vm.source
+    identity: object
     if source.kind == "url":
-        if not source.checksum and not reuse_outside:
-            return None, "the source URL has no checksum"
-        identity: object = source.checksum or source.url
+        identity = source.checksum or source.url
     elif source.kind == "buildRef":
         identity = [_file_identity(p) for p in (parents or ())]
     else:
         identity = "blank"
     subnets = {nic.subnet: manifest.network.subnet(nic.subnet) for nic in vm.nics}
-    settings = {
+    settings: dict[str, object] = {
         "name": vm.name,
         "cpu": vm.resources.cpu,
         "memory": vm.resources.memory,
@@ -152,7 +176,33 @@ def base_key(
         "isos": [[i.url if not i.checksum else None, i.checksum] for i in vm.isos],
         "floppy": [[name, files(name)] for name in vm.floppy_files],
     }
-    return digest(VERSION, identity, settings), ""
+    return identity, settings
+
+
+def _internet(vm: Vm, manifest: Manifest, *, allow_internet: bool) -> list[object]:
+    """Per NIC, whether its network has internet while building (the host's switch too)."""
+    result: list[object] = []
+    for nic in vm.nics:
+        vpc = manifest.network.vpc(manifest.network.subnet(nic.subnet).vpc)
+        result.append([nic.name, bool(allow_internet and vpc.internet)])
+    return result
+
+
+def _peers(
+    vm: Vm, manifest: Manifest, files: ContentHash, parents: Mapping[str, Sequence[Path]]
+) -> list[object]:
+    """The full definition (source, settings, every step) of each other VM that shares a
+    subnet with ``vm``: a step can talk to them, so what they are and run is an input.
+    The rule is deliberately simple: any change to a peer changes this VM's whole chain."""
+    mine = {nic.subnet for nic in vm.nics}
+    peers: list[object] = []
+    for other in sorted(manifest.vms, key=lambda v: v.name):
+        if other.name == vm.name or not mine & {nic.subnet for nic in other.nics}:
+            continue
+        identity, settings = _definition(other, manifest, files, parents.get(other.name))
+        steps = [step_description(step, files) for step in other.provisioners]
+        peers.append([identity, settings, steps])
+    return peers
 
 
 def step_description(step: AnyStep, files: ContentHash) -> dict[str, object]:
@@ -197,12 +247,25 @@ def vm_keys(
     parents: Sequence[Path] | None = None,
     allow_internet: bool = True,
     reuse_outside: bool = False,
+    scope: str = "",
+    peer_parents: Mapping[str, Sequence[Path]] | None = None,
 ) -> VMKeys:
     """The key chain of ``vm`` (``manifest`` as the build sees it: buildOverrides applied).
     ``reuse_outside`` (or the manifest's stepCache.reuseOutside): cache steps that depend
-    on the outside too. ``allow_internet``: whether this host gives VMs internet at all."""
+    on the outside too. ``allow_internet``: whether this host gives VMs internet at all.
+    ``scope``: whose cache (see base_key); ``peer_parents``: the parent disks of the other
+    VMs (their `buildRef` sources are part of their definition)."""
     reuse_outside = reuse_outside or manifest.reuse_outside
-    base, why = base_key(vm, manifest, files, parents=parents, reuse_outside=reuse_outside)
+    base, why = base_key(
+        vm,
+        manifest,
+        files,
+        parents=parents,
+        reuse_outside=reuse_outside,
+        scope=scope,
+        allow_internet=allow_internet,
+        peer_parents=peer_parents,
+    )
     outside = "" if reuse_outside else outside_reason(vm, manifest, allow_internet=allow_internet)
     if base is not None and outside:
         base, why = None, outside

@@ -84,3 +84,15 @@ def test_the_build_page_lists_its_runs_with_how_they_ended(build, instructor, mo
     assert '<section class="card" id="runs">' in page
     assert 'data-run-kind="build" data-run-status="Failed"' in page
     assert "step 1 (shell) exited 2" in page and str(instructor) in page
+
+
+def test_the_runner_scopes_the_step_cache_to_the_instructor_who_asked(build, monkeypatch):
+    seen = []
+
+    def run_build(plan, ctx):
+        seen.append(plan.cache_scope)
+        raise BuildError("stop here")
+
+    monkeypatch.setattr(runner, "run_build", run_build)
+    execute_build(build.pk, hypervisor=FakeHypervisor(name_prefix="rvt-hist-"))
+    assert seen and set(seen) == {f"user-{build.requested_by_id}"}

@@ -165,7 +165,12 @@ class FakeBuild:
         return path
 
     def run(
-        self, text: str, *, use_cache: bool = False, build_id: int | None = None
+        self,
+        text: str,
+        *,
+        use_cache: bool = False,
+        build_id: int | None = None,
+        cache_scope: str = "",
     ) -> BuildResult:
         manifest = parse(text)
         plan = BuildPlan(
@@ -175,6 +180,7 @@ class FakeBuild:
             parents={vm.name: [self.parent(vm.name)] for vm in manifest.vms},
             use_cache=use_cache,
             build_id=build_id,
+            cache_scope=cache_scope,
         )
         ctx = BuildContext(
             config=self.config(),

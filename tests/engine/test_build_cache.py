@@ -95,6 +95,19 @@ def test_use_cache_off_takes_no_checkpoint_and_reuses_nothing(tmp_path) -> None:
     second.guests["web"].assert_done()
 
 
+def test_another_instructor_s_identical_manifest_never_reuses_a_checkpoint(tmp_path) -> None:
+    first = FakeBuild(tmp_path)
+    first.script("web", *checkpointed("echo one", "echo two", "echo three"))
+    text = manifest_text(vm_yaml("web", STEPS))
+    first.run(text, use_cache=True, build_id=1, cache_scope="user-1")
+    second = FakeBuild(tmp_path, key="b2")
+    second.script("web", *checkpointed("echo one", "echo two", "echo three"))
+    second.run(text, use_cache=True, build_id=2, cache_scope="user-2")
+    assert not [e for e in second.reporter.events if e[0] == "reused"]
+    assert not any("build #1" in line for line in second.reporter.text())
+    second.guests["web"].assert_done()
+
+
 def test_a_handbuild_step_ends_the_cached_prefix(tmp_path) -> None:
     build = FakeBuild(tmp_path)
     steps = (
