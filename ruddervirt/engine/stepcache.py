@@ -14,24 +14,31 @@ an external disk-only snapshot). Two builds that make the same key race harmless
 first record written wins; the other build's layers are only referenced by its own later
 checkpoints and its lease, and are removed once nothing references them.
 
-A record is written after its layers are complete (write to a temporary name, rename), so
-a crash leaves no half checkpoint: at worst unreferenced layers, which ``collect`` removes.
+A record is written after its layers are complete (write to a temporary name, then a hard
+link to ``record.json`` that fails if one is there: the first record stays), so a crash
+leaves no half checkpoint: at worst unreferenced layers, which ``collect`` removes.
 Eviction removes whole records (least recently used first, never a leased key), then every
 layer no record and no lease references.
+
+One exclusive ``flock`` on ``.lock`` in the store (``StepCache.locked``) is held around
+finding a checkpoint and leasing it (``BuildCache.claim``), around ``put`` and around
+eviction and ``collect``: a checkpoint found is leased before any eviction can remove it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 RECORD = "record.json"
+LOCK = ".lock"
 # A layer nobody references is removed only once it has not changed for this long.
 GRACE_S = 300.0
 
@@ -81,6 +88,17 @@ class StepCache:
         self.layers = root / "layers"
         self.leases = root / "leases"
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's exclusive lock (blocks until no other holder, in any process)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the file releases the lock
+
     # --- reading ----------------------------------------------------------------------
     def get(self, key: str) -> CheckpointRecord | None:
         """The usable checkpoint of ``key``: its record, every layer and required file
@@ -116,24 +134,36 @@ class StepCache:
     # --- writing ----------------------------------------------------------------------
     def put(self, record: CheckpointRecord) -> bool:
         """Keep ``record`` unless ``record.key`` already has one (first writer wins)."""
-        folder = self.root / record.key
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / RECORD
-        if target.exists():
-            return False
-        _write_json(target, asdict(record))
-        return True
+        with self.locked():
+            folder = self.root / record.key
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = _tmp_name(folder / RECORD)
+            tmp.write_text(json.dumps(asdict(record), indent=1, sort_keys=True))
+            try:
+                os.link(tmp, folder / RECORD)  # never replaces: the first record stays
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+            return True
 
-    def touch(self, record: CheckpointRecord, now: float | None = None) -> None:
-        """Mark ``record`` used now (LRU order)."""
+    def touch(self, record: CheckpointRecord, now: float | None = None) -> bool:
+        """Mark ``record`` used now (LRU order). A record that vanished (evicted) is left
+        gone: returns whether it was still there."""
         path = self.root / record.key / RECORD
         try:
             current = CheckpointRecord.load(path)
         except (OSError, ValueError, TypeError, KeyError):
-            return
+            return False
+        if not path.is_file():
+            return False
         data = asdict(current)
         data["last_used"] = time.time() if now is None else now
-        _write_json(path, data)
+        try:
+            _write_json(path, data)
+        except OSError:  # its folder went meanwhile
+            return False
+        return True
 
     def size_of(self, chains: Sequence[Sequence[str]]) -> int:
         return sum(_size(self.layers / n) for chain in chains for n in chain)
@@ -177,7 +207,13 @@ class StepCache:
         """Remove records unused for longer than ``max_age_s`` (``everything``: all of them),
         then the least recently used until the store's layers take at most ``max_bytes``;
         never a leased key nor a layer a lease or a remaining record uses. Returns the
-        records removed."""
+        records removed. Holds the store's lock."""
+        with self.locked():
+            return self._evict(max_bytes, max_age_s, now, everything)
+
+    def _evict(
+        self, max_bytes: int | None, max_age_s: float | None, now: float | None, everything: bool
+    ) -> list[CheckpointRecord]:
         now = time.time() if now is None else now
         held_keys, held_layers = self._held()
         records = self.records()
@@ -197,16 +233,20 @@ class StepCache:
                 removed.append(record)
         for record in removed:
             self.remove(record.key)
-        self.collect(keep=_layers_of(keep) | held_layers, now=now)
+        self._collect(_layers_of(keep) | held_layers, now)
         return removed
 
     def collect(self, keep: set[str] | None = None, *, now: float | None = None) -> list[str]:
         """Remove every layer file no record and no lease names, unless it changed in the
         last GRACE_S (a build may have leased and made it since the leases were read);
-        the names removed."""
-        if keep is None:
-            _keys, held = self._held()
-            keep = _layers_of(self.records()) | held
+        the names removed. Holds the store's lock."""
+        with self.locked():
+            if keep is None:
+                _keys, held = self._held()
+                keep = _layers_of(self.records()) | held
+            return self._collect(keep, now)
+
+    def _collect(self, keep: set[str], now: float | None) -> list[str]:
         now = time.time() if now is None else now
         gone = []
         for path in sorted(self.layers.glob("*")):
@@ -241,8 +281,12 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
 def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = _tmp_name(path)
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
 
@@ -264,6 +308,21 @@ class BuildCache:
             self.lease.keys.update(keys)
             self.lease.layers.update(layers)
             self.store.hold(self.lease)
+
+    def claim(self, build: str, key: str, *, disks: int) -> CheckpointRecord | None:
+        """The usable checkpoint of ``key`` with ``disks`` chains, leased by ``build`` and
+        marked used, all under the store's lock (no eviction can come between); else None."""
+        with self.lock, self.store.locked():
+            record = self.store.get(key)
+            if record is None or len(record.chains) != disks:
+                return None
+            if self.lease is None:
+                self.lease = Lease(build)
+            self.lease.keys.add(key)
+            self.lease.layers.update(n for chain in record.chains for n in chain)
+            self.store.hold(self.lease)
+            self.store.touch(record)
+            return record
 
     def release(self) -> None:
         with self.lock:

@@ -96,27 +96,19 @@ class VMCache:
         state.requires = tuple(str(p) for p in (self.plan.parent_disks or ()))
         for count in range(keys.cacheable_prefix(), 0, -1):
             key = keys.steps[count - 1].key
-            record = shared.store.get(key) if key else None
-            if record is not None and len(record.chains) == len(self.vm.disks):
+            record = shared.claim(self.key, key, disks=len(self.vm.disks)) if key else None
+            if record is not None:
                 state.hit, state.reused = record, count
                 state.chains = [list(c) for c in record.chains]
                 state.requires = record.requires
                 break
         hit = state.hit
         if hit is not None:
-            # Leased first, then checked again: another build's eviction may have run between.
-            shared.hold(self.key, keys=(hit.key,), layers=_names(state.chains))
-            if shared.store.get(hit.key) is None:
-                state = VMCacheState(
-                    keys=keys, requires=tuple(map(str, self.plan.parent_disks or ()))
-                )
-            else:
-                shared.store.touch(hit)
-                self.log(
-                    f"step cache: starting from the checkpoint {hit.key[:12]} of step "
-                    f"{state.reused} ({hit.step_name}), made by {_origin(hit)}"
-                    + ("; not typing the bootCommand again" if self.vm.boot_command else "")
-                )
+            self.log(
+                f"step cache: starting from the checkpoint {hit.key[:12]} of step "
+                f"{state.reused} ({hit.step_name}), made by {_origin(hit)}"
+                + ("; not typing the bootCommand again" if self.vm.boot_command else "")
+            )
         for step in keys.steps[state.reused :]:
             if step.key is None:
                 self.log(f"step cache: steps from here on are not cached ({step.why_not})")
@@ -285,7 +277,3 @@ def _builds_of(record: CheckpointRecord, current: str) -> list[str]:
     found = {name.split("-", 1)[0] for chain in record.chains for name in chain}
     found.add(record.build)
     return sorted(b for b in found if b != current and b.isalnum())
-
-
-def _names(chains: list[list[str]]) -> tuple[str, ...]:
-    return tuple(name for chain in chains for name in chain)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from ruddervirt.engine.stepcache import GRACE_S, CheckpointRecord, Lease, StepCache
+from ruddervirt.engine.stepcache import GRACE_S, BuildCache, CheckpointRecord, Lease, StepCache
 
 
 @pytest.fixture
@@ -85,3 +86,40 @@ def test_touch_moves_a_checkpoint_to_the_back_of_the_eviction_order(store) -> No
     keep(store, "two", "b.qcow2", used=2.0)
     store.touch(one, now=3.0)
     assert [r.key for r in store.records()] == ["two", "one"]
+
+
+def test_put_keeps_the_first_record_even_when_another_appears_after_its_check(
+    store, monkeypatch
+) -> None:
+    first = keep(store, "k1", "a.qcow2")
+    monkeypatch.setattr(Path, "exists", lambda self: False)  # the race window: not there yet
+    again = CheckpointRecord(**{**first.__dict__, "build": "b2"})
+    assert store.put(again) is False
+    monkeypatch.undo()
+    assert store.get("k1").build == "b1"
+
+
+def test_eviction_waits_for_a_build_that_is_claiming_a_checkpoint(store) -> None:
+    keep(store, "k1", "a.qcow2")
+    done = threading.Event()
+    with store.locked():
+        worker = threading.Thread(target=lambda: (store.evict(everything=True), done.set()))
+        worker.start()
+        assert not done.wait(0.3)  # blocked on the store's lock
+    worker.join(timeout=10)
+    assert done.is_set() and store.get("k1") is None
+
+
+def test_a_claimed_checkpoint_is_leased_so_eviction_keeps_it(store) -> None:
+    keep(store, "k1", "a.qcow2")
+    shared = BuildCache(store)
+    assert shared.claim("b2", "k1", disks=1) is not None
+    assert store.evict(everything=True) == [] and store.get("k1") is not None
+    assert shared.claim("b2", "k1", disks=2) is None  # another number of disks: no match
+
+
+def test_touching_a_record_that_vanished_is_a_miss_not_a_crash(store) -> None:
+    record = keep(store, "k1", "a.qcow2")
+    store.remove("k1")
+    assert store.touch(record) is False
+    assert not (store.root / "k1" / "record.json").exists()
