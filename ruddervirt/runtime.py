@@ -33,7 +33,8 @@ def engine_config() -> EngineConfig:
         boot_key_interval_s=settings.RUDDERVIRT_BOOT_KEY_INTERVAL_MS / 1000,
         boot_key_hold_ms=settings.RUDDERVIRT_BOOT_KEY_HOLD_MS,
         fetch_policy=portal_fetch_policy(),
-        step_cache=settings.RUDDERVIRT_STEP_CACHE,
+        # A cap of 0 turns the cache off (never "no cap": the cache is always bounded).
+        step_cache=settings.RUDDERVIRT_STEP_CACHE and settings.RUDDERVIRT_STEP_CACHE_MAX_BYTES > 0,
         step_cache_max_bytes=settings.RUDDERVIRT_STEP_CACHE_MAX_BYTES or None,
         step_cache_max_age_s=settings.RUDDERVIRT_STEP_CACHE_MAX_AGE_S or None,
     )

@@ -80,3 +80,12 @@ def test_build_cache_lists_and_clears_checkpoints_but_not_one_a_running_build_ho
     store.hold(Lease("b9", keys={"b" * 64}))
     call_command("build_cache", "clear", stdout=io.StringIO())
     assert [r.key for r in store.records()] == ["b" * 64]
+
+
+def test_a_step_cache_cap_of_zero_turns_the_cache_off_rather_than_lifting_the_cap(
+    settings,
+) -> None:
+    settings.RUDDERVIRT_STEP_CACHE_MAX_BYTES = 0
+    assert engine_config().step_cache is False
+    settings.RUDDERVIRT_STEP_CACHE_MAX_BYTES = 2**30
+    assert engine_config().step_cache is True and engine_config().step_cache_max_bytes == 2**30
