@@ -11,7 +11,8 @@ time and with only the step's own writes as their size. The alternatives cost mo
 open is only safe once QEMU flushed it, which the snapshot does anyway); internal qcow2
 snapshots keep every state inside one file that the next build would have to write to. A
 checkpoint is crash-consistent (the state of a sudden power loss) with the guest's dirty data
-written first by ``sync``.
+written first by ``sync``. A build's checkpoints of one VM may take at most the sum of the
+VM's disk sizes (``over_budget``); past that the VM takes no more.
 
 How a checkpoint is reused: the VM's disks are fresh overlays on the checkpoint's top
 layers (never written to the checkpoint itself), the VM boots as usual (a new instance for
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan
+from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.reporter import Stopper
 from ruddervirt.engine.stepcache import CheckpointRecord
 from ruddervirt.engine.stepkey import VMKeys
@@ -46,8 +48,9 @@ from ruddervirt.hypervisor.driver import HypervisorError
 from ruddervirt.manifest.model import Vm
 
 SYNC_TIMEOUT_S = 120.0
+# Exits non-zero when a file's keys could not be removed (the build then fails).
 _FORGET = "for f in /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys; do " \
-    "[ -f \"$f\" ] && sed -i {exprs} \"$f\"; done; true"  # fmt: skip
+    "if [ -f \"$f\" ]; then sed -i {exprs} \"$f\" || exit 1; fi; done"  # fmt: skip
 
 
 @dataclass
@@ -184,14 +187,27 @@ class VMCache:
         return state.reused
 
     def forget_old_build_keys(self, record: CheckpointRecord) -> None:
-        """Remove from the guest the SSH keys of the builds the checkpoint came from."""
+        """Remove from the guest the SSH keys of the builds the checkpoint came from. Raises
+        BuildError when that fails: a template must never keep another build's key."""
         exprs = " ".join(f"-e '/ ruddervirt-build-{b}$/d'" for b in _builds_of(record, self.key))
         if not exprs:
             return
         try:
-            self.guest().run(_FORGET.format(exprs=exprs), timeout=30, cancel=self.stopper.event)
-        except (GuestError, Cancelled) as exc:
-            self.log(f"step cache: could not remove earlier builds' keys ({exc})", "stderr")
+            status = self.guest().run(
+                _FORGET.format(exprs=exprs), timeout=30, cancel=self.stopper.event
+            )
+        except Cancelled as exc:
+            raise BuildCancelled(self.stopper.reason or "cancelled") from exc
+        except GuestError as exc:
+            raise BuildError(self._forget_failed(str(exc))) from exc
+        if status != 0:
+            raise BuildError(self._forget_failed(f"exit status {status}"))
+
+    def _forget_failed(self, why: str) -> str:
+        return (
+            f"VM {self.vm.name}: could not remove earlier builds' SSH keys from the guest "
+            f"started from a cached checkpoint ({why})"
+        )
 
     def checkpoint(self, index: int, took: float) -> None:
         """After step ``index`` succeeded in ``took`` seconds: keep the disks as its
@@ -202,6 +218,11 @@ class VMCache:
             return
         key = state.keys.steps[index].key
         if key is None:
+            return
+        over = self.over_budget()
+        if over:
+            state.broken = over
+            self.log(f"step cache: no more checkpoints for this VM: {over}", "stderr")
             return
         started = time.monotonic()
         try:
@@ -219,6 +240,19 @@ class VMCache:
             f"step cache: checkpoint {key[:12]} {what} "
             f"({record.size} bytes, {time.monotonic() - started:.1f}s)"
         )
+
+    def over_budget(self) -> str:
+        """Why this VM may take no more checkpoints, or "". The budget: the layers this
+        build made for the VM (its checkpoints and the layer the step just wrote) may take
+        at most the sum of the VM's disk sizes."""
+        state, shared = self.cache, self.scope.cache
+        assert state is not None and shared is not None
+        mine = f"{self.key}-{self.vm.name}-{state.token}-"
+        used = shared.store.size_of([[n for c in state.chains for n in c if n.startswith(mine)]])
+        budget = sum(disk.size for disk in self.vm.disks)
+        if used <= budget:
+            return ""
+        return f"its checkpoints take {used} bytes, over the budget of {budget}"
 
     def switch_layers(self, step: int) -> None:
         """Snapshot every disk onto a new layer; the current ones become read-only."""
