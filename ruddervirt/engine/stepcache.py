@@ -20,6 +20,11 @@ leaves no half checkpoint: at worst unreferenced layers, which ``collect`` remov
 Eviction removes whole records (least recently used first, never a leased key), then every
 layer no record and no lease references.
 
+Modes: the store and ``layers/`` are 0711 (QEMU, user libvirt-qemu, must reach the layers;
+nobody else may list them), the layers themselves are made like a build's own disks (by
+qemu-img, owned by libvirt while a VM uses them); ``<key>/`` and ``leases/`` are 0700 and
+every record, lease and the lock 0600 (QEMU never reads them).
+
 One exclusive ``flock`` on ``.lock`` in the store (``StepCache.locked``) is held around
 finding a checkpoint and leasing it (``BuildCache.claim``), around ``put`` and around
 eviction and ``collect``: a checkpoint found is leased before any eviction can remove it.
@@ -39,6 +44,9 @@ from pathlib import Path
 
 RECORD = "record.json"
 LOCK = ".lock"
+REACHABLE = 0o711  # the store and layers/: QEMU passes through
+PRIVATE = 0o700  # a record's folder, leases/
+FILE_MODE = 0o600  # records, leases, the lock
 # A layer nobody references is removed only once it has not changed for this long.
 GRACE_S = 300.0
 
@@ -91,8 +99,8 @@ class StepCache:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the store's exclusive lock (blocks until no other holder, in any process)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        _folder(self.root, REACHABLE)
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -127,6 +135,11 @@ class StepCache:
     def layer_path(self, name: str) -> Path:
         return self.layers / name
 
+    def make_layers_dir(self) -> Path:
+        """``layers/``, created 0711 (with the store) when missing."""
+        _folder(self.root, REACHABLE)
+        return _folder(self.layers, REACHABLE)
+
     def top_layers(self, record: CheckpointRecord) -> list[Path]:
         """The last layer of each disk's chain: what a new overlay backs onto."""
         return [self.layers / chain[-1] for chain in record.chains]
@@ -135,10 +148,9 @@ class StepCache:
     def put(self, record: CheckpointRecord) -> bool:
         """Keep ``record`` unless ``record.key`` already has one (first writer wins)."""
         with self.locked():
-            folder = self.root / record.key
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = _folder(self.root / record.key, PRIVATE)
             tmp = _tmp_name(folder / RECORD)
-            tmp.write_text(json.dumps(asdict(record), indent=1, sort_keys=True))
+            _write_private(tmp, json.dumps(asdict(record), indent=1, sort_keys=True))
             try:
                 os.link(tmp, folder / RECORD)  # never replaces: the first record stays
             except FileExistsError:
@@ -171,7 +183,8 @@ class StepCache:
     # --- leases -----------------------------------------------------------------------
     def hold(self, lease: Lease) -> None:
         """Write (or rewrite) ``lease``: its keys and layers are not evicted until released."""
-        self.leases.mkdir(parents=True, exist_ok=True)
+        _folder(self.root, REACHABLE)
+        _folder(self.leases, PRIVATE)
         data = {"build": lease.build, "keys": sorted(lease.keys), "layers": sorted(lease.layers)}
         _write_json(self.leases / f"{lease.build}.json", data)
 
@@ -285,9 +298,26 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
+def _folder(path: Path, mode: int) -> Path:
+    """``path`` (parents made as plain folders), created with ``mode`` and never wider."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, mode)
+    if path.stat().st_mode & 0o777 != mode:
+        path.chmod(mode)  # made before the store's folders had their modes
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to the new file ``path``, mode 0600 from its creation on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    with os.fdopen(fd, "w") as stream:
+        stream.write(text)
+
+
 def _write_json(path: Path, data: object) -> None:
     tmp = _tmp_name(path)
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    _write_private(tmp, json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
 
 

@@ -130,8 +130,8 @@ class VMCache:
             state.chains.append([])
         state.chains[index].append(layer)
         self.scope.cache.hold(self.key, layers=(layer,))
+        self.scope.cache.store.make_layers_dir()
         path = self.scope.cache.store.layer_path(layer)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.link_working_disk(index, name, path)
         return path
 

@@ -123,3 +123,25 @@ def test_touching_a_record_that_vanished_is_a_miss_not_a_crash(store) -> None:
     store.remove("k1")
     assert store.touch(record) is False
     assert not (store.root / "k1" / "record.json").exists()
+
+
+def test_the_store_s_folders_and_records_are_private_and_its_layers_reachable(store) -> None:
+    store.make_layers_dir()
+    store.layer_path("a.qcow2").write_bytes(b"x")
+    record = CheckpointRecord(
+        key="k1", build="b1", vm="web", step_index=0, step_name="one",
+        chains=(("a.qcow2",),), created=1.0, last_used=1.0, size=1,
+    )  # fmt: skip
+    assert store.put(record)
+    store.touch(record)
+    store.hold(Lease("b1", keys={"k1"}))
+    with store.locked():
+        pass
+
+    def mode(path: Path) -> int:
+        return path.stat().st_mode & 0o777
+
+    assert mode(store.root) == 0o711 and mode(store.layers) == 0o711
+    assert mode(store.root / "k1") == 0o700 and mode(store.leases) == 0o700
+    assert mode(store.root / "k1" / "record.json") == 0o600
+    assert mode(store.leases / "b1.json") == 0o600 and mode(store.root / ".lock") == 0o600
