@@ -44,8 +44,9 @@ files:
 {provisioners}"""
 
 
-def build(text: str, name: str = "lab", *, use_cache: bool = True) -> Build:
-    user = make_user(f"inst-{time.monotonic_ns()}", superuser=True)
+def build(text: str, name: str = "lab", *, use_cache: bool = True, user=None) -> Build:
+    """Submit and run ``text`` as ``user`` (default: a new instructor)."""
+    user = user or make_user(f"inst-{time.monotonic_ns()}", superuser=True)
     submitted = submit_manifest(
         text=text, module_name=name, user=user, queue=False, use_cache=use_cache
     )

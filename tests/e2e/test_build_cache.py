@@ -8,6 +8,7 @@ import pytest
 from builds.models import BuildStatus, BuildStep, StepStatus
 from tests.e2e.guestfs import read_file
 from tests.e2e.test_build import build, log_text, manifest, template_disk
+from tests.helpers import make_user
 
 pytestmark = [
     pytest.mark.e2e,
@@ -38,7 +39,9 @@ THIRD = """\
 
 
 def test_a_fixed_manifest_reuses_the_first_two_steps_of_the_failed_build(image_server):
-    failed = build(manifest(image_server, FIRST_TWO + THIRD.format(last="exit 7")))
+    # The same instructor twice: the cache is per instructor (builds.md).
+    instructor = make_user("inst-cache", superuser=True)
+    failed = build(manifest(image_server, FIRST_TWO + THIRD.format(last="exit 7")), user=instructor)
     assert failed.status == BuildStatus.FAILED, failed.error
     rolled = next(
         line.text
@@ -47,7 +50,7 @@ def test_a_fixed_manifest_reuses_the_first_two_steps_of_the_failed_build(image_s
     )
     assert "step cache: checkpoint" in log_text(failed)
 
-    fixed = build(manifest(image_server, FIRST_TWO + THIRD.format(last="true")))
+    fixed = build(manifest(image_server, FIRST_TWO + THIRD.format(last="true")), user=instructor)
     assert fixed.status == BuildStatus.SUCCEEDED, fixed.error
     steps = {s.name: s for s in BuildStep.objects.filter(vm__build=fixed)}
     assert [steps[n].status for n in ("roll", "copy", "check")] == [
