@@ -8,15 +8,18 @@ of deploy/systemd (docs/operations.md; tests/test_serve.py holds the two togethe
 - ``worker build-N`` (RUDDERVIRT_BUILD_WORKERS, default 2): RQ workers of the ``builds`` queue;
 - ``worker clone-N`` (RUDDERVIRT_CLONE_WORKERS, default 1): RQ workers of ``clones`` and
   ``default``, so a long build never holds up a clone's start or stop;
-- ``reconcile``: ``manage.py reconcile --quiet`` every RUDDERVIRT_RECONCILE_EVERY s (60);
+- ``reconcile``: ``manage.py reconcile --quiet`` every RUDDERVIRT_RECONCILE_EVERY s (60), killed
+  when one pass runs longer than :func:`reconcile_timeout` (twice the period, at least 120 s);
 - ``watch_ready``: ``manage.py watch_ready --every RUDDERVIRT_READY_EVERY`` (2 s).
 
-The supervisor's log lines go to RUDDERVIRT_SUPERVISOR_LOG (default var/supervisor.log).
+The supervisor's log lines go to RUDDERVIRT_SUPERVISOR_LOG (default var/supervisor.log), rotated
+at ``LOG_BYTES`` with ``LOG_BACKUPS`` old files kept (supervisor.log.1, ...).
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,6 +33,10 @@ from ruddervirt.supervisor import (
     install_signal_handlers,
     log,
 )
+
+LOG_BYTES = 5 * 1024 * 1024
+LOG_BACKUPS = 3
+RECONCILE_TIMEOUT_MIN_S = 120.0
 
 
 class ConfigError(ValueError):
@@ -62,6 +69,11 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return seconds
 
 
+def reconcile_timeout(every: float) -> float:
+    """The longest one reconcile pass may run: twice its period, at least 120 s."""
+    return max(RECONCILE_TIMEOUT_MIN_S, 2 * every)
+
+
 def portal_services(env: Mapping[str, str], *, python: str) -> tuple[list[Service], str]:
     """The services for this environment, and the line that says where the portal is.
     Raises ConfigError for a worker count below 1 or a period that is not positive."""
@@ -91,7 +103,12 @@ def portal_services(env: Mapping[str, str], *, python: str) -> tuple[list[Servic
             )
             for i in range(1, clones + 1)
         ),
-        Service("reconcile", (*manage, "reconcile", "--quiet"), every=reconcile_every),
+        Service(
+            "reconcile",
+            (*manage, "reconcile", "--quiet"),
+            every=reconcile_every,
+            timeout=reconcile_timeout(reconcile_every),
+        ),
         Service("watch_ready", (*manage, "watch_ready", "--every", ready_every)),
     ]
     domain_type = env.get("RUDDERVIRT_DOMAIN_TYPE", "kvm")
@@ -102,18 +119,22 @@ def portal_services(env: Mapping[str, str], *, python: str) -> tuple[list[Servic
     return services, banner
 
 
-def _log_to(path: Path) -> None:
-    """Log lines (every exit and restart, with a time stamp) to ``path``; the console hears
-    them through ``Supervisor.say``."""
+def _log_to(
+    path: Path, *, max_bytes: int = LOG_BYTES, backups: int = LOG_BACKUPS
+) -> logging.Handler:
+    """Log lines (every exit and restart, with a time stamp) to ``path``, rotated once it
+    reaches ``max_bytes`` (``backups`` old files kept); the console hears them through
+    ``Supervisor.say``. Returns the handler added to the supervisor's logger."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve the services of :func:`portal_services` until SIGINT or SIGTERM."""
+    """Serve the services of :func:`portal_services` until SIGINT, SIGTERM or SIGHUP."""
     try:
         services, banner = portal_services(os.environ, python=sys.executable)
     except ConfigError as exc:

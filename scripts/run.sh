@@ -15,6 +15,8 @@ if [ -z "${RUDDERVIRT_DOMAIN_TYPE:-}" ]; then
     export RUDDERVIRT_DOMAIN_TYPE=qemu
   fi
 fi
-# Clone records follow libvirt and leftovers go before the workers start.
-.venv/bin/python manage.py reconcile --quiet 2>/dev/null || true
+# Clone records follow libvirt and leftovers go before the workers start; a pass that hangs
+# (libvirt not answering) is cut short after 120 s, and what it says on stderr is shown.
+timeout 120 .venv/bin/python manage.py reconcile --quiet ||
+  echo "The reconcile before the start failed (status $?); starting the services anyway." >&2
 exec .venv/bin/python -m ruddervirt.serve

@@ -22,12 +22,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ruddervirt import programs
 
 KVM_DEVICE = Path("/dev/kvm")
 QEMU = "qemu-system-x86_64"
 PROBE_TIMEOUT_S = 60.0
+REAP_S = 10.0  # how long a killed QEMU is waited for
 # What a guest kernel says when it ran all the way to looking for its root file system.
 REACHED = ("Unable to mount root fs", "Kernel panic")
 # What QEMU says when KVM could not run the guest (it then pauses the guest: it never exits).
@@ -112,7 +114,16 @@ def _watch(argv: Sequence[str], serial: Path, errors: Path, deadline: float) -> 
         finally:
             if proc.poll() is None:
                 proc.kill()
-            proc.wait(timeout=10)
+            _reap(proc, err)
+
+
+def _reap(proc: subprocess.Popen, err: IO[bytes]) -> None:
+    """Wait up to ``REAP_S`` for the killed QEMU; one that is still there (stuck in the
+    kernel) is said in its error log, not raised."""
+    try:
+        proc.wait(timeout=REAP_S)
+    except subprocess.TimeoutExpired:
+        err.write(f"QEMU (pid {proc.pid}) did not exit within {REAP_S:g}s of SIGKILL\n".encode())
 
 
 def _verdict(outcome: str, said: str, guest: str, took: float, timeout: float) -> KvmVerdict:

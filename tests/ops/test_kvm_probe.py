@@ -97,3 +97,20 @@ def test_the_probe_boots_with_kvm_and_the_host_cpu_and_no_disk(tmp_path):
     assert argv[:5] == ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host"]
     assert "-no-reboot" in argv and "-drive" not in argv and "-netdev" not in argv
     assert "panic=-1" in argv[-1]
+
+
+def test_a_qemu_that_outlives_sigkill_is_a_failed_probe_not_an_exception(
+    tmp_path, kernel, monkeypatch
+):
+    real_popen = kvm_probe.subprocess.Popen
+
+    class Unreapable(real_popen):  # type: ignore[misc,valid-type]
+        def wait(self, timeout=None):
+            raise kvm_probe.subprocess.TimeoutExpired(self.args, timeout)
+
+    monkeypatch.setattr(kvm_probe.subprocess, "Popen", Unreapable)
+    monkeypatch.setattr(kvm_probe, "REAP_S", 0.1)
+    verdict = probe(tmp_path, kernel, "hangs", timeout=1.0)
+    assert not verdict.works
+    assert "did not finish booting within 1s" in verdict.message
+    assert "did not exit within 0.1s of SIGKILL" in verdict.detail

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ruddervirt.serve import ConfigError, portal_services
+from ruddervirt.serve import ConfigError, _log_to, log, portal_services, root
 
 
 def names(env: dict[str, str]) -> list[str]:
@@ -59,3 +59,33 @@ def test_each_start_of_a_worker_registers_with_rq_under_a_name_of_its_own():
     first, second = (worker.argv_for(n) for n in (1, 2))
     name_at = first.index("--name") + 1
     assert first[name_at].endswith("-build-1.1") and second[name_at].endswith("-build-1.2")
+
+
+def test_a_reconcile_pass_is_killed_after_twice_its_period_but_never_before_two_minutes():
+    def timeout(every: str) -> float | None:
+        services, _banner = portal_services({"RUDDERVIRT_RECONCILE_EVERY": every}, python="py")
+        return next(s for s in services if s.name == "reconcile").timeout
+
+    assert timeout("60") == 120
+    assert timeout("300") == 600
+
+
+def test_the_supervisor_log_is_rotated_and_keeps_a_bounded_number_of_old_files(tmp_path):
+    path = tmp_path / "supervisor.log"
+    handler = _log_to(path, max_bytes=1000, backups=2)
+    try:
+        for n in range(200):
+            log.warning("worker build-1 exited with status 1 after 0.1s; restart %d", n)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["supervisor.log", "supervisor.log.1", "supervisor.log.2"]
+    assert all((tmp_path / f).stat().st_size <= 1000 for f in files)
+
+
+def test_run_sh_bounds_the_reconcile_before_the_start_and_does_not_hide_its_errors():
+    script = (root() / "scripts" / "run.sh").read_text()
+    (line,) = [x for x in script.splitlines() if "manage.py reconcile" in x]
+    assert line.startswith("timeout 120 ")
+    assert "2>/dev/null" not in line

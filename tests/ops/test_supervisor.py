@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from ruddervirt.supervisor import Backoff, Service, Supervisor, describe_exit
+from ruddervirt.supervisor import (
+    HISTORY_LINES,
+    Backoff,
+    Service,
+    Supervisor,
+    describe_exit,
+    session_of,
+)
 
 PY = sys.executable
 
@@ -164,7 +172,8 @@ sup.run()
 """
 
 
-def test_sigterm_stops_every_child_within_the_grace_period_and_leaves_none_behind(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_stops_every_child_within_the_grace_period_and_leaves_none_behind(tmp_path, sig):
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([PY, "-c", SUPERVISED, str(tmp_path)], cwd=root, start_new_session=True)
     try:
@@ -176,7 +185,7 @@ def test_sigterm_stops_every_child_within_the_grace_period_and_leaves_none_behin
         time.sleep(0.3)  # let the stubborn child install its handler
         pids = {n: int((tmp_path / n).read_text()) for n in names}
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         assert proc.wait(timeout=10) == 0
         assert time.monotonic() - started < 1.5 + 2  # grace, then SIGKILL at once
         time.sleep(0.2)  # the grandchild's reaper (init) may take a moment
@@ -185,6 +194,9 @@ def test_sigterm_stops_every_child_within_the_grace_period_and_leaves_none_behin
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
+        for pid_file in tmp_path.iterdir():  # children a failed stop left behind
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.parametrize("grace", [0.5])
@@ -211,3 +223,82 @@ def test_stop_all_kills_a_child_that_ignores_sigterm_after_the_grace(grace):
     sup.stop_all()
     assert grace <= time.monotonic() - started < grace + 3
     assert not alive(pid)
+
+
+# A child whose grandchild leaves its process group, as RQ's work horse does (os.setpgrp()).
+HORSE = """
+import os, pathlib, sys, time
+if os.fork() == 0:
+    os.setpgrp()
+    pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))
+    time.sleep(60)
+    os._exit(0)
+time.sleep(60)
+"""
+
+
+def start_with_horse(supervised, tmp_path, **kwargs) -> tuple[Supervisor, int, int]:
+    """A supervisor of one such child, ticked once: it, the child's pid, the horse's pid."""
+    sup = Supervisor([Service("worker build-1", (PY, "-c", HORSE, str(tmp_path / "horse")))],
+                     say=kwargs.pop("say", lambda _line: None), **kwargs)  # fmt: skip
+    supervised.append(sup)
+    sup.tick()
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "horse").exists() or not (tmp_path / "horse").read_text():
+        assert time.monotonic() < deadline, "the horse did not start"
+        time.sleep(0.02)
+    horse = int((tmp_path / "horse").read_text())
+    assert os.getpgid(horse) != sup.running()["worker build-1"]  # it left the group
+    return sup, sup.running()["worker build-1"], horse
+
+
+def test_stop_all_kills_a_grandchild_that_left_the_childs_process_group(supervised, tmp_path):
+    sup, worker, horse = start_with_horse(supervised, tmp_path, grace=1)
+    sup.stop_all()
+    assert not alive(worker)
+    assert not alive(horse)
+
+
+def test_a_crashed_childs_leftover_processes_are_killed_before_it_restarts(supervised, tmp_path):
+    heard: list[str] = []
+    sup, worker, horse = start_with_horse(
+        supervised, tmp_path, say=heard.append, backoff=Backoff(first=0.1)
+    )
+    os.kill(worker, signal.SIGKILL)
+    run_until(sup, lambda: sup.running().get("worker build-1", worker) != worker)
+    assert not alive(horse)
+    assert heard[0] == f"killed 1 leftover process of worker build-1 (pid {horse})"
+    assert heard[1].startswith("worker build-1 exited with signal 9 after ")
+
+
+def test_a_periodic_service_that_runs_past_its_timeout_is_killed_and_runs_again(supervised):
+    heard: list[str] = []
+    sup = Supervisor(
+        [Service("reconcile", py("import time; time.sleep(60)"), every=0.1, timeout=0.5)],
+        say=heard.append,
+    )
+    supervised.append(sup)
+    run_until(sup, lambda: "reconcile" in sup.running())
+    first = sup.running()["reconcile"]
+    run_until(sup, lambda: sup.running().get("reconcile", first) != first)
+    assert not alive(first)
+    assert heard[0] == "reconcile ran longer than its 0.5s timeout; killing it"
+    assert heard[1].startswith("reconcile exited with signal 15 after ")
+
+
+def test_the_session_id_is_read_after_the_last_parenthesis_of_the_command_name():
+    stat = "4242 (a (b) c) S 1 4242 4243 0 -1 4194560 0 0"
+    assert session_of(stat) == ("S", 4243)
+
+
+def test_a_childs_history_keeps_only_its_last_lines(supervised):
+    sup = Supervisor(
+        [Service("broken", py("import sys; sys.exit(1)"))],
+        backoff=Backoff(first=0.001, cap=0.001, give_up_after=HISTORY_LINES + 5),
+        say=lambda _line: None,
+    )
+    supervised.append(sup)
+    run_until(sup, lambda: sup.children[0].restarts >= HISTORY_LINES + 2, timeout=60)
+    history = sup.children[0].history
+    assert len(history) == HISTORY_LINES
+    assert history[-1].endswith(f"(restart {sup.children[0].restarts})")

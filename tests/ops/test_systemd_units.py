@@ -108,3 +108,28 @@ def test_systemd_analyze_verify_finds_nothing_to_say(tmp_path):
         capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False,
     )  # fmt: skip
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_every_service_starts_after_libvirt_and_redis_and_wants_them():
+    for name, unit in services().items():
+        after = " ".join(unit["Unit"]["After"]).split()
+        wants = " ".join(unit["Unit"]["Wants"]).split()
+        for dependency in ("libvirtd.service", "redis-server.service"):
+            assert dependency in after and dependency in wants, name
+
+
+def test_every_service_is_hardened_and_the_portal_and_watcher_see_the_system_read_only():
+    units = services()
+    for name, unit in units.items():
+        for key in ("NoNewPrivileges", "PrivateTmp", "ProtectHome"):
+            assert unit["Service"][key] == ["yes"], f"{name}: {key}"
+    for name in ("ruddervirt-portal.service", "ruddervirt-watch-ready.service"):
+        assert units[name]["Service"]["ProtectSystem"] == ["full"], name
+
+
+def test_the_watchers_period_comes_from_the_environment_with_make_runs_default():
+    unit = services()["ruddervirt-watch-ready.service"]
+    assert exec_start(unit)[-2:] == ["--every", "${RUDDERVIRT_READY_EVERY}"]
+    assert "RUDDERVIRT_READY_EVERY=2" in unit["Service"]["Environment"]
+    made = {s.name: s for s in portal_services({}, python="python")[0]}
+    assert made["watch_ready"].argv[-2:] == ("--every", "2")
