@@ -52,6 +52,7 @@ class RudderRun:
     output: Path  # the captured disk
     seen: dict[str, float]  # what bench.build_watch saw happen to the VM
     console: str = ""  # the VM's serial console output
+    build: Build | None = None  # the portal's record of it (portal mode)
 
 
 class RudderFailed(RuntimeError):
@@ -96,8 +97,15 @@ def _in_thread(fn: Callable[[], RudderRun], timeline: Timeline, config: EngineCo
 
 
 def run_portal(
-    text: str, user: AbstractBaseUser, *, echo: Callable[[str], None] | None = None
+    text: str,
+    user: AbstractBaseUser,
+    *,
+    echo: Callable[[str], None] | None = None,
+    use_cache: bool = False,
 ) -> RudderRun:
+    """Build ``text`` as module MODULE. By default every step runs from the source: with the
+    step cache, runs 2..N of the same manifest would reuse run 1's steps and measure the
+    cache instead (bench/rebuild_bench.py measures the cache on purpose)."""
     timeline = Timeline()
 
     def build() -> RudderRun:
@@ -105,16 +113,14 @@ def run_portal(
         runner.DBReporter = timed_reporter_class(DBReporter, timeline)
         try:
             start = time.monotonic()
-            # Every run builds from the source: with the step cache, runs 2..N would reuse
-            # run 1's steps (the same manifest) and measure the cache instead.
             submitted = services.submit_manifest(
-                text=text, module_name=MODULE, user=user, queue=False, use_cache=False
+                text=text, module_name=MODULE, user=user, queue=False, use_cache=use_cache
             )
             done = runner.execute_build(submitted.pk, echo=echo)
             end = time.monotonic()
         finally:
             runner.DBReporter = original
-        return RudderRun(start, end, timeline.events(), _portal_output(done), {})
+        return RudderRun(start, end, timeline.events(), _portal_output(done), {}, build=done)
 
     return _in_thread(build, timeline, runtime.engine_config())
 
