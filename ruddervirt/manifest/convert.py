@@ -120,6 +120,7 @@ def _vm(raw: Raw, network: Network) -> Vm:
         ),
         invisible=raw.get("invisible", False),
         generalize=raw.get("generalize", True),
+        shutdown=raw.get("shutdown"),
     )
 
 

@@ -202,6 +202,16 @@ class Vm:
     invisible: bool = False
     # (ours) False: the template keeps the build's identity (no generalization at capture).
     generalize: bool = True
+    # (ours) How the build stops the VM before capturing its disks: "fast" (sync and freeze
+    # its file systems, then stop it) or "graceful" (the guest's own shutdown). None: the
+    # default for its shell (fast for bash guests, graceful for PowerShell ones).
+    shutdown: str | None = None
+
+    @property
+    def shutdown_mode(self) -> str:
+        if self.shutdown is not None:
+            return self.shutdown
+        return "graceful" if self.communicator.shell == "powershell" else "fast"
 
 
 @dataclass(frozen=True)

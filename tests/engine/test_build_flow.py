@@ -74,18 +74,51 @@ def test_the_guest_is_reached_through_the_vms_own_loopback_forward(build) -> Non
     assert f"SSH forwarded from 127.0.0.1:{endpoint.port}" in " ".join(build.reporter.text())
 
 
-def test_the_build_key_is_removed_from_the_guest_before_it_powers_off(build) -> None:
+GRACEFUL = "    shutdown: graceful\n"
+
+
+def test_the_build_key_is_removed_and_the_disks_synced_before_a_fast_stop(build) -> None:
     guest = build.script("web")
     build.run(manifest_text(vm_yaml("web")))
+    (last,) = [c for c in guest.calls if c.op == "power_off"]
+    assert "sed -i '/ ruddervirt-build-b1$/d'" in last.what
+    assert last.what.index("ruddervirt-build-b1") < last.what.index("sync")
+    assert "poweroff" not in last.what
+    # No agent answers: the root file system is remounted read-only, then the VM stopped.
+    assert "mount -o remount,ro /" in last.what
+    domain = build.domain("web")
+    assert ("destroy", domain) in build.hv.calls and build.hv.frozen == set()
+    assert "stopped the VM once it synced its disks (shutdown: fast)" in build.reporter.text()
+
+
+def test_a_fast_stop_freezes_the_file_systems_through_the_agent_before_stopping(build) -> None:
+    # The guest stays up after the last command (it is not a poweroff).
+    guest = build.script("web", fake.wait(), build.generalized(), fake.power_off(), bare=True)
+    domain = build.domain("web")
+    build.hv.agents.add(domain)
+    build.run(manifest_text(vm_yaml("web")))
+    (last,) = [c for c in guest.calls if c.op == "power_off"]
+    assert "remount" not in last.what  # the agent freezes every file system instead
+    assert build.hv.frozen == {domain}
+    assert build.hv.calls.index(("fsfreeze", domain)) < build.hv.calls.index(("destroy", domain))
+    text = build.reporter.text()
+    assert "its guest agent froze 1 filesystem(s) first" in text
+    assert "stopped the VM once it froze its file systems (shutdown: fast)" in text
+
+
+def test_a_graceful_vm_removes_the_build_key_before_it_powers_off(build) -> None:
+    guest = build.script("web")
+    build.run(manifest_text(vm_yaml("web", extra=GRACEFUL)))
     (poweroff,) = [c for c in guest.calls if c.op == "power_off"]
     assert "sed -i '/ ruddervirt-build-b1$/d'" in poweroff.what
     assert poweroff.what.index("sync") < poweroff.what.index("poweroff")
+    assert "the guest powered off" in build.reporter.text()
 
 
 def test_a_guest_that_stays_up_after_poweroff_gets_the_acpi_button(build) -> None:
     # The domain stays RUNNING after the guest's own poweroff.
     build.script("web", fake.wait(), build.generalized(), fake.power_off(), bare=True)
-    build.run(manifest_text(vm_yaml("web")))
+    build.run(manifest_text(vm_yaml("web", extra=GRACEFUL)))
     text = build.reporter.text()
     assert "the guest did not power off by itself; sending the ACPI power button" in text
     assert "the guest powered off on ACPI" in text
@@ -97,7 +130,7 @@ def test_a_guest_that_stays_up_after_poweroff_is_shut_down_by_its_agent_despite_
     build.script("web", fake.wait(), build.generalized(), fake.power_off(), bare=True)
     build.hv.agents.add(build.domain("web"))
     build.hv.acpi_ignored.add(build.domain("web"))
-    build.run(manifest_text(vm_yaml("web")))
+    build.run(manifest_text(vm_yaml("web", extra=GRACEFUL)))
     text = build.reporter.text()
     assert "the guest did not power off by itself; asked its guest agent to shut it down" in text
     assert "the guest powered off through its guest agent" in text
@@ -111,7 +144,7 @@ def test_a_guest_that_ignores_its_agents_shutdown_is_frozen_by_it_then_forced_of
     domain = build.domain("web")
     build.hv.agents.add(domain)
     build.hv.shutdown = lambda name: ShutdownVia.AGENT  # accepted, and nothing happens
-    build.run(manifest_text(vm_yaml("web")))
+    build.run(manifest_text(vm_yaml("web", extra=GRACEFUL)))
     text = build.reporter.text()
     forced = text.index("the guest ignored its guest agent's shutdown; forcing it off")
     assert text[forced + 1] == "its guest agent froze 1 filesystem(s) first"
@@ -124,7 +157,7 @@ def test_a_guest_without_agent_that_ignores_acpi_is_forced_off_unfrozen_and_says
 ) -> None:
     build.script("web", fake.wait(), build.generalized(), fake.power_off(), bare=True)
     build.hv.acpi_ignored.add(build.domain("web"))
-    build.run(manifest_text(vm_yaml("web")))
+    build.run(manifest_text(vm_yaml("web", extra=GRACEFUL)))
     text = build.reporter.text()
     forced = text.index("the guest ignored ACPI; forcing it off")
     assert text[forced + 1] == "no guest agent answers to freeze its filesystems first"

@@ -79,6 +79,23 @@ def test_a_vm_can_opt_out_of_generalization() -> None:
     assert [vm.generalize for vm in manifest.vms] == [False, True]
 
 
+def test_how_a_vm_is_stopped_for_its_capture_defaults_by_its_shell() -> None:
+    manifest = parse(
+        y("""
+      vms:
+        - name: linux
+          source: $SRC
+        - name: db
+          source: $SRC
+          shutdown: graceful
+        - name: windows
+          source: $SRC
+          communicator: {shell: powershell}
+      """)
+    )
+    assert [vm.shutdown_mode for vm in manifest.vms] == ["fast", "graceful", "graceful"]
+
+
 def test_default_subnet_gateway_is_its_first_host() -> None:
     assert minimal().network.subnets[0].gateway == "10.77.0.1"
     assert Subnet("s", "v", "10.0.0.0/29", unmanaged=True).gateway is None

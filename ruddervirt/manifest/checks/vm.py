@@ -35,6 +35,7 @@ def check_vms(report: Reporter, data: Raw) -> None:
         check_resources(report, f"{vm_path}.resources", vm.get("resources"))
         _check_disks(report, vm_path, vm)
         _check_communicator(report, vm_path, vm)
+        _check_shutdown(report, vm_path, vm)
         _check_boot_command(report, vm_path, vm)
         _check_user_data(report, vm_path, vm)
     for path, override in entries(
@@ -176,6 +177,16 @@ def _check_communicator(report: Reporter, vm_path: str, vm: Raw) -> None:
     seconds = duration(report, f"{path}.sshTimeout", communicator.get("sshTimeout"))
     if seconds == 0:
         report.error(f"{path}.sshTimeout", "expected an SSH timeout longer than 0 (e.g. 10m)")
+
+
+def _check_shutdown(report: Reporter, vm_path: str, vm: Raw) -> None:
+    shell = string(mapping(vm.get("communicator")).get("shell"))
+    if vm.get("shutdown") == "fast" and shell == "powershell":
+        report.error(
+            f"{vm_path}.shutdown",
+            "a PowerShell guest is always shut down gracefully before its capture (Windows "
+            "must finish its own shutdown): remove `shutdown: fast`",
+        )
 
 
 def _check_boot_command(report: Reporter, vm_path: str, vm: Raw) -> None:
