@@ -50,9 +50,6 @@ POWEROFF_POSIX = (
     "sudo -n poweroff 2>/dev/null || poweroff || sudo -n shutdown -h now || shutdown -h now"
 )
 POWEROFF_POWERSHELL = "shutdown /s /t 0 /f"
-# `shutdown: fast` on a guest without an agent: the root file system read-only, so it is
-# clean on disk; best effort (it fails where a process holds a file open for writing).
-READ_ONLY_ROOT = "(sudo -n mount -o remount,ro / || mount -o remount,ro /) 2>/dev/null"
 FAST_SYNC_TIMEOUT_S = 60.0
 OFF_STATES = (DomainState.SHUTOFF, DomainState.ABSENT)
 ACPI_ASKED = "sending the ACPI power button"
@@ -488,14 +485,13 @@ class VMRunner(VMCache, VMDisks, InstallerMedia):
 
     def fast_stop(self) -> None:
         """Sync over SSH, then freeze every file system through the guest agent when one
-        answers (else remount the root file system read-only, best effort), then stop the
-        VM: the disks hold everything the guest wrote, consistent, without waiting for the
-        guest's shutdown path. Services that must stop cleanly (databases) want
-        ``shutdown: graceful``."""
+        answers, then stop the VM: the disks hold everything the guest wrote, without
+        waiting for the guest's shutdown path. Frozen file systems are clean on disk; without
+        an agent they are as after a power loss right after a sync (a journal replays
+        nothing, a file system without one is marked unchecked). Services that must stop
+        cleanly (databases) want ``shutdown: graceful``."""
         agent = self.hv.agent_ping(self.domain, AGENT_PING_TIMEOUT_S)
         command = f"{self.forget_build_key()}; sync"
-        if not agent:
-            command += f"; {READ_ONLY_ROOT}; sync"
         try:
             # The last command of the session (power_off closes it afterwards).
             self.guest().power_off(command, timeout=FAST_SYNC_TIMEOUT_S, cancel=self.stopper.event)

@@ -54,3 +54,19 @@ def list_dir(disk: Path, guest_path: str) -> list[str]:
         if len(parts) >= 5 and parts[4] not in (".", ".."):
             names.append(parts[4])
     return sorted(names)
+
+
+def fsck(disk: Path) -> subprocess.CompletedProcess[str]:
+    """``e2fsck -fn`` of the tiny image's disk (read-only: it changes nothing): exit status
+    0 when the file system has no error."""
+    with tempfile.TemporaryDirectory(prefix="rv-fs-") as tmp:
+        raw = Path(tmp) / "disk.raw"
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(raw)],
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
+        return subprocess.run(
+            ["e2fsck", "-fn", str(raw)], check=False, timeout=120, capture_output=True, text=True
+        )

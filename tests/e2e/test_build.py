@@ -11,7 +11,7 @@ import pytest
 from builds.models import Build, BuildLogLine, BuildStatus, BuildStep, ModuleVersion, StepStatus
 from builds.runner import build_workdir, execute_build
 from builds.services import request_cancel, submit_manifest
-from tests.e2e.guestfs import read_file
+from tests.e2e.guestfs import fsck, read_file
 from tests.helpers import make_user
 from tests.specs import template_disks
 
@@ -112,6 +112,33 @@ def test_build_from_url_runs_every_provisioner_and_captures_a_template(image_ser
     generalized = version.version_spec.vm("web").generalization
     assert generalized is not None and generalized.cloud_init
     assert not build_workdir(done.pk).exists()
+    # shutdown: fast (the default): no agent in the tiny guest, so the VM was stopped right
+    # after a sync; its file system has everything (above) and no error.
+    assert "stopped the VM once it synced its disks (shutdown: fast)" in log
+    assert "the guest powered off" not in log
+    checked = fsck(disk)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+WRITE_LATE = """\
+      - name: write
+        type: shell
+        shell: {inline: "echo written-last > /root/late"}
+"""
+
+
+def test_a_graceful_vm_powers_itself_off_and_its_template_has_what_it_wrote(image_server):
+    text = manifest(image_server, WRITE_LATE).replace(
+        "    cloudInit: {}\n", "    cloudInit: {}\n    shutdown: graceful\n"
+    )
+    done = build(text)
+    assert done.status == BuildStatus.SUCCEEDED, done.error
+    log = log_text(done)
+    assert "the guest powered off" in log and "shutdown: fast" not in log
+    disk = template_disk(done)
+    assert read_file(disk, "/root/late") == b"written-last\n"
+    checked = fsck(disk)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 BUS_OF_EACH_DISK = """\
