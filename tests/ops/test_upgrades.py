@@ -74,9 +74,6 @@ def old_data(apps, storage: Path) -> dict[str, int]:
     Log, BuildChange = get("builds.BuildLogLine"), get("builds.BuildStatusChange")
     Version, Template = get("builds.ModuleVersion"), get("builds.TemplateVM")
     Operation = get("jobs.Operation")
-    Class, Membership = get("clones.Class"), get("clones.ClassMembership")
-    Clone, CloneVM = get("clones.Clone"), get("clones.CloneVM")
-    CloneChange = get("clones.CloneStatusChange")
 
     teacher = User.objects.create(username="old-teacher", password=make_password("pw-old"))
     teacher.groups.add(Group.objects.get(name="Instructors"))
@@ -164,6 +161,27 @@ def old_data(apps, storage: Path) -> dict[str, int]:
     )
     for index, vm in enumerate(("web", "dc")):
         Template.objects.create(version=version, name=vm, index=index, domain_name=f"rv-t-{vm}")
+    klass, clones = old_class(apps, teacher, students, version)
+    return {
+        "teacher": teacher.pk,
+        "module": module.pk,
+        "build": build.pk,
+        "failed": failed.pk,
+        "version": version.pk,
+        "class": klass,
+        "clone1": clones[0],
+        "clone2": clones[1],
+        "student1": students[0].pk,
+    }
+
+
+def old_class(apps, teacher, students, version) -> tuple[int, list[int]]:
+    """A class of the previous release's models: a running clone of `version` per student."""
+    get = apps.get_model
+    Class, Membership = get("clones.Class"), get("clones.ClassMembership")
+    Clone, CloneVM = get("clones.Clone"), get("clones.CloneVM")
+    CloneChange = get("clones.CloneStatusChange")
+    now = timezone.now()
     klass = Class.objects.create(name="Networks 101", owner=teacher)
     klass.instructors.add(teacher)
     clones = []
@@ -191,17 +209,7 @@ def old_data(apps, storage: Path) -> dict[str, int]:
             )
         CloneChange.objects.create(subject=clone, from_status="Starting", to_status="Running")
         clones.append(clone.pk)
-    return {
-        "teacher": teacher.pk,
-        "module": module.pk,
-        "build": build.pk,
-        "failed": failed.pk,
-        "version": version.pk,
-        "class": klass.pk,
-        "clone1": clones[0],
-        "clone2": clones[1],
-        "student1": students[0].pk,
-    }
+    return klass.pk, clones
 
 
 def test_the_previous_release_targets_are_migrations_this_release_still_has():
