@@ -48,10 +48,33 @@ if not SECRET_KEY:
     # without configuration and sessions survive restarts.
     SECRET_KEY = hostfiles.django_secret_key(VAR_DIR / "secret_key")
 
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
-CSRF_TRUSTED_ORIGINS = [
-    o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o
+ALLOWED_HOSTS = [
+    h.strip()
+    for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
+    if h.strip()
 ]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
+
+# --- HTTPS behind a reverse proxy (docs/operations.md#tls-and-the-reverse-proxy) ----------
+# All off by default: `make run` serves plain HTTP on loopback, where Secure cookies would
+# never be sent back and a redirect to https would lead nowhere. deploy/ruddervirt.env turns
+# them on for a portal behind deploy/nginx/ruddervirt.conf.
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", False)
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# Monitoring asks the portal itself over plain HTTP on loopback: never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz(/|$)"]
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+# Only a proxy that always sets X-Forwarded-Proto itself (nginx's proxy_set_header replaces
+# what the client sent) may be trusted with it: anyone who reaches daphne directly could
+# otherwise claim https. Hence a switch of its own, off unless told.
+if env_bool("DJANGO_TRUSTED_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+USE_X_FORWARDED_HOST = env_bool("DJANGO_USE_X_FORWARDED_HOST", False)
 
 INSTALLED_APPS = [
     "daphne",

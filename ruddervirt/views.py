@@ -1,8 +1,10 @@
 """Landing pages: where each role starts."""
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
 
 from accounts.roles import instructor_required, is_instructor
 
@@ -30,5 +32,28 @@ def labs(request: HttpRequest) -> HttpResponse:
     return my_labs(request)
 
 
+@require_GET
+@never_cache
 def healthz(request: HttpRequest) -> HttpResponse:
+    """The portal process answers (for a load balancer, or a wait for daphne's start)."""
     return HttpResponse("ok", content_type="text/plain")
+
+
+@require_GET
+@never_cache
+def healthz_ready(request: HttpRequest) -> JsonResponse:
+    """Whether the database, Redis, libvirtd and the workers answer: 200 when all do, 503
+    when one does not. Anyone may ask; only which checks passed is said, and what each
+    found (URIs, errors) only to a superuser. The checks run at most every few seconds
+    (ruddervirt.health.cached_portal_checks), so asking often costs nothing."""
+    from ruddervirt import health
+
+    checks = health.cached_portal_checks()
+    ok = all(check.ok for check in checks)
+    body: dict[str, object] = {
+        "status": "ok" if ok else "failing",
+        "checks": {check.name: "ok" if check.ok else "fail" for check in checks},
+    }
+    if request.user.is_superuser:
+        body["detail"] = {check.name: check.message for check in checks}
+    return JsonResponse(body, status=200 if ok else 503)

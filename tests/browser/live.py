@@ -162,14 +162,15 @@ class LivePortal:
         )
 
 
-def start_chromium(profile: Path):
-    """A headless Chromium driven by Debian's chromedriver, with a profile of its own."""
+def start_chromium(profile: Path, *flags: str):
+    """A headless Chromium driven by Debian's chromedriver, with a profile of its own (and
+    `flags` besides CHROMIUM_FLAGS)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
+    for flag in (*CHROMIUM_FLAGS, *flags):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

@@ -8,12 +8,14 @@ Redis; one build and one clone worker.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -70,6 +72,17 @@ def healthy(port: int) -> bool:
         return False
 
 
+def readiness(port: int) -> dict | None:
+    """/healthz/ready's answer (200 or 503), or None while the portal does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz/ready", timeout=10) as ok:
+            return json.load(ok)
+    except urllib.error.HTTPError as failing:
+        return json.load(failing)
+    except OSError:
+        return None
+
+
 def wait(what: str, check, timeout: float = START_TIMEOUT_S, log: Path | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,6 +115,9 @@ def test_a_sigkilled_build_worker_is_restarted_and_the_portal_keeps_answering(tm
     try:
         wait("the portal answers", lambda: healthy(port), log=console)
         worker = wait("one build worker", lambda: one(supervisor.pid, "rqworker builds"))
+        # The health endpoint sees the real database, Redis, libvirtd and both workers.
+        every = {"database": "ok", "redis": "ok", "libvirtd": "ok", "workers": "ok"}
+        wait("all healthy", lambda: (readiness(port) or {}).get("checks") == every, log=console)
         portal = one(supervisor.pid, "daphne")
         started |= set(children(supervisor.pid))
         os.kill(worker, signal.SIGKILL)
