@@ -70,9 +70,17 @@ def restore_backup(
     root = Path(settings.RUDDERVIRT_STORAGE_ROOT)
     target_db = database.for_connection(connection.settings_dict)
     refuse_non_empty(force)
+    # A tar is unpacked beside where its files go (same file system: no second copy
+    # elsewhere); the storage root itself keeps the mode setup gave it (QEMU traverses it).
+    root.mkdir(parents=True, exist_ok=True)
     scratch = root / f".restore-{os.getpid()}"
     with archive.opened(Path(src), scratch) as folder:
         manifest = archive.load_manifest(folder)
+        if manifest.database.get("engine") != target_db.engine:
+            raise BackupError(
+                f"the backup holds a {manifest.database.get('engine')} database; this portal "
+                f"uses {target_db.engine}"
+            )
         archive.verify(folder, manifest)
         echo(f"checked the sha256 of all {len(manifest.files)} files of the backup")
         db_file = folder / manifest.database["file"]

@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 from django.contrib.contenttypes.models import ContentType
 from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.recorder import MigrationRecorder
 from django.test import override_settings
 
 from builds.models import Build, BuildStatus, ModuleVersion, TemplateVM
 from clones.models import Class, Clone, CloneStatus, CloneVM
+from consoles.models import ConsoleToken
 from jobs.models import Operation, OperationStatus
 from modules.models import Module
 from ruddervirt.backup import archive
@@ -228,6 +231,7 @@ def test_a_tar_backup_is_private_and_restores_like_a_folder(lab, tmp_path):
         call_command("restore", str(dest))
     assert qimg.backing_of(new_root / TOP.removeprefix("storage/"))[0] == str(new_root / BASE[8:])
     assert not list(new_root.glob(".restore-*"))  # the unpacked copy is gone
+    assert new_root.stat().st_mode & 0o011 == 0o011  # not made private: QEMU enters it
 
 
 def test_backup_never_reads_a_disk_where_builds_write(lab, tmp_path, storage):
@@ -240,3 +244,32 @@ def test_backup_never_reads_a_disk_where_builds_write(lab, tmp_path, storage):
     with pytest.raises(BackupError, match="is in builds/, where running builds write"):
         make_backup(tmp_path / "backup", echo=lambda _: None)
     assert not (tmp_path / "backup").exists()
+
+
+def test_a_backup_of_an_older_schema_is_migrated_forward_by_the_restore(lab, tmp_path):
+    call_command("migrate", "consoles", "zero", verbosity=0)  # the schema before consoles
+    try:
+        make_backup(tmp_path / "old", echo=lambda _: None)
+    finally:
+        call_command("migrate", verbosity=0)
+    old = json.loads((tmp_path / "old/manifest.json").read_text())["database"]["migrations"]
+    assert ["consoles", "0001_initial"] not in old and ["clones", "0001_initial"] in old
+    emptied()
+    with override_settings(RUDDERVIRT_STORAGE_ROOT=tmp_path / "elsewhere"):
+        restore_backup(tmp_path / "old", echo=lambda _: None)
+    assert ("consoles", "0001_initial") in MigrationRecorder(connection).applied_migrations()
+    assert ConsoleToken.objects.count() == 0 and ModuleVersion.objects.count() == 1
+
+
+def test_a_postgresql_portal_is_told_that_only_sqlite_is_backed_up_for_now(lab, tmp_path):
+    from ruddervirt.backup import database
+
+    with pytest.raises(BackupError, match=r"postgresql database are not supported yet.*pg_dump"):
+        database.for_connection({"ENGINE": "django.db.backends.postgresql", "NAME": "rv"})
+    dest = tmp_path / "backup"
+    make_backup(dest, echo=lambda _: None)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["database"]["engine"] = "postgresql"
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BackupError, match="holds a postgresql database; this portal uses sqlite"):
+        restore_backup(dest, force=True, echo=lambda _: None)

@@ -157,6 +157,8 @@ def test_a_backup_taken_while_a_clone_runs_restores_onto_a_fresh_machine_that_cl
     assert Clone.objects.get(pk=clone.pk).status == CloneStatus.RUNNING
     manifest = json.loads((dest / "manifest.json").read_text())
     files = {f["path"]: f for f in manifest["files"]}
+    for f in manifest["files"]:
+        print(f"  {f['path']}  {f['kind']}  mode {f['mode']:o}  {f['size']} bytes  {f['sha256']}")
     [disk] = template_disks(version)
     relative = f"storage/{Path(disk).relative_to(storage).as_posix()}"
     assert files[relative]["sha256"] == sha256_of(Path(disk))

@@ -30,7 +30,7 @@ class Command(BaseCommand):
         except BackupError as exc:
             self.stderr.write(f"restore: refused: {exc}")
             sys.exit(1)
-        counts = ", ".join(f"{n} {what}" for what, n in done.manifest.counts.items())
+        counts = ", ".join(f"{what}: {n}" for what, n in done.manifest.counts.items())
         self.stdout.write(
             f"restored the backup of {done.manifest.created_at} ({counts}); "
             f"{len(done.templates)} template domain(s) defined"
