@@ -43,7 +43,7 @@ from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.context import BuildContext
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.stepcache import StepCache
-from ruddervirt.engine.templates import define_templates, remove_templates
+from ruddervirt.engine.templates import define_templates, remove_templates, version_key
 from ruddervirt.manifest import NO_LIMITS, Manifest, parse
 from ruddervirt.runtime import engine_config, get_hypervisor
 from ruddervirt.spec import SpecError, disk_files, dump_spec
@@ -265,7 +265,11 @@ def _succeed(
         shutil.move(str(result.capture_dir), dest)
         spec = result.spec.rebased(dest.relative_to(config.storage_root).as_posix())
         domains = define_templates(
-            hv, config, key=f"m{module.pk}v{number}", label=f"{module.name}@{number}", spec=spec
+            hv,
+            config,
+            key=version_key(module.pk, number),
+            label=f"{module.name}@{number}",
+            spec=spec,
         )
         try:
             version = ModuleVersion.objects.create(

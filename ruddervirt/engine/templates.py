@@ -14,6 +14,11 @@ from ruddervirt.hypervisor.specs import DomainSpec
 from ruddervirt.spec import Placement, Role, VersionSpec, VMSpec, machine_spec
 
 
+def version_key(module_id: int, number: int) -> str:
+    """The key of version `number` of module `module_id` in its template domains' names."""
+    return f"m{module_id}v{number}"
+
+
 def template_domain_name(config: EngineConfig, key: str, vm: str) -> str:
     return f"{config.name_prefix}tpl-{key}-{vm}"[:80]
 

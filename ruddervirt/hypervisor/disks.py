@@ -61,6 +61,31 @@ def backing_chain(path: Path) -> list[dict[str, Any]]:
     return json.loads(result.stdout)
 
 
+def backing_of(path: Path, *, fmt: ImageFormat = "qcow2") -> tuple[str, str] | None:
+    """The backing file of ``path`` as recorded in it (maybe relative to its folder) and
+    that file's format, or None when it has none. Reads only ``path`` itself, so it works
+    when the backing file is missing. Raises ``DiskError`` for a backing file recorded
+    without its format (it would be probed: see the module's contract)."""
+    data = info(path, fmt=fmt)
+    backing = data.get("backing-filename")
+    if not backing:
+        return None
+    backing_format = data.get("backing-filename-format")
+    if backing_format not in ("qcow2", "raw"):
+        raise DiskError(f"{path}: its backing file {backing} has no known format recorded")
+    return str(backing), str(backing_format)
+
+
+def rebase_unsafe(path: Path, backing: str, *, backing_format: ImageFormat) -> None:
+    """Record ``backing`` (relative to the folder of ``path``, or absolute) as the backing
+    file of qcow2 ``path`` without reading any data (``qemu-img rebase -u``): for a chain
+    whose files moved, the same contents under a new name."""
+    args: list[str | Path] = [
+        QEMU_IMG, "rebase", "-u", "-f", "qcow2", "-F", backing_format, "-b", backing, Path(path)
+    ]  # fmt: skip
+    run(args, timeout=CREATE_TIMEOUT_S)
+
+
 def virtual_size(path: Path, *, fmt: ImageFormat | None = None) -> int:
     """The guest-visible size of ``path`` in bytes."""
     return int(info(path, fmt=fmt)["virtual-size"])
