@@ -79,9 +79,15 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 def run_packer(
-    recipe: Recipe, workdir: Path, *, timeout: float, echo: Callable[[str], None] | None = None
+    recipe: Recipe,
+    workdir: Path,
+    *,
+    timeout: float,
+    echo: Callable[[str], None] | None = None,
+    lean: bool = False,
 ) -> PackerRun:
-    """Build the recipe in ``workdir`` (created; must not exist). Raises PackerFailed."""
+    """Build the recipe in ``workdir`` (created; must not exist); ``lean``: with the lean
+    template (bench.build_recipe.packer_template). Raises PackerFailed."""
     workdir.mkdir(parents=True)
     output = workdir / "out"
     template = workdir / "template.json"
@@ -91,7 +97,7 @@ def run_packer(
         user_data=cloud_config_with_keys(None, [recipe.public_key], VM_NAME),
         meta_data=nocloud_meta_data(instance_id=f"packer-{workdir.name}", hostname=VM_NAME),
     )
-    template.write_text(packer_template(recipe, output, serial, seed))
+    template.write_text(packer_template(recipe, output, serial, seed, lean=lean))
     lines: list[tuple[float, str]] = []
     watch = GuestWatch(lambda: [serial] if serial.exists() else [], str(serial).encode())
     watch.start()

@@ -13,7 +13,7 @@ Phases = Mapping[str, float | None]
 
 @dataclass
 class RunRecord:
-    tool: str  # "RudderVirt" or "Packer"
+    tool: str  # "RudderVirt", "Packer" or "Packer lean"
     index: int
     load1: float  # 1-minute load average when the run started
     busy_domains: int  # other running libvirt domains when the run started
@@ -28,51 +28,56 @@ def _cell(values: list[float], how: Callable[[list[float]], float]) -> str:
     return f"{how(values):.2f}" if values else "-"
 
 
-def rows(rudder: Sequence[RunRecord], packer: Sequence[RunRecord]) -> list[list[str]]:
-    """One row per phase: label, then median and min for RudderVirt, then for Packer."""
+Groups = Mapping[str, Sequence[RunRecord]]  # tool name -> its runs, in column order
+
+
+def rows(groups: Groups) -> list[list[str]]:
+    """One row per phase: label, then median and min of each tool in turn."""
     table = []
     for key, label in PHASES:
         cells = [label]
-        for runs in (rudder, packer):
+        for runs in groups.values():
             values = _values(runs, key)
             cells += [_cell(values, statistics.median), _cell(values, min)]
         table.append(cells)
     return table
 
 
-HEADER = ["phase (seconds)", "RudderVirt median", "RudderVirt min", "Packer median", "Packer min"]
+def header(groups: Groups) -> list[str]:
+    return ["phase (seconds)"] + [f"{tool} {how}" for tool in groups for how in ("median", "min")]
 
 
-def text_table(rudder: Sequence[RunRecord], packer: Sequence[RunRecord]) -> str:
-    body = rows(rudder, packer)
-    widths = [max(len(r[i]) for r in [HEADER, *body]) for i in range(len(HEADER))]
+def text_table(groups: Groups) -> str:
+    head, body = header(groups), rows(groups)
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
 
     def line(cells: list[str]) -> str:
         first = cells[0].ljust(widths[0])
         return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)])
 
-    return "\n".join([line(HEADER), "  ".join("-" * w for w in widths), *map(line, body)])
+    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, body)])
 
 
-def markdown_table(rudder: Sequence[RunRecord], packer: Sequence[RunRecord]) -> str:
+def markdown_table(groups: Groups) -> str:
     def row(cells: list[str]) -> str:
         label = (
             cells[0].replace("  ", "&nbsp;&nbsp;↳ ", 1) if cells[0].startswith("  ") else cells[0]
         )
         return "| " + " | ".join([label, *cells[1:]]) + " |"
 
-    lines = [row(HEADER), "|" + "---|" + "--:|" * (len(HEADER) - 1)]
-    return "\n".join(lines + [row(r) for r in rows(rudder, packer)])
+    head = header(groups)
+    lines = [row(head), "|" + "---|" + "--:|" * (len(head) - 1)]
+    return "\n".join(lines + [row(r) for r in rows(groups)])
 
 
 def run_lines(runs: Sequence[RunRecord]) -> list[str]:
-    """One line per run, in the order they ran."""
+    """One line per run, in the order they ran (the order of ``runs``)."""
     out = []
-    for r in sorted(runs, key=lambda r: (r.index, r.tool != "RudderVirt")):
+    for r in runs:
         total, overhead = r.phases.get("total"), r.phases.get("overhead")
         boot = r.phases.get("boot_to_ssh")
         out.append(
-            f"run {r.index} {r.tool:<10} total {total:6.2f} s, boot→SSH {boot:6.2f} s, "
+            f"run {r.index} {r.tool:<11} total {total:6.2f} s, boot→SSH {boot:6.2f} s, "
             f"overhead {overhead:5.2f} s (load {r.load1:.2f}, other running VMs "
             f"{r.busy_domains})"
         )

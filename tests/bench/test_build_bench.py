@@ -114,11 +114,36 @@ def test_the_packer_template_keeps_the_guest_off_the_network_and_vnc_on_loopback
     assert [p["type"] for p in template["provisioners"]] == ["shell", "file", "shell"]
 
 
+def test_the_lean_packer_template_has_qemus_own_devices_the_seed_on_virtio_and_a_fast_poweroff(
+    recipe, tmp_path
+):
+    seed = tmp_path / "seed.iso"
+    template = json.loads(
+        packer_template(recipe, tmp_path / "out", tmp_path / "serial.log", seed, lean=True)
+    )
+    builder = template["builders"][0]
+    args = [tuple(a) for a in builder["qemuargs"]]
+    flags = [a[0] for a in args]
+    assert "-cpu" not in flags and "-cdrom" not in flags and "-object" not in flags
+    assert "-drive" not in flags  # Packer keeps its own disk
+    assert ("-device", "virtio-blk-pci,drive=seed") in args
+    assert any(a[0] == "-blockdev" and f"file.filename={seed}" in a[1] for a in args)
+    assert (
+        "-netdev",
+        "user,id=user.0,restrict=on,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22",
+    ) in args
+    assert builder["boot_wait"] == "1s"
+    assert "sync; poweroff -f" in builder["shutdown_command"]
+
+
 @pytest.mark.skipif(shutil.which("packer") is None, reason="Debian's packer is not installed")
-def test_packer_accepts_the_template(recipe, tmp_path):
+@pytest.mark.parametrize("lean", [False, True], ids=["dressed", "lean"])
+def test_packer_accepts_the_template(recipe, tmp_path, lean):
     path = tmp_path / "template.json"
     path.write_text(
-        packer_template(recipe, tmp_path / "out", tmp_path / "serial.log", tmp_path / "seed.iso")
+        packer_template(
+            recipe, tmp_path / "out", tmp_path / "serial.log", tmp_path / "seed.iso", lean=lean
+        )
     )
 
     done = subprocess.run(
@@ -313,8 +338,8 @@ def test_tables_give_median_and_min_and_a_dash_for_what_was_not_measured():
         for i, t in enumerate((30.0, 10.0, 20.0))
     ]
 
-    text = text_table(runs, [])
-    markdown = markdown_table(runs, [])
+    text = text_table({"RudderVirt": runs, "Packer": []})
+    markdown = markdown_table({"RudderVirt": runs, "Packer": []})
 
     total = next(line for line in text.splitlines() if line.startswith("total"))
     assert total.split()[1:] == ["20.00", "10.00", "-", "-"]
