@@ -5,8 +5,8 @@ which run inside each clone through its qemu-guest-agent, and the gradebook, the
 `manage.py grade --json` show the difference. The student sees names and points only, never
 the commands, and not the other student's results.
 
-What the run printed is kept in /tmp/rv/grade/ (grade.json, gradebook.csv, gradebook.html)
-for the record.
+What the run printed is kept in /tmp/rv/grade/ (grade.json, gradebook.csv, gradebook.html,
+and the student's lab page, lab.html) for the record.
 """
 
 from __future__ import annotations
@@ -178,6 +178,7 @@ def judge(klass, clones, students, owner, data: dict) -> None:
     finn_client = client_for(students["finn"])
     mine, theirs = clones["finn"], clones["erin"]
     lab = finn_client.get(f"/clones/{mine.pk}/lab/").content.decode()
+    (RECORD / "lab.html").write_text(lab)
     assert "<h1>Web lab</h1>" in lab and "<script>x()" not in lab
     assert "notes written" in lab and "grep -q student" not in lab and "os-release" not in lab
     assert finn_client.get(f"/clones/{theirs.pk}/checks.json").status_code == 403
