@@ -208,6 +208,9 @@ class ModuleVersion(models.Model):
     # what templates, clones, capacity, consoles and the topology picture read. Null only
     # for a version an older RudderVirt made that the migration could not convert.
     spec = models.JSONField(null=True)
+    # The students' instructions (Markdown): the module's briefing when the version was
+    # captured, edited per version afterwards by its instructor (modules.briefing renders it).
+    briefing = models.TextField(blank=True, default="", db_default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

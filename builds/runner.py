@@ -280,6 +280,7 @@ def _succeed(
                 manifest_sha256=build.manifest_sha256,
                 storage_path=str(dest),
                 spec=dump_spec(spec),
+                briefing=Module.objects.get(pk=module.pk).briefing,
             )
             for index, (vm, domain) in enumerate(zip(spec.vms, domains, strict=True)):
                 TemplateVM.objects.create(

@@ -15,6 +15,7 @@ from builds import consoles, services
 from builds.models import Build, BuildLogLine, ModuleVersion
 from builds.reporting import format_line
 from jobs.models import RUNS_SHOWN, Operation
+from modules.forms import BriefingForm
 from modules.models import Module
 from modules.services import can_manage
 
@@ -141,10 +142,8 @@ def decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
 
 @instructor_required
 def version_diff(request: HttpRequest, name: str, number: int) -> HttpResponse:
-    module = get_object_or_404(Module, name=name)
-    if not can_manage(request.user, module):
-        raise PermissionDenied("This module belongs to another instructor.")
-    version = get_object_or_404(ModuleVersion, module=module, number=number)
+    version = _managed_version(request, name, number)
+    module = version.module
     previous = (
         ModuleVersion.objects.filter(module=module, number__lt=number).order_by("-number").first()
     )
@@ -169,3 +168,27 @@ def manifest_diff(previous: ModuleVersion | None, version: ModuleVersion) -> lis
     )
     kinds = {"+": "add", "-": "del", "@": "hunk"}
     return [(kinds.get(line[:1], "ctx"), line) for line in lines]
+
+
+@instructor_required
+def version_briefing(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    """One version's briefing (a copy of the module's when it was built), edited for it."""
+    version = _managed_version(request, name, number)
+    module = version.module
+    form = BriefingForm(request.POST or None, initial={"briefing": version.briefing})
+    if request.method == "POST" and form.is_valid():
+        version.briefing = form.cleaned_data["briefing"]
+        version.save(update_fields=["briefing"])
+        messages.success(request, f"Briefing of {version} saved.")
+        return redirect(module)
+    context = {"form": form, "module": module, "version": version}
+    return render(request, "modules/briefing.html", context, status=400 if form.errors else 200)
+
+
+def _managed_version(request: HttpRequest, name: str, number: int) -> ModuleVersion:
+    module = get_object_or_404(Module, name=name)
+    if not can_manage(request.user, module):
+        raise PermissionDenied("This module belongs to another instructor.")
+    return get_object_or_404(
+        ModuleVersion.objects.select_related("module"), module=module, number=number
+    )

@@ -7,10 +7,10 @@ class ClonesConfig(AppConfig):
 
     def ready(self) -> None:
         # What this app's work holds of the host counts whenever anyone asks for room.
-        from clones import reconcile, runner
+        from clones import grading, reconcile, runner
         from clones.capacity import promised_by_clones
         from clones.jobs import JOB_TIMEOUT_S, QUEUE, kind_name
-        from clones.models import Clone
+        from clones.models import Clone, GradingRun
         from jobs import registry
         from ruddervirt import capacity
         from ruddervirt.engine.clone import KIND
@@ -32,6 +32,18 @@ class ClonesConfig(AppConfig):
                     batch=runner.provision_batch if action == "provision" else None,
                 )
             )
+        registry.register(
+            registry.Kind(
+                name=grading.KIND,
+                label="checks",
+                model=GradingRun,
+                queue=QUEUE,
+                run=grading.run_job,
+                timeout_s=grading.job_timeout,
+                interrupted=grading.interrupted,
+                unqueued=grading.unqueued,
+            )
+        )
         registry.register_owner(
             registry.Owner(tag=KIND, key_field="clone", live=reconcile.live_clone_keys)
         )

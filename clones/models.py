@@ -192,3 +192,55 @@ class CloneVM(models.Model):
     def is_ready(self) -> bool:
         """Its guest answered since it was last started, and it still runs."""
         return self.ready_at is not None and self.state == "running"
+
+
+class GradingRun(models.Model):
+    """One run of a module's rubric in one clone (clones.grading): which rubric revision,
+    who asked, when it ran, and the score. Its checks' results are CheckResult rows; the job
+    that ran it is a jobs.Operation of kind "grade" with this row as its target."""
+
+    clone = models.ForeignKey(Clone, on_delete=models.CASCADE, related_name="grading_runs")
+    rubric = models.ForeignKey(
+        "modules.RubricRevision", on_delete=models.PROTECT, related_name="runs"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    by_student = models.BooleanField(default=False)  # "Check my work"
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    score = models.PositiveIntegerField(default=0)
+    max_score = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)  # why the run as a whole did not happen
+
+    class Meta:
+        ordering = ["clone", "-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"grading run {self.pk} of clone {self.clone_id}"
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None
+
+
+class CheckResult(models.Model):
+    """One check of a grading run: its name and points (what a student may see), and its
+    output and exit status (for instructors only)."""
+
+    run = models.ForeignKey(GradingRun, on_delete=models.CASCADE, related_name="results")
+    index = models.PositiveIntegerField()
+    name = models.CharField(max_length=100)
+    vm = models.CharField(max_length=63)
+    points = models.PositiveIntegerField()
+    passed = models.BooleanField(default=False)
+    exit_code = models.IntegerField(null=True, blank=True)
+    output = models.TextField(blank=True)  # stdout, then stderr, each cut (rubric caps)
+    duration_s = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="unique_check_result")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.name}: {'passed' if self.passed else 'failed'}"

@@ -13,7 +13,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from accounts.roles import instructor_required
-from clones import services, students
+from clones import grading, services, students
 from clones.forms import ClassForm, LaunchForm, LimitsForm, StudentsForm
 from clones.models import Class, Clone
 from jobs.models import RUNS_SHOWN, Operation
@@ -73,6 +73,7 @@ def class_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "launch_form": LaunchForm(versions=services.versions_for(request.user)),
         "students_form": StudentsForm(),
         "limits_form": LimitsForm(),
+        "gradebook": grading.gradebook(klass),
     }
     return render(request, "clones/class_detail.html", context)
 

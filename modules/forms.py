@@ -1,6 +1,8 @@
 from django import forms
 
+from modules.briefing import MAX_BRIEFING_BYTES
 from modules.models import dns_label
+from ruddervirt import rubric
 
 MAX_MANIFEST_BYTES = 1024 * 1024
 
@@ -31,3 +33,32 @@ class ManifestForm(forms.Form):
     )
 
     clean_manifest = ModuleForm.clean_manifest
+
+
+class RubricForm(forms.Form):
+    rubric = forms.CharField(
+        strip=False, widget=forms.Textarea(attrs={"rows": 24, "spellcheck": "false"})
+    )
+
+    def clean_rubric(self) -> str:
+        text = self.cleaned_data["rubric"].replace("\r\n", "\n")
+        if len(text.encode("utf-8")) > rubric.MAX_BYTES:
+            raise forms.ValidationError(f"A rubric may be at most {rubric.MAX_BYTES // 1024} KiB.")
+        return text
+
+
+class BriefingForm(forms.Form):
+    briefing = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 20}),
+        help_text="Markdown. Raw HTML is removed; links open in a new tab.",
+    )
+
+    def clean_briefing(self) -> str:
+        text = self.cleaned_data["briefing"].replace("\r\n", "\n")
+        if len(text.encode("utf-8")) > MAX_BRIEFING_BYTES:
+            raise forms.ValidationError(
+                f"A briefing may be at most {MAX_BRIEFING_BYTES // 1024} KiB."
+            )
+        return text

@@ -24,6 +24,9 @@ class Module(models.Model):
 
     name = models.CharField(max_length=63, unique=True, validators=[dns_label])
     description = models.TextField(blank=True)
+    # The students' instructions (Markdown), as the instructor edits them now; each version
+    # gets a copy when it is captured (ModuleVersion.briefing), editable there afterwards.
+    briefing = models.TextField(blank=True, default="", db_default="")
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="modules"
     )
@@ -43,11 +46,16 @@ class Module(models.Model):
     def latest_revision(self) -> ManifestRevision | None:
         return self.revisions.order_by("-number").first()
 
+    @property
+    def rubric(self) -> RubricRevision | None:
+        """The rubric in force: the newest revision (None: the module has no rubric)."""
+        return self.rubric_revisions.order_by("-number").first()
 
-class ManifestRevision(models.Model):
-    """One saved manifest text of a module. Never edited, never deleted with history intact."""
 
-    module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="revisions")
+class TextRevision(models.Model):
+    """A saved text of a module's (its manifest, its rubric): numbered, with its sha256 and
+    who saved it. Never edited; the same text saved again makes no new revision."""
+
     number = models.PositiveIntegerField()
     text = models.TextField()
     sha256 = models.CharField(max_length=64, db_index=True)
@@ -57,10 +65,34 @@ class ManifestRevision(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        abstract = True
         ordering = ["module", "-number"]
+
+
+class ManifestRevision(TextRevision):
+    """One saved manifest text of a module. Never edited, never deleted with history intact."""
+
+    module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="revisions")
+
+    class Meta(TextRevision.Meta):
         constraints = [
             models.UniqueConstraint(fields=["module", "number"], name="unique_revision_number")
         ]
 
     def __str__(self) -> str:
         return f"{self.module.name} r{self.number}"
+
+
+class RubricRevision(TextRevision):
+    """One saved rubric text of a module (ruddervirt.rubric), kept like manifest revisions;
+    grading runs name the revision they ran."""
+
+    module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="rubric_revisions")
+
+    class Meta(TextRevision.Meta):
+        constraints = [
+            models.UniqueConstraint(fields=["module", "number"], name="unique_rubric_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.module.name} rubric r{self.number}"

@@ -9,8 +9,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.roles import instructor_required
-from modules.forms import MAX_MANIFEST_BYTES, ManifestForm, ModuleForm
+from modules.forms import MAX_MANIFEST_BYTES, BriefingForm, ManifestForm, ModuleForm, RubricForm
 from modules.models import Module
+from modules.rubrics import RubricRejected, save_rubric, validate_rubric
 from modules.services import (
     ManifestRejected,
     ModuleNameTaken,
@@ -20,10 +21,11 @@ from modules.services import (
     save_manifest,
     validate_for,
 )
+from ruddervirt import rubric as rubrics
 from ruddervirt.manifest import ValidationResult
 
 
-def result_json(result: ValidationResult) -> dict:
+def result_json(result: ValidationResult | rubrics.RubricResult) -> dict:
     return {
         "valid": result.valid,
         "errors": [p.to_dict() for p in result.errors],
@@ -112,8 +114,12 @@ def module_edit(request: HttpRequest, name: str) -> HttpResponse:
 def revision_text(request: HttpRequest, name: str, number: int) -> HttpResponse:
     module = _managed_module(request, name)
     revision = get_object_or_404(module.revisions, number=number)
-    response = HttpResponse(revision.text, content_type="text/plain; charset=utf-8")
-    response["Content-Disposition"] = f'inline; filename="{module.name}-r{number}.yaml"'
+    return _yaml_text(revision.text, f"{module.name}-r{number}.yaml")
+
+
+def _yaml_text(text: str, filename: str) -> HttpResponse:
+    response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'inline; filename="{filename}"'
     return response
 
 
@@ -131,3 +137,61 @@ def validate_view(request: HttpRequest) -> JsonResponse:
         }
         return JsonResponse({"valid": False, "errors": [problem], "warnings": []}, status=413)
     return JsonResponse(result_json(validate_for(text, user=request.user)))
+
+
+# --- teaching: the rubric and the briefing --------------------------------------------------
+@instructor_required
+def rubric_edit(request: HttpRequest, name: str) -> HttpResponse:
+    """The module's rubric (ruddervirt.rubric) in the manifest editor, and its history."""
+    module = _managed_module(request, name)
+    current = module.rubric
+    form = RubricForm(request.POST or None, initial={"rubric": current.text if current else ""})
+    problems = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            saved = save_rubric(module=module, text=form.cleaned_data["rubric"], user=request.user)
+        except RubricRejected as exc:
+            problems = result_json(exc.result)
+        else:
+            if saved.created:
+                messages.success(request, f"Rubric saved as revision {saved.revision.number}.")
+            else:
+                messages.info(request, "No change: the rubric is the same as the newest revision.")
+            return redirect("modules:rubric", module.name)
+    context = {
+        "form": form,
+        "problems": problems,
+        "module": module,
+        "revisions": module.rubric_revisions.select_related("created_by"),
+    }
+    status = 400 if request.method == "POST" else 200
+    return render(request, "modules/rubric.html", context, status=status)
+
+
+@require_POST
+@instructor_required
+def rubric_validate(request: HttpRequest, name: str) -> JsonResponse:
+    module = _managed_module(request, name)
+    text = request.POST.get("rubric", "").replace("\r\n", "\n")
+    return JsonResponse(result_json(validate_rubric(module, text)))
+
+
+@instructor_required
+def rubric_text(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    module = _managed_module(request, name)
+    revision = get_object_or_404(module.rubric_revisions, number=number)
+    return _yaml_text(revision.text, f"{module.name}-rubric-r{number}.yaml")
+
+
+@instructor_required
+def briefing_edit(request: HttpRequest, name: str) -> HttpResponse:
+    """The module's briefing: the Markdown each version built from now on starts with."""
+    module = _managed_module(request, name)
+    form = BriefingForm(request.POST or None, initial={"briefing": module.briefing})
+    if request.method == "POST" and form.is_valid():
+        module.briefing = form.cleaned_data["briefing"]
+        module.save(update_fields=["briefing", "updated_at"])
+        messages.success(request, "Briefing saved: versions built from now on start with it.")
+        return redirect(module)
+    context = {"form": form, "module": module, "version": None}
+    return render(request, "modules/briefing.html", context, status=400 if form.errors else 200)

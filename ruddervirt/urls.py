@@ -16,6 +16,11 @@ urlpatterns = [
     path("modules/", include("modules.urls")),
     path("modules/<slug:name>/build/", build_views.start, name="build-start"),
     path("modules/<slug:name>/versions/<int:number>/", build_views.version_diff, name="version"),
+    path(
+        "modules/<slug:name>/versions/<int:number>/briefing/",
+        build_views.version_briefing,
+        name="version-briefing",
+    ),
     path("builds/", include("builds.urls")),
     path("console/", include("consoles.urls")),
     path("clones/", include("clones.urls")),

@@ -38,6 +38,7 @@ CORE = (
     "ruddervirt.guest",
     "ruddervirt.hypervisor",
     "ruddervirt.manifest",
+    "ruddervirt.rubric",
     "ruddervirt.spec",
 )
 CORE_HELPERS = (

@@ -89,6 +89,20 @@ class DomainFault:
 
 
 @dataclass(frozen=True)
+class ExecResult:
+    """What a command run through the guest agent did: its exit status (None when it was
+    killed: by a signal, or by ``guest_exec`` after its timeout), the start of its stdout and
+    stderr, and whether either was cut (``truncated``)."""
+
+    exit_code: int | None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    timed_out: bool = False
+    signal: int | None = None
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
 class DomainInfo:
     """One domain as listed: its name, state and owner metadata tags."""
 
@@ -144,6 +158,17 @@ class Hypervisor(Protocol):
         agent answers within ``timeout_s`` (as agent_ping). HypervisorError when the agent
         answers but cannot freeze (e.g. a guest without freeze support). DomainNotFound
         when absent. Nothing thaws them but guest-fsfreeze-thaw or the next boot."""
+
+    def guest_exec(
+        self, name: str, argv: Sequence[str], *, timeout_s: float, max_output: int
+    ) -> ExecResult | None:
+        """Run ``argv`` (a program and its arguments, never a shell string) in the guest
+        through its qemu-guest-agent: guest-exec, then guest-exec-status polled until it
+        exits or ``timeout_s`` passes (then the agent kills it and ``timed_out`` is set).
+        Keeps at most ``max_output`` bytes of stdout and of stderr. None, never an error,
+        when no agent answers (as agent_ping). HypervisorError when the agent answers but
+        refuses (guest-exec disabled in the guest, no such program). DomainNotFound when
+        absent."""
 
     def destroy(self, name: str) -> None:
         """Pull the plug; no error when already off. DomainNotFound when absent."""

@@ -6,15 +6,16 @@ is not active, console of a stopped domain, ...). State changes happen at once: 
 a domain RUNNING, ``shutdown`` makes it SHUTOFF unless its name is in ``acpi_ignored`` (a guest
 that ignores the power button, like busybox init) and not in ``agents`` (a guest whose
 qemu-guest-agent answers: ``agent_ping`` says True while it runs, and ``shutdown`` goes through
-the agent, whatever ACPI would do, and ``fsfreeze`` freezes one filesystem). Tests can force
-a state with :meth:`FakeHypervisor.set_state` and inspect ``sent_keys``, ``frozen`` and
-``calls``. Thread-safe.
+the agent, whatever ACPI would do, ``fsfreeze`` freezes one filesystem, and ``guest_exec``
+asks ``guests[name]``, a function of argv, what the command does; exit 0 with no output
+without one). Tests can force a state with :meth:`FakeHypervisor.set_state` and inspect
+``sent_keys``, ``frozen``, ``executed`` and ``calls``. Thread-safe.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ruddervirt.hypervisor.driver import (
     DomainInfo,
     DomainNotFound,
     DomainState,
+    ExecResult,
     HypervisorError,
     InvalidState,
     NetworkInfo,
@@ -74,6 +76,8 @@ class FakeHypervisor:
         self.acpi_ignored: set[str] = set()
         self.agents: set[str] = set()
         self.frozen: set[str] = set()
+        self.guests: dict[str, Callable[[list[str]], ExecResult]] = {}
+        self.executed: list[tuple[str, list[str]]] = []
         self.calls: list[tuple[str, str]] = []
         self.snapshots: list[tuple[str, dict[Path, Path]]] = []
         self._lock = threading.RLock()
@@ -198,6 +202,31 @@ class FakeHypervisor:
             self._record("fsfreeze", name)
             self.frozen.add(name)
             return 1
+
+    def guest_exec(
+        self, name: str, argv: Sequence[str], *, timeout_s: float, max_output: int
+    ) -> ExecResult | None:
+        """See :meth:`Hypervisor.guest_exec`: None unless the domain runs and is in ``agents``;
+        else ``guests[name](argv)`` (exit 0 when none is set), its output cut to
+        ``max_output``."""
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError(f"argv must be a non-empty list of strings, got {argv!r}")
+        if not self.agent_ping(name, max(timeout_s, 0.001)):
+            return None
+        with self._lock:
+            self._record("guest_exec", name)
+            self.executed.append((name, list(argv)))
+            guest = self.guests.get(name)
+        result = guest(list(argv)) if guest else ExecResult(exit_code=0)
+        cut = len(result.stdout) > max_output or len(result.stderr) > max_output
+        return ExecResult(
+            exit_code=result.exit_code,
+            stdout=result.stdout[:max_output],
+            stderr=result.stderr[:max_output],
+            timed_out=result.timed_out,
+            signal=result.signal,
+            truncated=result.truncated or cut,
+        )
 
     def destroy(self, name: str) -> None:
         """See :meth:`Hypervisor.destroy`."""

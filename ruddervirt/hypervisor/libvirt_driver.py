@@ -25,7 +25,7 @@ from pathlib import Path
 import libvirt
 import libvirt_qemu
 
-from ruddervirt.hypervisor import gateway, qemu_log
+from ruddervirt.hypervisor import gateway, guest_exec, qemu_log
 from ruddervirt.hypervisor.domain_xml import OWNER_NS, build_domain_xml, parse_owner_metadata
 from ruddervirt.hypervisor.driver import (
     AGENT_PING_TIMEOUT_S,
@@ -35,6 +35,7 @@ from ruddervirt.hypervisor.driver import (
     DomainInfo,
     DomainNotFound,
     DomainState,
+    ExecResult,
     HypervisorError,
     InvalidState,
     NetworkInfo,
@@ -310,6 +311,25 @@ class LibvirtHypervisor:
         except libvirt.libvirtError as exc:
             raise _translate(exc, f"guest agent of {name!r}: fsfreeze") from exc
         return int(json.loads(reply)["return"])
+
+    def guest_exec(
+        self, name: str, argv: Sequence[str], *, timeout_s: float, max_output: int
+    ) -> ExecResult | None:
+        """See :meth:`Hypervisor.guest_exec` (the polling is ``guest_exec.run``'s)."""
+        dom = self._domain(name)
+
+        def send(command: str, timeout: int) -> str:
+            try:
+                return str(libvirt_qemu.qemuAgentCommand(dom, command, timeout, 0))
+            except libvirt.libvirtError as exc:
+                if _is(exc, *_NO_AGENT):
+                    raise guest_exec.AgentNotAnswering(str(exc)) from exc
+                raise _translate(exc, f"guest agent of {name!r}") from exc
+
+        try:
+            return guest_exec.run(send, argv, timeout_s=timeout_s, max_output=max_output)
+        except guest_exec.AgentNotAnswering:
+            return None
 
     def destroy(self, name: str) -> None:
         """See :meth:`Hypervisor.destroy`."""

@@ -65,8 +65,22 @@ def _validator() -> Draft202012Validator:
 def schema_problems(data: object, index: PositionIndex, limit: int) -> list[Problem]:
     """Schema violations in `data` (about `limit` at most: a document of 50000 wrong list
     items needs no 50000 messages), as problems with paths, positions and messages."""
+    return problems_against(_validator(), data, index, limit)
+
+
+def validator_for(document_schema: dict[str, object]) -> Draft202012Validator:
+    """A validator of another document kept the manifest's way (a rubric: ruddervirt.rubric),
+    with the same strict `pattern`; its messages come from the same `x-expected` phrases."""
+    Draft202012Validator.check_schema(document_schema)
+    return ManifestValidator(document_schema)
+
+
+def problems_against(
+    validator: Draft202012Validator, data: object, index: PositionIndex, limit: int
+) -> list[Problem]:
+    """`schema_problems` for any validator (the manifest's or `validator_for`'s)."""
     problems: list[Problem] = []
-    for error in _validator().iter_errors(data):
+    for error in validator.iter_errors(data):
         problems.extend(_rewrite(error, index))
         if len(problems) >= limit:
             break

@@ -2,7 +2,11 @@
 // beside each line (gutter marker + message under the line) and listed below.
 (function () {
   "use strict";
-  const textarea = document.getElementById("id_manifest");
+  // The validate button names the field it checks: "manifest", or "rubric" (the same
+  // editor and the same answer: {valid, errors, warnings} with paths and lines).
+  const button = document.getElementById("validate");
+  const field = (button && button.dataset.field) || "manifest";
+  const textarea = document.getElementById("id_" + field);
   if (!textarea || !window.CodeMirror) return;
   const editor = CodeMirror.fromTextArea(textarea, {
     mode: "yaml",
@@ -16,7 +20,6 @@
   editor.setSize(null, "32em");
   const list = document.getElementById("problems");
   const summary = document.getElementById("validation-summary");
-  const button = document.getElementById("validate");
   let widgets = [];
 
   function csrfToken() {
@@ -68,7 +71,7 @@
     editor.save();
     summary.className = "";
     summary.textContent = "Validating…";
-    const body = new URLSearchParams({manifest: editor.getValue()});
+    const body = new URLSearchParams({[field]: editor.getValue()});
     try {
       const response = await fetch(button.dataset.url, {
         method: "POST",
