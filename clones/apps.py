@@ -7,7 +7,7 @@ class ClonesConfig(AppConfig):
 
     def ready(self) -> None:
         # What this app's work holds of the host counts whenever anyone asks for room.
-        from clones import reconcile, runner
+        from clones import reconcile, runner, warm
         from clones.capacity import promised_by_clones
         from clones.jobs import JOB_TIMEOUT_S, QUEUE, kind_name
         from clones.models import Clone
@@ -36,3 +36,4 @@ class ClonesConfig(AppConfig):
             registry.Owner(tag=KIND, key_field="clone", live=reconcile.live_clone_keys)
         )
         registry.register_sweep("clones", reconcile.reconcile_clones)
+        warm.register(registry)

@@ -116,6 +116,15 @@ class ConsoleAddress:
     socket: Path | None = None
 
 
+@dataclass(frozen=True)
+class GuestExecResult:
+    """What a program run in the guest by its agent (guest-exec) ended with."""
+
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
 @runtime_checkable
 class Hypervisor(Protocol):
     """Everything the pipelines ask of a hypervisor. Names are full domain/network names."""
@@ -144,6 +153,34 @@ class Hypervisor(Protocol):
         agent answers within ``timeout_s`` (as agent_ping). HypervisorError when the agent
         answers but cannot freeze (e.g. a guest without freeze support). DomainNotFound
         when absent. Nothing thaws them but guest-fsfreeze-thaw or the next boot."""
+
+    def save(self, name: str, path: Path) -> None:
+        """Write the running (or paused) domain's memory and device state to the new file
+        ``path`` and stop it (its definition stays; its disks are no longer written): a
+        later :meth:`restore` resumes the guest exactly there. InvalidState when it is not
+        running; DomainNotFound when absent."""
+
+    def restore(self, path: Path, spec: DomainSpec, *, paused: bool = False) -> None:
+        """Run the defined, shut-off domain ``spec.name`` from the state :meth:`save` wrote
+        to ``path``, with ``spec`` as its machine: its host side (name, disk files,
+        networks, ports) may differ from the saved domain's, its guest-visible side (CPU,
+        memory, devices, MACs) may not (HypervisorError, as libvirt's ABI check says).
+        ``path`` is only read: many domains may restore from one file, at once. Running, or
+        with stopped vCPUs when ``paused`` (then :meth:`resume`)."""
+
+    def resume(self, name: str) -> None:
+        """Let a paused domain's vCPUs run; no-op when it is not paused."""
+
+    def set_guest_time(self, name: str, timeout_s: float) -> bool:
+        """Set the guest's clock to the host's through its qemu-guest-agent (guest-set-time);
+        False, never an error, when no agent answers within ``timeout_s`` (as agent_ping)."""
+
+    def guest_exec(
+        self, name: str, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float
+    ) -> GuestExecResult | None:
+        """Run ``argv`` (a program and its arguments, no shell) in the guest through its
+        agent (guest-exec), feeding it ``stdin``, and wait up to ``timeout_s`` for it to
+        end. None when no agent answers; HypervisorError when it does not end in time."""
 
     def destroy(self, name: str) -> None:
         """Pull the plug; no error when already off. DomainNotFound when absent."""

@@ -13,6 +13,7 @@ a state with :meth:`FakeHypervisor.set_state` and inspect ``sent_keys``, ``froze
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ruddervirt.hypervisor.driver import (
     DomainInfo,
     DomainNotFound,
     DomainState,
+    GuestExecResult,
     HypervisorError,
     InvalidState,
     NetworkInfo,
@@ -76,6 +78,11 @@ class FakeHypervisor:
         self.frozen: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self.snapshots: list[tuple[str, dict[Path, Path]]] = []
+        self.restore_fails: dict[str, str] = {}  # domain -> why its restore fails
+        self.restored: list[tuple[str, Path]] = []  # (domain, state file) per restore
+        self.clock_set: list[str] = []
+        self.execs: list[tuple[str, tuple[str, ...], bytes]] = []  # (domain, argv, stdin)
+        self.exec_exit_code = 0
         self._lock = threading.RLock()
         self._next_port = FIRST_VNC_PORT
 
@@ -198,6 +205,61 @@ class FakeHypervisor:
             self._record("fsfreeze", name)
             self.frozen.add(name)
             return 1
+
+    def save(self, name: str, path: Path) -> None:
+        """See :meth:`Hypervisor.save`: writes the domain's guest-visible machine as JSON."""
+        with self._lock:
+            self._record("save", name)
+            dom = self._running(name, "save")
+            if path.exists():
+                raise HypervisorError(f"save {name!r}: {path} exists")
+            path.write_text(json.dumps({"saved": name, "machine": machine_of(dom.spec)}))
+            dom.state, dom.vnc_port = DomainState.SHUTOFF, None
+
+    def restore(self, path: Path, spec: DomainSpec, *, paused: bool = False) -> None:
+        """See :meth:`Hypervisor.restore`: the file must be one :meth:`save` wrote, of the
+        same guest-visible machine (as libvirt's ABI check); ``restore_fails`` fails it."""
+        with self._lock:
+            self._record("restore", spec.name)
+            dom = self._dom(spec.name)
+            if dom.state in _ACTIVE:
+                raise InvalidState(f"cannot restore {spec.name!r}: it is running")
+            if spec.name in self.restore_fails:
+                raise HypervisorError(f"restore {spec.name!r}: {self.restore_fails[spec.name]}")
+            try:
+                saved = json.loads(path.read_text())["machine"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise HypervisorError(f"restore {spec.name!r}: {path}: {exc}") from exc
+            if saved != machine_of(spec):
+                raise HypervisorError(
+                    f"restore {spec.name!r}: the domain does not match the saved machine"
+                )
+            dom.spec = spec
+            self._start(
+                spec.name, "restored", DomainState.PAUSED if paused else DomainState.RUNNING
+            )
+            self.restored.append((spec.name, path))
+
+    def set_guest_time(self, name: str, timeout_s: float) -> bool:
+        """See :meth:`Hypervisor.set_guest_time` (``clock_set`` lists the domains)."""
+        if not self.agent_ping(name, timeout_s):
+            return False
+        with self._lock:
+            self.clock_set.append(name)
+        return True
+
+    def guest_exec(
+        self, name: str, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float
+    ) -> GuestExecResult | None:
+        """See :meth:`Hypervisor.guest_exec`: records the call in ``execs``; every program
+        ends with ``exec_exit_code``."""
+        if not argv:
+            raise ValueError("guest_exec needs a program to run")
+        if not self.agent_ping(name, timeout_s):
+            return None
+        with self._lock:
+            self.execs.append((name, tuple(argv), stdin))
+        return GuestExecResult(exit_code=self.exec_exit_code)
 
     def destroy(self, name: str) -> None:
         """See :meth:`Hypervisor.destroy`."""
@@ -345,3 +407,16 @@ class FakeHypervisor:
             except NetworkNotFound:
                 return False
             return True
+
+
+def machine_of(spec: DomainSpec) -> dict:
+    """The guest-visible parts of a domain (what a restore must keep), as JSON data."""
+    return {
+        "vcpus": spec.vcpus,
+        "memory": spec.memory_bytes,
+        "machine": spec.machine,
+        "disks": [[d.target_bus, d.device, d.format] for d in spec.disks],
+        "nics": [[n.mac, n.model, n.pci_slot] for n in spec.nics],
+        "mgmt": spec.mgmt.mac if spec.mgmt is not None else None,
+        "efi": spec.efi is not None,
+    }

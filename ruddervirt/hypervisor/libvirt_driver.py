@@ -13,11 +13,13 @@ an rq work horse, only affects its owner, and is reopened on next use (``isAlive
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
 import os
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,8 +27,13 @@ from pathlib import Path
 import libvirt
 import libvirt_qemu
 
-from ruddervirt.hypervisor import gateway, qemu_log
-from ruddervirt.hypervisor.domain_xml import OWNER_NS, build_domain_xml, parse_owner_metadata
+from ruddervirt.hypervisor import gateway, qemu_log, saveimage
+from ruddervirt.hypervisor.domain_xml import (
+    OWNER_NS,
+    build_domain_xml,
+    parse_owner_metadata,
+    restore_xml,
+)
 from ruddervirt.hypervisor.driver import (
     AGENT_PING_TIMEOUT_S,
     CancelCheck,
@@ -35,6 +42,7 @@ from ruddervirt.hypervisor.driver import (
     DomainInfo,
     DomainNotFound,
     DomainState,
+    GuestExecResult,
     HypervisorError,
     InvalidState,
     NetworkInfo,
@@ -81,6 +89,8 @@ _FSFREEZE = '{"execute": "guest-fsfreeze-freeze"}'
 # libvirt's agent shutdown blocks until the guest is off (up to 60 s): it runs in a helper
 # thread, and shutdown waits this long only to hear of an early failure (then ACPI).
 AGENT_SHUTDOWN_GRACE_S = 0.5
+AGENT_COMMAND_TIMEOUT_S = 10  # one guest-exec or guest-exec-status request (whole seconds)
+GUEST_EXEC_POLL_S = 0.2
 
 _UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
@@ -310,6 +320,78 @@ class LibvirtHypervisor:
         except libvirt.libvirtError as exc:
             raise _translate(exc, f"guest agent of {name!r}: fsfreeze") from exc
         return int(json.loads(reply)["return"])
+
+    def save(self, name: str, path: Path) -> None:
+        """See :meth:`Hypervisor.save` (virDomainSave: uncompressed, as qemu.conf's default)."""
+        dom = self._domain(name)
+        with _errors(f"save {name!r}"):
+            if not dom.isActive():
+                raise InvalidState(f"cannot save {name!r}: it is not running")
+            dom.save(str(path))
+
+    def restore(self, path: Path, spec: DomainSpec, *, paused: bool = False) -> None:
+        """See :meth:`Hypervisor.restore`: libvirt reads the saved state through a pipe that
+        renames it for ``spec.name`` (saveimage.feed), with the domain's own XML (its UUID
+        kept) checked by libvirt against the saved machine."""
+        dom = self._domain(spec.name)
+        with _errors(f"restore {spec.name!r}"):
+            if dom.isActive():
+                raise InvalidState(f"cannot restore {spec.name!r}: it is running")
+            uuid = dom.UUIDString()
+        try:
+            xml = restore_xml(spec, uuid=uuid, saved_xml=saveimage.read(path).xml)
+        except (saveimage.SaveImageError, OSError) as exc:
+            raise HypervisorError(f"restore {spec.name!r}: {exc}") from exc
+        flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else libvirt.VIR_DOMAIN_SAVE_RUNNING
+        try:
+            with saveimage.feed(path, spec.name, uuid) as pipe, _errors(f"restore {spec.name!r}"):
+                self._conn().restoreFlags(str(pipe), xml, flags)
+        except (saveimage.SaveImageError, OSError) as exc:
+            raise HypervisorError(f"restore {spec.name!r}: {exc}") from exc
+
+    def set_guest_time(self, name: str, timeout_s: float) -> bool:
+        """See :meth:`Hypervisor.set_guest_time` (virDomainSetTime, through the agent)."""
+        if not self.agent_ping(name, timeout_s):
+            return False
+        dom = self._domain(name)
+        now = time.time_ns()
+        with _errors(f"set the clock of {name!r}"):
+            dom.setTime({"seconds": now // 1_000_000_000, "nseconds": now % 1_000_000_000})
+        return True
+
+    def guest_exec(
+        self, name: str, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float
+    ) -> GuestExecResult | None:
+        """See :meth:`Hypervisor.guest_exec` (guest-exec, then guest-exec-status polls)."""
+        if not argv:
+            raise ValueError("guest_exec needs a program to run")
+        if not self.agent_ping(name, AGENT_PING_TIMEOUT_S):
+            return None
+        arguments: dict = {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
+        if stdin:
+            arguments["input-data"] = base64.b64encode(stdin).decode()
+        started = self._agent(name, "guest-exec", arguments)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self._agent(name, "guest-exec-status", {"pid": started["pid"]})
+            if status.get("exited"):
+                return GuestExecResult(
+                    exit_code=int(status.get("exitcode", -1)),
+                    stdout=base64.b64decode(status.get("out-data", "")),
+                    stderr=base64.b64decode(status.get("err-data", "")),
+                )
+            if time.monotonic() >= deadline:
+                raise HypervisorError(f"{argv[0]} in {name!r} did not end in {timeout_s:g} s")
+            time.sleep(GUEST_EXEC_POLL_S)
+
+    def _agent(self, name: str, command: str, arguments: Mapping) -> dict:
+        dom = self._domain(name)
+        request = json.dumps({"execute": command, "arguments": dict(arguments)})
+        try:
+            reply = libvirt_qemu.qemuAgentCommand(dom, request, AGENT_COMMAND_TIMEOUT_S, 0)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"guest agent of {name!r}: {command}") from exc
+        return json.loads(reply)["return"]
 
     def destroy(self, name: str) -> None:
         """See :meth:`Hypervisor.destroy`."""
