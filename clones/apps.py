@@ -7,7 +7,8 @@ class ClonesConfig(AppConfig):
 
     def ready(self) -> None:
         # What this app's work holds of the host counts whenever anyone asks for room.
-        from clones import reconcile, runner, warm
+        from builds import version_panels
+        from clones import reconcile, runner, views, warm
         from clones.capacity import promised_by_clones
         from clones.jobs import JOB_TIMEOUT_S, QUEUE, kind_name
         from clones.models import Clone
@@ -37,3 +38,4 @@ class ClonesConfig(AppConfig):
         )
         registry.register_sweep("clones", reconcile.reconcile_clones)
         warm.register(registry)
+        version_panels.register("warm", views.warm_panel)

@@ -14,6 +14,7 @@ its folder.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from django.db import transaction
@@ -121,6 +122,40 @@ def run_here(image: WarmImage, *, hv: Hypervisor | None = None) -> WarmImage:
     if op is not None:
         jobs.run(op.pk, hv=hv)
     return WarmImage.objects.get(pk=image.pk)
+
+
+def make_and_wait(
+    version: ModuleVersion, *, by, timeout: float = JOB_TIMEOUT_S, poll_s: float = 1.0
+) -> WarmImage:
+    """Make the version's warm image and return it once it is Ready or Failed: by a worker
+    of the clones queue when one listens, else in this process (the CLI's way)."""
+    from builds.jobs import workers_listening
+
+    queued = workers_listening(QUEUE) > 0
+    image = request(version, by=by, queue=queued)
+    if not queued:
+        return run_here(image)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        image.refresh_from_db()
+        if image.status != W.MAKING:
+            return image
+        time.sleep(poll_s)
+    raise WarmNotAllowed(f"the warm image of {version} was not made within {timeout:g} s")
+
+
+def describe(image: WarmImage) -> dict:
+    """A JSON-ready view of the image (the CLI's)."""
+    return {
+        "id": image.pk,
+        "version": str(image.version),
+        "status": image.status,
+        "size_bytes": image.size_bytes,
+        "made_in_s": round(image.made_in_s, 1) if image.made_in_s is not None else None,
+        "ready_s": {vm: round(s, 1) for vm, s in image.ready_s.items()},
+        "clones": image.clones.count(),
+        **({"error": image.error} if image.error else {}),
+    }
 
 
 # --- the job ---------------------------------------------------------------------------
