@@ -32,6 +32,7 @@ from ruddervirt.engine.clone import (
     disk_usage,
 )
 from ruddervirt.engine.config import EngineConfig
+from ruddervirt.guest.ssh import read_banner
 from ruddervirt.hypervisor.driver import HypervisorError
 
 KIND = "warm"  # the owner tag of the instance's domains and networks while it is made
@@ -39,7 +40,12 @@ FOLDER_MODE = 0o711  # QEMU (libvirt-qemu) passes through to the frozen disks; n
 FROZEN_MODE = 0o444  # the frozen disks, NVRAM and saved states: read by every clone
 READY_TIMEOUT_S = 900.0
 POLL_S = 1.0
+PROBE_S = 1.0
 LEFT_OUT = ("serial.log", CLONE_SEED)  # the instance's own: no clone reads them
+# A guest whose agent answered is saved once its SSH server also answers (cloud-init has
+# made its host keys and sshd runs, so every clone resumes a guest at its login prompt),
+# or after this long: a guest without SSH is saved all the same.
+SSH_GRACE_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,9 @@ def make_image(
     began = time.monotonic()
     try:
         made = create_clone(req, hv=hv, config=config, start=True)
-        ready = wait_ready(hv, made, ready_timeout, probe=probe, sleep=sleep)
+        ready, via = wait_ready(hv, made, ready_timeout, probe=probe, sleep=sleep)
+        by_agent = [vm for vm in made.vms if via[vm.name] == readiness.AGENT]
+        wait_ssh(by_agent, SSH_GRACE_S, sleep=sleep)
         source = WarmSource(req.workdir)
         for vm, cloned in zip(req.vms, made.vms, strict=True):
             hv.save(cloned.domain, source.state(vm))
@@ -86,16 +94,19 @@ def make_image(
 
 def wait_ready(
     hv, made, timeout: float, *, probe: Callable = readiness.probe_all, sleep=time.sleep
-) -> dict[str, float]:
-    """Probe the instance's VMs until every one answered; seconds each took. CloneError
-    after `timeout`, or at once when a VM stopped by itself (hv.fault)."""
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Probe the instance's VMs until every one answered: the seconds each took, and how it
+    answered (readiness.AGENT or SSH), by VM name. CloneError after `timeout`, or at once
+    when a VM stopped by itself (hv.fault)."""
     began = time.monotonic()
     left = {vm.domain: vm for vm in made.vms}
     ready: dict[str, float] = {}
+    via: dict[str, str] = {}
     while left:
         targets = [readiness.ProbeTarget(d, vm.mgmt_port) for d, vm in left.items()]
-        for domain in probe(hv, targets):
-            ready[left.pop(domain).name] = time.monotonic() - began
+        for domain, answer in probe(hv, targets).items():
+            name = left.pop(domain).name
+            ready[name], via[name] = time.monotonic() - began, answer.via
         for domain, vm in left.items():
             fault = _fault(hv, domain)
             if fault is not None:
@@ -105,7 +116,18 @@ def wait_ready(
             raise CloneError(f"VM(s) {names} not ready after {timeout:g} s")
         if left:
             sleep(POLL_S)
-    return ready
+    return ready, via
+
+
+def wait_ssh(vms, grace_s: float, *, sleep=time.sleep) -> None:
+    """Wait up to `grace_s` seconds in all until the SSH server of every VM of `vms`
+    (ClonedVMs) sends its banner."""
+    deadline = time.monotonic() + grace_s
+    for vm in vms:
+        while vm.mgmt_port and time.monotonic() < deadline:
+            if readiness.is_ssh_banner(read_banner(vm.mgmt_port, timeout=PROBE_S)):
+                break
+            sleep(POLL_S)
 
 
 def _fault(hv, domain: str):

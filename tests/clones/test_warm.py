@@ -29,8 +29,10 @@ def no_workers(monkeypatch):
 
 @pytest.fixture
 def agents_up(fake_hv, monkeypatch):
-    """Every guest's agent answers (the warm image's instance is ready at once)."""
+    """Every guest's agent answers (the warm image's instance is ready at once; no SSH
+    server answers on the fake's ports, and the image does not wait for one)."""
     monkeypatch.setattr(fake_hv, "agent_ping", lambda name, timeout_s: True)
+    monkeypatch.setattr("ruddervirt.engine.warm.SSH_GRACE_S", 0.0)
     return fake_hv
 
 

@@ -8,6 +8,7 @@ guest agent, so its warm clones are restored as they were saved (the page says s
 
 from __future__ import annotations
 
+import json
 import stat
 import time
 from pathlib import Path
@@ -168,3 +169,30 @@ def test_a_warm_clone_whose_restore_fails_boots_cold_and_says_why(built, hv, sto
     print(f"\nfallback clone running in {time.monotonic() - began:.1f}s: {vm.start_note}")
     run_inline([c.pk for c in services.request_for_class(clone.klass, "delete", user=owner,
                                                          queue=False)[0]], "delete")  # fmt: skip
+
+
+def test_launch_class_start_warm_makes_the_image_first_then_a_class_ready_in_seconds(
+    built, hv, storage
+):
+    owner = make_user("root-admin", superuser=True)
+    restore(built, owner)
+    done = test_clones.manage(
+        "launch_class", "--module", "tiny@1", "--students", "ann,ben", "--start", "warm",
+        "--wait-ready", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    image = data["warm_image"]
+    assert image["status"] == "Ready" and image["made_now_s"] > 0
+    ready = [vm["ready_s"] for c in data["clones"] for vm in c["vms"]]
+    assert {vm["started_via"] for c in data["clones"] for vm in c["vms"]} == {"warm"}
+    print(f"\nCLI: warm image made in {image['made_now_s']}s; launch {data['launch_s']}s; "
+          f"ready {ready}")  # fmt: skip
+    assert all(s is not None and s < 10 for s in ready), ready
+    shown = test_clones.manage("warm_image", "show", "tiny@1", "--json")
+    assert json.loads(shown.stdout)["clones"] == 2
+    for entry in data["clones"]:
+        test_clones.manage("clone_action", str(entry["id"]), "delete")
+    dropped = test_clones.manage("warm_image", "drop", "tiny@1")
+    assert dropped.returncode == 0, dropped.stderr
+    assert not (Path(storage) / "warm" / str(image["id"])).exists()
