@@ -14,22 +14,30 @@ Plain Python: the clone pipeline (engine.clone.create_many) calls it for each re
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 from ruddervirt.hypervisor.driver import Hypervisor, HypervisorError
 from ruddervirt.spec import VMSpec
 
+log = logging.getLogger(__name__)
 AGENT_WAIT_S = 1.0  # a restored guest's agent is connected at once (its channel state is saved)
 AGENT_PING_S = 1.0
 RENEW_TIMEOUT_S = 60.0  # ssh-keygen -A on a slow TCG guest
 SEED_BYTES = 64
-# /bin/sh -c RENEW_SCRIPT: stdin (the host's random bytes) into the guest's pool first, then
-# a random machine-id (not systemd-machine-id-setup: in a VM it would take the SMBIOS UUID,
-# which every clone's restored memory shares), then new SSH host keys of the kinds there
-# were, and the SSH server restarted with them.
+# /bin/sh -c RENEW_SCRIPT: stdin (the host's random bytes) into the guest's pool first, and
+# the kernel's generator reseeded from it (RNDRESEEDCRNG, through perl where there is one:
+# mixing bytes in alone leaves the generator's key, which every clone's restored memory
+# shares, in use until its next timed reseed); then a random machine-id (not
+# systemd-machine-id-setup: in a VM it would take the SMBIOS UUID, which every clone's
+# restored memory shares too), then new SSH host keys of the kinds there were, and the SSH
+# server restarted with them. It says on stdout what it renewed.
 RENEW_SCRIPT = r"""
 head -c 64 > /dev/urandom
+if command -v perl >/dev/null 2>&1; then
+  perl -e 'open(my $f, "<", "/dev/urandom") and ioctl($f, 0x5207, 0) and print "reseeded\n"'
+fi
 if [ -s /etc/machine-id ]; then
   od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > /etc/machine-id.new
   echo >> /etc/machine-id.new
@@ -37,15 +45,17 @@ if [ -s /etc/machine-id ]; then
   if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then
     cp /etc/machine-id /var/lib/dbus/machine-id
   fi
+  echo machine-id
 fi
 if command -v ssh-keygen >/dev/null 2>&1 && ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1; then
   rm -f /etc/ssh/ssh_host_*
   ssh-keygen -A >/dev/null || exit 3
   if command -v systemctl >/dev/null 2>&1; then
-    systemctl try-restart ssh.service sshd.service >/dev/null 2>&1
+    systemctl try-restart ssh.service >/dev/null 2>&1
   else
     service ssh restart >/dev/null 2>&1
   fi
+  echo host-keys
 fi
 exit 0
 """
@@ -96,4 +106,5 @@ def _renew_identity(hv: Hypervisor, domain: str) -> list[str]:
     if result.exit_code != 0:
         tail = result.stderr.decode(errors="replace").strip()[-200:]
         return [f"renewing the identity failed (exit {result.exit_code}): {tail}"]
+    log.info("%s: renewed %s", domain, " ".join(result.stdout.decode(errors="replace").split()))
     return []

@@ -230,7 +230,7 @@ class LibvirtHypervisor:
             if not dom.isActive():
                 dom.create()
 
-    # -- optional, not in the Hypervisor protocol (added for the clone pipeline) --------------
+    # -- start_paused is optional, not in the Hypervisor protocol (the clone pipeline's) -----
     def start_paused(self, name: str) -> None:
         """Start QEMU with the guest's vCPUs stopped (see :meth:`resume`); no-op when the
         domain is already active. Starting many domains this way, then resuming them all,
