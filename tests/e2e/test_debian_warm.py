@@ -88,6 +88,8 @@ def test_three_warm_debian_clones_have_the_clock_and_identities_of_their_own(
                     "hostname": guest(session, "hostname"),
                     "sshd": guest(session, "systemctl is-active ssh"),
                     "agent": guest(session, "systemctl is-active qemu-guest-agent"),
+                    "keys_made": guest(session, "stat -c %Y /etc/ssh/ssh_host_ed25519_key"),
+                    "now": guest(session, "date +%s"),
                 }
             )
     print(f"3 warm Debian clones: {seen}")
