@@ -3,7 +3,8 @@
 and (--ready) the time from Launch until every VM of them is ready.
 
     .venv/bin/python bench/clone_bench.py [--image tiny|debian] [--sizes 1,10,30]
-        [--modes linked,full] [--ready [--ready-timeout S]] [--workers 8] [--memory MIB]
+        [--modes linked,full] [--start cold,warm] [--ready [--ready-timeout S]] [--workers 8]
+        [--memory MIB]
         [--markdown] [--keep-running S]
 
 The module: one VM of the tiny or the Debian 12 test image with one managed subnet, so every
@@ -15,8 +16,10 @@ same call and thread count (8) the portal uses to launch a class in-process: eve
 disks, network and domain, then every domain started paused, then all resumed. "Create +
 start" is the wall-clock time until every domain is running (the guests then boot on their
 own: that is not control-plane time). "Disk per clone" is what the clone's folder occupies
-on disk (st_blocks) right after creation. Then every clone is removed (timed too) before the
-next round, so at most N guests run at once.
+on disk (st_blocks) right after creation. With --start warm, the template is first booted
+once and saved as a warm image (ruddervirt.engine.warm, timed apart), and warm rounds restore
+every clone from it instead of booting (linked clones only). Then every clone is removed
+(timed too) before the next round, so at most N guests run at once.
 
 Everything lives in a temporary folder and under a libvirt name prefix of its own
 ("rvc<pid>-"); both are removed at the end, also after a failure or Ctrl-C. Needs root
@@ -49,6 +52,7 @@ from bench.build_recipe import GUESTS  # noqa: E402
 from bench.clone_ready import Readiness, build_template, wait_ready  # noqa: E402
 from bench.images import image_path  # noqa: E402
 from ruddervirt.engine import clone as engine  # noqa: E402
+from ruddervirt.engine import warm as warm_engine  # noqa: E402
 from ruddervirt.engine.cleanup import remove_owned  # noqa: E402
 from ruddervirt.engine.config import EngineConfig  # noqa: E402
 from ruddervirt.fetchpolicy import FetchPolicy  # noqa: E402
@@ -75,6 +79,7 @@ class Round:
     ready_last_s: float | None = None  # ... and the last: every VM of the N clones is ready
     ready_via: str = ""  # "agent", "ssh" or both
     not_ready: int = 0  # VMs not ready within --ready-timeout
+    start: str = "cold"  # --start: booted, or "warm": restored from the warm image
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,6 +102,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--wait-quiet", type=float, default=0.0, metavar="MINUTES",
         help="first wait up to MINUTES for a 1-minute load average below --max-load",
     )  # fmt: skip
+    parser.add_argument(
+        "--start", default="cold",
+        help="cold (boot), warm (resume a warm image made once first, timed apart) or both: "
+        "cold,warm; warm rounds are linked clones only",
+    )  # fmt: skip
     parser.add_argument("--max-load", type=float, default=1.0)
     parser.add_argument(
         "--keep-running", type=float, default=0.0, metavar="S",
@@ -108,14 +118,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def one_round(hv, config, spec, folder: Path, mode: str, n: int, keep: float) -> Round:
+def one_round(
+    hv, config, spec, folder: Path, mode: str, n: int, keep: float,
+    warm: engine.WarmSource | None = None,
+) -> Round:  # fmt: skip
+    start = "warm" if warm is not None else "cold"
     requests = [
         engine.CloneRequest(
-            key=f"{mode[0]}{n}x{i}",
+            key=f"{mode[0]}{start[0]}{n}x{i}",
             spec=spec,
-            workdir=folder / "clones" / f"{mode}-{n}-{i}",
+            workdir=folder / "clones" / f"{mode}-{start}-{n}-{i}",
             full_copy=mode == "full",
-            title=f"bench {mode} {i}",
+            title=f"bench {mode} {start} {i}",
+            warm=warm,
         )
         for i in range(n)
     ]
@@ -149,7 +164,19 @@ def one_round(hv, config, spec, folder: Path, mode: str, n: int, keep: float) ->
         delete_s=round(time.monotonic() - removing, 2),
         failures=len(failures),
         **(_ready_fields(ready) if ready is not None else {}),
+        start=start,
     )
+
+
+def make_warm_image(hv, config, spec, folder: Path) -> tuple[engine.WarmSource, float]:
+    """The template booted once and saved (ruddervirt.engine.warm); the seconds it took."""
+    req = engine.CloneRequest(
+        key="w0", spec=spec, workdir=folder / "warm" / "0", title="bench warm image",
+        kind=warm_engine.KIND,
+    )  # fmt: skip
+    warm_engine.make_folder(req.workdir)
+    made = warm_engine.make_image(req, hv=hv, config=config, ready_timeout=ARGS.ready_timeout)
+    return engine.WarmSource(req.workdir), made.seconds
 
 
 def _ready_fields(ready: Readiness) -> dict[str, Any]:
@@ -185,8 +212,9 @@ def markdown(rounds: list[Round]) -> str:
         "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|---|---:|" if timed else ""),
     ]
     for r in rounds:
+        mode = r.mode if r.start == "cold" else f"{r.mode}, warm"
         row = (
-            f"| {r.clones} | {r.mode} | {r.create_start_s:.2f} | {r.prepare_s:.2f} / "
+            f"| {r.clones} | {mode} | {r.create_start_s:.2f} | {r.prepare_s:.2f} / "
             f"{r.start_s:.2f} / {r.resume_s:.2f} | {r.per_clone_ms:.0f} | "
             f"{r.disk_per_clone_kib:,.0f} / {r.disk_per_clone_max_kib:,.0f} | "
             f"{r.delete_s:.2f} | {r.failures} |"
@@ -234,11 +262,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{disk.stat().st_blocks * 512 // MIB} MiB on disk",
             file=sys.stderr,
         )
+        starts = ARGS.start.split(",")
+        warm = None
+        if "warm" in starts:
+            warm, took = make_warm_image(hv, config, spec, folder)
+            print(f"  warm image made in {took:.1f}s", file=sys.stderr)
         for n in (int(s) for s in ARGS.sizes.split(",")):
-            for mode in ARGS.modes.split(","):
-                result = one_round(hv, config, spec, folder, mode, n, ARGS.keep_running)
-                rounds.append(result)
-                print(f"  {asdict(result)}", file=sys.stderr)
+            for start in starts:
+                for mode in ARGS.modes.split(","):
+                    if start == "warm" and mode == "full":
+                        continue  # a warm clone is an overlay on the image's frozen disks
+                    result = one_round(hv, config, spec, folder, mode, n, ARGS.keep_running,
+                                       warm=warm if start == "warm" else None)  # fmt: skip
+                    rounds.append(result)
+                    print(f"  {asdict(result)}", file=sys.stderr)
     finally:
         cleanup(hv, prefix, folder)
         hv.close()

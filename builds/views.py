@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.roles import instructor_required
-from builds import consoles, services
+from builds import consoles, services, version_panels
 from builds.models import Build, BuildLogLine, ModuleVersion
 from builds.reporting import format_line
 from jobs.models import RUNS_SHOWN, Operation
@@ -151,7 +151,13 @@ def version_diff(request: HttpRequest, name: str, number: int) -> HttpResponse:
     return render(
         request,
         "builds/version_diff.html",
-        {"module": module, "version": version, "previous": previous, "diff": diff},
+        {
+            "module": module,
+            "version": version,
+            "previous": previous,
+            "diff": diff,
+            "panels": version_panels.render_all(request, version),
+        },
     )
 
 

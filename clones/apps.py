@@ -7,7 +7,8 @@ class ClonesConfig(AppConfig):
 
     def ready(self) -> None:
         # What this app's work holds of the host counts whenever anyone asks for room.
-        from clones import grading, reconcile, runner
+        from builds import version_panels
+        from clones import grading, reconcile, runner, views, warm
         from clones.capacity import promised_by_clones
         from clones.jobs import JOB_TIMEOUT_S, QUEUE, kind_name
         from clones.models import Clone, GradingRun
@@ -48,3 +49,5 @@ class ClonesConfig(AppConfig):
             registry.Owner(tag=KIND, key_field="clone", live=reconcile.live_clone_keys)
         )
         registry.register_sweep("clones", reconcile.reconcile_clones)
+        warm.register(registry)
+        version_panels.register("warm", views.warm_panel)

@@ -26,7 +26,7 @@ from pathlib import Path
 from django.conf import settings
 
 from builds.models import ModuleVersion
-from clones.models import Clone, CloneStatus
+from clones.models import Clone, CloneStatus, WarmStatus
 from ruddervirt import capacity
 from ruddervirt.capacity import human, setting
 from ruddervirt.engine.clone import disk_usage
@@ -103,6 +103,8 @@ def _memory_waiting() -> int:
         if clone.version_id not in per_version:
             per_version[clone.version_id] = _memory_of(clone.version, overhead)
         total += per_version[clone.version_id]
+    for version in ModuleVersion.objects.filter(warm_image__status=WarmStatus.MAKING):
+        total += _memory_of(version, overhead)  # the instance a warm image is made of
     return total
 
 
@@ -130,9 +132,14 @@ def _disk_held() -> int:
 
 
 # --- the checks --------------------------------------------------------------------------
-def estimate(version: ModuleVersion, clones: int, *, full_copy: bool = False) -> Estimate:
-    """The memory and disk `clones` new clones of `version` need, against the host."""
+def estimate(
+    version: ModuleVersion, clones: int, *, full_copy: bool = False, extra_disk: int = 0
+) -> Estimate:
+    """The memory and disk `clones` new clones of `version` need, against the host (plus
+    `extra_disk` bytes per clone: a warm image's saved states). Warm and cold clones count
+    the same: a restored clone has all of its memory to itself, as a booted one."""
     memory_one, disk_one = per_clone(version, full_copy=full_copy)
+    disk_one += extra_disk
     memory_free, disk_free, root = capacity.free_now()
     problems = []
     if memory_one * clones > memory_free:

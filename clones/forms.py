@@ -49,6 +49,15 @@ class LimitsForm(forms.Form):
 class LaunchForm(LimitsForm):
     version = forms.ModelChoiceField(queryset=ModuleVersion.objects.none(), label="Module version")
     full_copy = forms.BooleanField(required=False, label="Full copies instead of linked clones")
+    start = forms.ChoiceField(
+        choices=[
+            ("", "warm when the version has a warm image"),
+            ("warm", "warm (resume the warm image)"),
+            ("cold", "cold (boot every VM)"),
+        ],
+        required=False,
+        label="Start",
+    )
 
     def __init__(self, *args, versions=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

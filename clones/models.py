@@ -101,6 +101,54 @@ BUSY = frozenset(
 AT_REST = frozenset(set(CloneStatus) - BUSY)
 
 
+class StartMode(models.TextChoices):
+    """How a clone's VMs come up: booted from the template disks, or resumed from the
+    version's warm image (clones.warm)."""
+
+    COLD = "cold"
+    WARM = "warm"
+
+
+class WarmStatus(models.TextChoices):
+    MAKING = "Making"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class WarmImage(models.Model):
+    """A version booted once and saved (ruddervirt.engine.warm): its frozen disks and saved
+    states, under ``<storage>/warm/<id>/``, from which warm clones resume. One per version;
+    kept until the version goes or its instructor drops it."""
+
+    version = models.OneToOneField(
+        ModuleVersion, on_delete=models.CASCADE, related_name="warm_image"
+    )
+    status = models.CharField(
+        max_length=10, choices=WarmStatus.choices, default=WarmStatus.MAKING, db_index=True
+    )
+    error = models.TextField(blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    made_in_s = models.FloatField(null=True, blank=True)  # boot, wait until ready, save
+    ready_s = models.JSONField(default=dict)  # VM name -> seconds its guest took to be ready
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    made_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"warm image of {self.version}"
+
+    @property
+    def key(self) -> str:
+        """Part of the names of the instance's domains and networks while it is made."""
+        return f"w{self.pk}"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == WarmStatus.READY
+
+
 class Clone(models.Model):
     """One student's running copy of a module version (all of its VMs)."""
 
@@ -128,6 +176,13 @@ class Clone(models.Model):
     inactivity_timeout_s = models.PositiveIntegerField(null=True, blank=True)
     last_activity_at = models.DateTimeField(null=True, blank=True)
     reprovisions = models.PositiveIntegerField(default=0)
+    # Asked for at launch: warm resumes the version's warm image (a cold boot when there is
+    # none, or its restore fails); `warm_image` is the image its disks now stand on (its
+    # frozen disks back the clone's overlays: the image cannot be dropped under it).
+    start_mode = models.CharField(max_length=4, choices=StartMode.choices, default=StartMode.COLD)
+    warm_image = models.ForeignKey(
+        WarmImage, on_delete=models.PROTECT, null=True, blank=True, related_name="clones"
+    )
 
     class Meta:
         ordering = ["klass", "student__username", "pk"]
@@ -176,6 +231,10 @@ class CloneVM(models.Model):
     ready_at = models.DateTimeField(null=True, blank=True)
     ready_s = models.FloatField(null=True, blank=True)
     ready_via = models.CharField(max_length=10, blank=True)  # "agent" or "ssh"
+    # How it came up last: "cold" (booted) or "warm" (restored), and what to know of it
+    # (a fallback to a cold boot and why, a guest without agent).
+    started_via = models.CharField(max_length=4, blank=True)
+    start_note = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["clone", "index"]

@@ -38,10 +38,12 @@ def off_vms(clone_id: int, hv: Hypervisor, vm: str | None = None) -> list[str]:
     return [v.name for v in vms if hv.state(v.domain_name) in OFF]
 
 
-def mark_started(clone_id: int, names: Iterable[str]) -> None:
-    """The VMs `names` of the clone were just booted: readiness starts over from now."""
+def mark_started(clone_id: int, names: Iterable[str], *, at: float | None = None) -> None:
+    """The VMs `names` of the clone were just booted (or restored), at `at` (time.time();
+    None: now): readiness starts over from then."""
+    when = datetime.fromtimestamp(at, tz=UTC) if at is not None else timezone.now()
     CloneVM.objects.filter(clone_id=clone_id, name__in=list(names)).update(
-        started_at=timezone.now(), **_CLEARED
+        started_at=when, **_CLEARED
     )
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from django.utils import timezone
 
 import jobs.runner as jobs
-from clones import readiness
+from clones import readiness, warm
 from clones.jobs import KIND_PREFIX, kind_name
-from clones.models import BUSY, Clone, CloneStatus, CloneVM
+from clones.models import BUSY, Clone, CloneStatus, CloneVM, StartMode
 from clones.transitions import InvalidTransition, transition
 from jobs.models import Operation
 from jobs.registry import Result
@@ -55,10 +55,13 @@ def domain_for(clone: Clone, vm: str) -> str:
 
 
 def clone_request(clone: Clone) -> CloneRequest:
-    """The engine's view of a clone: its version's record, pinned ports."""
+    """The engine's view of a clone: its version's record, pinned ports, and the version's
+    warm image when the clone was launched warm and there is one (a cold boot otherwise)."""
     version = clone.version
     ports = {vm.name: vm.mgmt_port for vm in clone.vms.all() if vm.mgmt_port}
+    image = warm.ready_image(version) if clone.start_mode == StartMode.WARM else None
     return CloneRequest(
+        warm=warm.source_of(image) if image is not None and not clone.full_copy else None,
         key=clone.key,
         spec=version.version_spec,
         workdir=clone_workdir(clone),
@@ -147,12 +150,12 @@ def provision_batch(
         except Exception as exc:
             _fail(clone, str(exc) if isinstance(exc, SpecError) else _internal(exc), hv)
     results = engine.create_many(requests, hv=hv, config=engine_config(), workers=workers)
-    for clone, result in zip(ready, results, strict=True):
+    for clone, req, result in zip(ready, requests, results, strict=True):
         try:
             if isinstance(result, CloneError):
                 _fail(clone, str(result), hv)
             else:
-                _created(clone, result, hv)
+                _created(clone, req, result, hv)
         except Exception as exc:
             _fail(clone, _internal(exc), hv)
     return [skipped.get(clone.pk) or _result(clone.pk) for _op, clone in pairs]
@@ -206,25 +209,39 @@ def _provision(clone: Clone, hv: Hypervisor, _vm: str | None) -> None:
 
 def _reprovision(clone: Clone, hv: Hypervisor, _vm: str | None) -> None:
     engine.remove_clone(clone.key, clone_workdir(clone), hv=hv, config=engine_config())
-    Clone.objects.filter(pk=clone.pk).update(reprovisions=clone.reprovisions + 1)
+    Clone.objects.filter(pk=clone.pk).update(reprovisions=clone.reprovisions + 1, warm_image=None)
     _create(clone, hv)
 
 
 def _create(clone: Clone, hv: Hypervisor) -> None:
-    result = engine.create_clone(clone_request(clone), hv=hv, config=engine_config())
-    _created(clone, result, hv)
+    """Make and start one clone, the way a class's are (warm or cold)."""
+    req = clone_request(clone)
+    (result,) = engine.create_many([req], hv=hv, config=engine_config(), workers=1)
+    if isinstance(result, CloneError):
+        raise result
+    _created(clone, req, result, hv)
 
 
-def _created(clone: Clone, result: engine.CloneResult, hv: Hypervisor) -> None:
+NO_WARM_IMAGE = "booted cold: the version has no warm image"
+
+
+def _created(clone: Clone, req: CloneRequest, result: engine.CloneResult, hv: Hypervisor) -> None:
     """Record a freshly made (and started) clone and call it Running."""
+    asked_warm = clone.start_mode == StartMode.WARM
     for vm in result.vms:
+        note = vm.note or (NO_WARM_IMAGE if asked_warm and req.warm is None else "")
         CloneVM.objects.filter(clone=clone, name=vm.name).update(
             domain_name=vm.domain,
             mgmt_port=vm.mgmt_port,
             disks=[str(p) for p in vm.disks],
             nics=[n.to_dict() for n in vm.nics],
+            started_via=vm.start,
+            start_note=note,
         )
-    readiness.mark_started(clone.pk, [vm.name for vm in result.vms])
+        readiness.mark_started(clone.pk, [vm.name], at=vm.started_at)
+    on_image = req.warm is not None and any(vm.start == "warm" for vm in result.vms)
+    image = warm.ready_image(clone.version) if on_image else None
+    Clone.objects.filter(pk=clone.pk).update(warm_image=image)
     record_states(clone, hv)
     note = "; ".join(result.warnings)[:300]
     transition(clone, S.RUNNING, note=note, last_activity_at=timezone.now())
@@ -239,6 +256,7 @@ def _start(clone: Clone, hv: Hypervisor, vm: str | None) -> None:
     readiness.mark_started(clone.pk, booting)
     for name, port in ports.items():
         CloneVM.objects.filter(clone=clone, name=name).update(mgmt_port=port)
+    CloneVM.objects.filter(clone=clone, name__in=booting).update(started_via="cold", start_note="")
     record_states(clone, hv)
     transition(clone, S.RUNNING, last_activity_at=timezone.now())
 

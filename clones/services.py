@@ -20,7 +20,7 @@ import jobs.runner as jobs
 from accounts.roles import is_admin
 from builds import refs
 from builds.models import ModuleVersion
-from clones import capacity, readiness
+from clones import capacity, readiness, warm
 from clones.jobs import kind_name
 from clones.models import (
     AT_REST,
@@ -30,6 +30,7 @@ from clones.models import (
     CloneStatus,
     CloneStatusChange,
     CloneVM,
+    StartMode,
 )
 from clones.transitions import InvalidTransition, transition
 from modules.lifecycle import record_created
@@ -149,11 +150,16 @@ def launch(
     expires_at: datetime | None = None,
     inactivity_s: int | None = None,
     queue: bool = True,
+    start: str | None = None,
 ) -> list[Clone]:
     """One clone of `version` per student of `klass` (or of `students`) who has none of
     it yet, after checking the class fits on the host (CapacityRefused, before anything is
     created). The clones are provisioned and started by jobs once the transaction commits
-    (queue=False: the caller runs them, see clones.runner.run_inline)."""
+    (queue=False: the caller runs them, see clones.runner.run_inline). `start` is "warm"
+    (resume the version's warm image; a cold boot while it has none), "cold", or None:
+    warm when the version has a ready warm image."""
+    if start not in (None, *StartMode.values):
+        raise CloneNotAllowed(f"start must be warm or cold, not {start!r}")
     if not can_teach(by, klass):
         raise CloneNotAllowed("only the class's instructors can launch for it")
     if not (is_admin(by) or can_manage(by, version.module)):
@@ -174,11 +180,16 @@ def launch(
     estimate = capacity.estimate(version, len(todo), full_copy=full_copy)
     if not estimate.fits:
         raise CapacityRefused(estimate)
+    if start is None:
+        start = StartMode.WARM if warm.ready_image(version) and not full_copy else StartMode.COLD
     with transaction.atomic():
         made = [
             _create_clone_rows(klass, version, student, by, full_copy, expires_at, inactivity_s)
             for student in todo
         ]
+        Clone.objects.filter(pk__in=[c.pk for c in made]).update(start_mode=start)
+        for clone in made:
+            clone.start_mode = start
         for clone in made:
             jobs.submit(kind_name("provision"), clone, by=by, queue=queue)
     return made
@@ -300,6 +311,8 @@ def clone_summary(clone: Clone, *, for_teacher: bool = True) -> dict:
             "ready_s": round(vm.ready_s, 1) if vm.is_ready and vm.ready_s is not None else None,
             "ready_via": vm.ready_via if vm.is_ready else "",
             "ready_text": readiness.ready_text(vm),
+            "started_via": vm.started_via,
+            "start_note": vm.start_note,
         }
         if for_teacher:
             item["ssh_port"] = vm.mgmt_port or None
@@ -309,6 +322,7 @@ def clone_summary(clone: Clone, *, for_teacher: bool = True) -> dict:
         "student": clone.student.get_username(),
         "version": str(clone.version),
         "status": clone.status,
+        "start": clone.start_mode,
         "error": clone.error,
         "note": clone.note,
         "busy": clone.is_busy,

@@ -13,9 +13,10 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from accounts.roles import instructor_required
-from clones import grading, services, students
+from builds.models import ModuleVersion
+from clones import grading, services, students, warm
 from clones.forms import ClassForm, LaunchForm, LimitsForm, StudentsForm
-from clones.models import Class, Clone
+from clones.models import Class, Clone, WarmImage
 from jobs.models import RUNS_SHOWN, Operation
 
 POWER = {"on": "start", "off": "stop", "restart": "restart"}
@@ -113,6 +114,7 @@ def class_launch(request: HttpRequest, pk: int) -> HttpResponse:
             full_copy=form.cleaned_data["full_copy"],
             expires_at=form.cleaned_data["expires_at"],
             inactivity_s=form.inactivity_s,
+            start=form.cleaned_data["start"] or None,
         )
     except services.CloneNotAllowed as exc:
         messages.error(request, f"Not launched: {exc}")
@@ -264,3 +266,58 @@ def set_password(request: HttpRequest) -> HttpResponse:
         return redirect("labs")
     context = {"form": form, "invited": None, "must_set": must_set}
     return render(request, "clones/set_password.html", context)
+
+
+# --- warm images (on the version's page) -----------------------------------------------
+def warm_panel(request: HttpRequest, version: ModuleVersion) -> str:
+    """The version page's card about its warm image (registered with builds.version_panels)."""
+    from django.template.loader import render_to_string
+
+    from ruddervirt.capacity import human
+
+    image = WarmImage.objects.filter(version=version).first()
+    context = {
+        "version": version,
+        "image": image,
+        "size": human(image.size_bytes) if image is not None else "",
+        "can_manage": warm.can_manage_warm(request.user, version),
+    }
+    return render_to_string("clones/_warm_panel.html", context, request=request)
+
+
+def _version_for(request: HttpRequest, pk: int) -> ModuleVersion:
+    version = get_object_or_404(ModuleVersion.objects.select_related("module"), pk=pk)
+    if not warm.can_manage_warm(request.user, version):
+        raise PermissionDenied("This module belongs to another instructor.")
+    return version
+
+
+def _version_page(version: ModuleVersion) -> HttpResponse:
+    return redirect("version", version.module.name, version.number)
+
+
+@require_POST
+@instructor_required
+def warm_make(request: HttpRequest, pk: int) -> HttpResponse:
+    version = _version_for(request, pk)
+    try:
+        warm.request(version, by=request.user)
+    except warm.WarmNotAllowed as exc:
+        messages.error(request, f"No warm image: {exc}")
+    else:
+        messages.success(request, f"Making the warm image of {version}: it boots once, then saves.")
+    return _version_page(version)
+
+
+@require_POST
+@instructor_required
+def warm_drop(request: HttpRequest, pk: int) -> HttpResponse:
+    version = _version_for(request, pk)
+    image = get_object_or_404(WarmImage, version=version)
+    try:
+        warm.drop(image, by=request.user)
+    except warm.WarmNotAllowed as exc:
+        messages.error(request, f"Not dropped: {exc}")
+    else:
+        messages.success(request, f"The warm image of {version} is gone.")
+    return _version_page(version)

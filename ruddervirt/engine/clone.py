@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ruddervirt.engine import cleanup, clone_seed, efi
+from ruddervirt.engine import cleanup, clone_seed, efi, identity
 from ruddervirt.engine.config import EngineConfig
 from ruddervirt.engine.topology import NicPlan, Topology, network_name, networks_for
 from ruddervirt.engine.vm import free_loopback_port
@@ -67,6 +67,7 @@ OFF_STATES = (DomainState.SHUTOFF, DomainState.ABSENT)
 START_ATTEMPTS = 4
 CLONE_NVRAM = "efivars.fd"  # a clone's own copy of its template's captured NVRAM
 CLONE_SEED = "seed.iso"  # a clone's own NoCloud seed (VMs built with cloudInit)
+WARM_STATE = "state.sav"  # a warm image's saved memory and device state, per VM
 
 
 class CloneError(Exception):
@@ -86,14 +87,35 @@ class CloneRequest:
     ports: Mapping[str, int] = field(default_factory=dict)  # management ports to keep, by VM
     title: str = ""  # e.g. "lab@3 for carol"
     tags: Mapping[str, str] = field(default_factory=dict)  # extra metadata (class id, ...)
+    # A warm start (engine.warm): the image's frozen disks back the clone's overlays and its
+    # saved states are restored; None: a cold boot from the template disks.
+    warm: WarmSource | None = None
+    kind: str = KIND  # the owner tag: "clone", or "warm" for the instance a warm image is made of
 
     @property
     def owner(self) -> dict[str, str]:
-        return owner_of(self.key)
+        return {"kind": self.kind, self.kind: self.key}
 
     @property
     def vms(self) -> tuple[VMSpec, ...]:
         return self.spec.vms
+
+
+@dataclass(frozen=True)
+class WarmSource:
+    """A warm image as its clones read it: per VM, the frozen overlays of its disks, its
+    NVRAM and the saved state, in ``folder/<vm>/`` (the image was made as a clone there)."""
+
+    folder: Path
+
+    def disks(self, vm: VMSpec) -> list[Path]:
+        return [self.folder / vm.name / f"disk{i}-{d.name}.qcow2" for i, d in enumerate(vm.disks)]
+
+    def state(self, vm: VMSpec) -> Path:
+        return self.folder / vm.name / WARM_STATE
+
+    def nvram(self, vm: VMSpec) -> Path | None:
+        return self.folder / vm.name / CLONE_NVRAM if vm.firmware.uefi else None
 
 
 @dataclass(frozen=True)
@@ -104,6 +126,12 @@ class ClonedVM:
     mgmt_port: int
     nics: tuple[NicPlan, ...]
     invisible: bool
+    # How it started: "cold" (booted) or "warm" (restored); `note` says what the dashboard
+    # should (a fallback to cold and why, a guest without agent); `started_at` when its
+    # guest began to run (time.time()), for its time to ready.
+    start: str = "cold"
+    note: str = ""
+    started_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -206,27 +234,35 @@ def make_disks(req: CloneRequest, config: EngineConfig) -> dict[str, list[Path]]
     clone's disks are only ever made fresh (and with them a new cloud-init instance)."""
     made: dict[str, list[Path]] = {}
     for vm in req.vms:
-        folder = vm_dir(req, vm.name)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = disk_paths(req, vm)
-        for disk, base, path in zip(
-            vm.disks, disk_files(vm, config.storage_root), paths, strict=True
-        ):
-            if not base.is_file():
-                raise CloneError(f"VM {vm.name}: template disk {base} is missing")
-            if req.full_copy:
-                qimg.copy_full(base, path)
-            else:
-                qimg.create_overlay(base, path, backing_format=disk.format)
-        captured = nvram_file(vm, config.storage_root)
-        if captured is not None:
-            try:
-                efi.copy_nvram(captured, folder, name=CLONE_NVRAM)
-            except FileNotFoundError as exc:
-                raise CloneError(f"VM {vm.name}: {exc}") from exc
-        make_seed(req, config, vm)
-        made[vm.name] = paths
+        made[vm.name] = make_vm_disks(req, config, vm, warm=req.warm)
     return made
+
+
+def make_vm_disks(
+    req: CloneRequest, config: EngineConfig, vm: VMSpec, *, warm: WarmSource | None
+) -> list[Path]:
+    """make_disks for one VM: on the template's disks, or on a warm image's frozen ones."""
+    folder = vm_dir(req, vm.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = disk_paths(req, vm)
+    bases = warm.disks(vm) if warm is not None else disk_files(vm, config.storage_root)
+    for disk, base, path in zip(vm.disks, bases, paths, strict=True):
+        if not base.is_file():
+            what = "warm image" if warm else "template"
+            raise CloneError(f"VM {vm.name}: {what} disk {base} is missing")
+        if req.full_copy and warm is None:
+            qimg.copy_full(base, path)
+        else:
+            # A warm image's frozen overlay is qcow2, whatever the template's format.
+            qimg.create_overlay(base, path, backing_format="qcow2" if warm else disk.format)
+    captured = warm.nvram(vm) if warm is not None else nvram_file(vm, config.storage_root)
+    if captured is not None:
+        try:
+            efi.copy_nvram(captured, folder, name=CLONE_NVRAM)
+        except FileNotFoundError as exc:
+            raise CloneError(f"VM {vm.name}: {exc}") from exc
+    make_seed(req, config, vm)
+    return paths
 
 
 def disk_usage(path: Path) -> int:
@@ -410,14 +446,16 @@ def stop_clone(
 def delete_clone(req: CloneRequest, *, hv, config: EngineConfig) -> list[str]:
     """Remove the clone's domains and networks (found by metadata) and its folder.
     The template disks are never touched. Returns what went."""
-    return remove_clone(req.key, req.workdir, hv=hv, config=config)
+    return remove_clone(req.key, req.workdir, hv=hv, config=config, owner=req.owner)
 
 
-def remove_clone(key: str, workdir: Path, *, hv, config: EngineConfig) -> list[str]:
+def remove_clone(
+    key: str, workdir: Path, *, hv, config: EngineConfig, owner: Mapping[str, str] | None = None
+) -> list[str]:
     """delete_clone for clone `key` whose folder is `workdir`: it needs no version record,
     so a clone whose version can no longer be read can still be removed."""
     # Listing only this clone's names keeps removing many clones at once linear.
-    removed = cleanup.remove_owned(hv, f"{config.name_prefix}{key}-", owner_of(key))
+    removed = cleanup.remove_owned(hv, f"{config.name_prefix}{key}-", owner or owner_of(key))
     if workdir.exists():
         shutil.rmtree(workdir)
         removed.append(f"folder {workdir}")
@@ -441,9 +479,12 @@ def create_many(
     networks and domains first, then every start. Guests burn CPU from the moment they run
     (under TCG a whole core each while they boot), so when the driver can, domains start
     paused and are all resumed at the end: the starts do not compete with booting guests.
+    A warm request's VMs are restored (paused) instead of booted, and after the resume their
+    guests get the clock and a new identity (engine.identity); a VM whose restore fails
+    boots cold from fresh disks on the template instead, its note saying why.
     Results in request order; a clone that failed is removed and its CloneError returned
     in its place. `timings` (when given) receives the seconds of each wave: "prepare",
-    "start" and "resume"."""
+    "start", "resume" and "renew"."""
     if not requests:
         return []
     size = max(1, min(workers, len(requests)))
@@ -460,6 +501,8 @@ def create_many(
         if isinstance(made, CloneError):
             return made
         try:
+            if req.warm is not None:
+                return _restore_clone(req, made, hv=hv, config=config, paused=paused)
             ports = start_clone(
                 req, hv=hv, config=config, ports={v.name: v.mgmt_port for v in made.vms},
                 networks_ready=True, just_defined=True, paused=paused,
@@ -470,25 +513,73 @@ def create_many(
 
     def resume(pair: tuple[CloneRequest, CloneResult | CloneError]) -> CloneResult | CloneError:
         req, made = pair
-        if isinstance(made, CloneError) or not paused:
+        if isinstance(made, CloneError):
             return made
         try:
             for vm in made.vms:
-                hv.resume(vm.domain)
+                if paused:
+                    hv.resume(vm.domain)
         except Exception as exc:
             return _discard(req, hv, config, exc)
-        return made
+        now = time.time()
+        return replace(made, vms=tuple(replace(v, started_at=now) for v in made.vms))
+
+    def renew(pair: tuple[CloneRequest, CloneResult | CloneError]) -> CloneResult | CloneError:
+        req, made = pair
+        if isinstance(made, CloneError) or req.warm is None:
+            return made
+        specs = {vm.name: vm for vm in req.vms}
+        return replace(
+            made,
+            vms=tuple(
+                replace(v, note=identity.renew(hv, v.domain, specs[v.name]))
+                if v.start == "warm" else v
+                for v in made.vms
+            ),
+        )  # fmt: skip
 
     timings = timings if timings is not None else {}
     with ThreadPoolExecutor(max_workers=size) as pool:
         began = time.monotonic()
         made = list(pool.map(prepare, requests))
         timings["prepare"] = time.monotonic() - began
-        for wave, step in (("start", start), ("resume", resume)):
+        for wave, step in (("start", start), ("resume", resume), ("renew", renew)):
             began = time.monotonic()
             made = list(pool.map(step, zip(requests, made, strict=True)))
             timings[wave] = time.monotonic() - began
     return made
+
+
+def _restore_clone(
+    req: CloneRequest, made: CloneResult, *, hv, config: EngineConfig, paused: bool
+) -> CloneResult:
+    """Restore every VM of a prepared warm clone from its image's saved state (see
+    create_many); a VM whose restore fails is booted cold instead, its note saying why."""
+    assert req.warm is not None
+    topology = plan_networks(req, config)
+    vms = []
+    for vm, cloned in zip(req.vms, made.vms, strict=True):
+        spec = domain_spec(req, config, vm, topology.nics[vm.name], cloned.mgmt_port)
+        try:
+            hv.restore(req.warm.state(vm), spec, paused=paused)
+            vms.append(replace(cloned, start="warm"))
+            continue
+        except HypervisorError as exc:
+            reason = _reason(exc)
+        cleanup.remove_domain(hv, cloned.domain)  # a half-restored QEMU goes too
+        shutil.rmtree(vm_dir(req, vm.name), ignore_errors=True)
+        make_vm_disks(req, config, vm, warm=None)  # a cold boot: fresh disks on the template
+        port = _start_vm(
+            hv,
+            cloned.domain,
+            lambda port, vm=vm: domain_spec(req, config, vm, topology.nics[vm.name], port),
+            cloned.mgmt_port,
+            defined=False,
+            paused=paused,
+        )
+        note = f"booted cold: the warm restore failed ({reason})"[:300]
+        vms.append(replace(cloned, mgmt_port=port, start="cold", note=note))
+    return replace(made, vms=tuple(vms))
 
 
 def _discard(req: CloneRequest, hv, config: EngineConfig, exc: Exception) -> CloneError:

@@ -325,3 +325,44 @@ def _mgmt_commandline(spec: DomainSpec) -> ET.Element:
     for value in ("-netdev", netdev, "-device", device):
         ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=value)
     return commandline
+
+
+def restore_xml(spec: DomainSpec, *, uuid: str, saved_xml: str) -> str:
+    """The XML to restore `spec` (domain `uuid`) from a save image whose domain XML is
+    `saved_xml`: ours, with the addresses libvirt gave at the saved guest's start to the
+    devices ours leaves unaddressed (the USB ports of the tablet and of USB disks), so that
+    libvirt's ABI check finds the machine it saved. Nothing else is taken from the save."""
+    ours = build_domain_element(spec, uuid=uuid)
+    saved = ET.fromstring(saved_xml)  # noqa: S314 - libvirtd's own XML, from our save file
+    addresses = {
+        _device_key(device, ordinal): address
+        for device, ordinal in _devices(saved)
+        if (address := device.find("address")) is not None
+    }
+    for device, ordinal in _devices(ours):
+        found = addresses.get(_device_key(device, ordinal))
+        if device.find("address") is None and found is not None:
+            device.append(found)
+    return ET.tostring(ours, encoding="unicode")
+
+
+def _devices(domain: ET.Element) -> list[tuple[ET.Element, int]]:
+    """Each device with its ordinal among the devices of its tag, type and bus."""
+    seen: dict[tuple[str, str, str], int] = {}
+    found = []
+    for device in domain.iterfind("devices/*"):
+        kind = (device.tag, device.get("type", ""), device.get("bus", ""))
+        seen[kind] = seen.get(kind, -1) + 1
+        found.append((device, seen[kind]))
+    return found
+
+
+def _device_key(device: ET.Element, ordinal: int) -> tuple[str, ...]:
+    """What identifies a device across two XMLs of one machine: a disk by its target, a NIC
+    by its MAC, the rest by tag, type, bus and order."""
+    target, mac = device.find("target"), device.find("mac")
+    if device.tag == "disk" and target is not None:
+        return ("disk", target.get("dev", ""))
+    if device.tag == "interface" and mac is not None:
+        return ("interface", mac.get("address", ""))
+    return (device.tag, device.get("type", ""), device.get("bus", ""), str(ordinal))

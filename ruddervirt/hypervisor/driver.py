@@ -159,12 +159,40 @@ class Hypervisor(Protocol):
         answers but cannot freeze (e.g. a guest without freeze support). DomainNotFound
         when absent. Nothing thaws them but guest-fsfreeze-thaw or the next boot."""
 
+    def save(self, name: str, path: Path) -> None:
+        """Write the running (or paused) domain's memory and device state to the new file
+        ``path`` and stop it (its definition stays; its disks are no longer written): a
+        later :meth:`restore` resumes the guest exactly there. InvalidState when it is not
+        running; DomainNotFound when absent."""
+
+    def restore(self, path: Path, spec: DomainSpec, *, paused: bool = False) -> None:
+        """Run the defined, shut-off domain ``spec.name`` from the state :meth:`save` wrote
+        to ``path``, with ``spec`` as its machine: its host side (name, disk files,
+        networks, ports) may differ from the saved domain's, its guest-visible side (CPU,
+        memory, devices, MACs) may not (HypervisorError, as libvirt's ABI check says).
+        ``path`` is only read: many domains may restore from one file, at once. Running, or
+        with stopped vCPUs when ``paused`` (then :meth:`resume`)."""
+
+    def resume(self, name: str) -> None:
+        """Let a paused domain's vCPUs run; no-op when it is not paused."""
+
+    def set_guest_time(self, name: str, timeout_s: float) -> bool:
+        """Set the guest's clock to the host's through its qemu-guest-agent (guest-set-time);
+        False, never an error, when no agent answers within ``timeout_s`` (as agent_ping)."""
+
     def guest_exec(
-        self, name: str, argv: Sequence[str], *, timeout_s: float, max_output: int
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        timeout_s: float,
+        max_output: int,
+        stdin: bytes = b"",
     ) -> ExecResult | None:
         """Run ``argv`` (a program and its arguments, never a shell string) in the guest
-        through its qemu-guest-agent: guest-exec, then guest-exec-status polled until it
-        exits or ``timeout_s`` passes (then the agent kills it and ``timed_out`` is set).
+        through its qemu-guest-agent, ``stdin`` fed to it: guest-exec, then guest-exec-status
+        polled until it exits or ``timeout_s`` passes (then the agent kills it and
+        ``timed_out`` is set).
         Keeps at most ``max_output`` bytes of stdout and of stderr. None, never an error,
         when no agent answers (as agent_ping). HypervisorError when the agent answers but
         refuses (guest-exec disabled in the guest, no such program). DomainNotFound when

@@ -14,6 +14,7 @@ without one). Tests can force a state with :meth:`FakeHypervisor.set_state` and 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,11 @@ class FakeHypervisor:
         self.executed: list[tuple[str, list[str]]] = []
         self.calls: list[tuple[str, str]] = []
         self.snapshots: list[tuple[str, dict[Path, Path]]] = []
+        self.restore_fails: dict[str, str] = {}  # domain -> why its restore fails
+        self.restored: list[tuple[str, Path]] = []  # (domain, state file) per restore
+        self.clock_set: list[str] = []
+        self.execs: list[tuple[str, tuple[str, ...], bytes]] = []  # (domain, argv, stdin)
+        self.exec_exit_code = 0
         self._lock = threading.RLock()
         self._next_port = FIRST_VNC_PORT
 
@@ -203,12 +209,60 @@ class FakeHypervisor:
             self.frozen.add(name)
             return 1
 
+    def save(self, name: str, path: Path) -> None:
+        """See :meth:`Hypervisor.save`: writes the domain's guest-visible machine as JSON."""
+        with self._lock:
+            self._record("save", name)
+            dom = self._running(name, "save")
+            if path.exists():
+                raise HypervisorError(f"save {name!r}: {path} exists")
+            path.write_text(json.dumps({"saved": name, "machine": machine_of(dom.spec)}))
+            dom.state, dom.vnc_port = DomainState.SHUTOFF, None
+
+    def restore(self, path: Path, spec: DomainSpec, *, paused: bool = False) -> None:
+        """See :meth:`Hypervisor.restore`: the file must be one :meth:`save` wrote, of the
+        same guest-visible machine (as libvirt's ABI check); ``restore_fails`` fails it."""
+        with self._lock:
+            self._record("restore", spec.name)
+            dom = self._dom(spec.name)
+            if dom.state in _ACTIVE:
+                raise InvalidState(f"cannot restore {spec.name!r}: it is running")
+            if spec.name in self.restore_fails:
+                raise HypervisorError(f"restore {spec.name!r}: {self.restore_fails[spec.name]}")
+            try:
+                saved = json.loads(path.read_text())["machine"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise HypervisorError(f"restore {spec.name!r}: {path}: {exc}") from exc
+            if saved != machine_of(spec):
+                raise HypervisorError(
+                    f"restore {spec.name!r}: the domain does not match the saved machine"
+                )
+            dom.spec = spec
+            self._start(
+                spec.name, "restored", DomainState.PAUSED if paused else DomainState.RUNNING
+            )
+            self.restored.append((spec.name, path))
+
+    def set_guest_time(self, name: str, timeout_s: float) -> bool:
+        """See :meth:`Hypervisor.set_guest_time` (``clock_set`` lists the domains)."""
+        if not self.agent_ping(name, timeout_s):
+            return False
+        with self._lock:
+            self.clock_set.append(name)
+        return True
+
     def guest_exec(
-        self, name: str, argv: Sequence[str], *, timeout_s: float, max_output: int
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        timeout_s: float,
+        max_output: int,
+        stdin: bytes = b"",
     ) -> ExecResult | None:
         """See :meth:`Hypervisor.guest_exec`: None unless the domain runs and is in ``agents``;
-        else ``guests[name](argv)`` (exit 0 when none is set), its output cut to
-        ``max_output``."""
+        else ``guests[name](argv)`` (``exec_exit_code`` when none is set), its output cut to
+        ``max_output``. Every call is in ``executed`` and, with its stdin, in ``execs``."""
         if not argv or not all(isinstance(a, str) for a in argv):
             raise ValueError(f"argv must be a non-empty list of strings, got {argv!r}")
         if not self.agent_ping(name, max(timeout_s, 0.001)):
@@ -216,8 +270,9 @@ class FakeHypervisor:
         with self._lock:
             self._record("guest_exec", name)
             self.executed.append((name, list(argv)))
+            self.execs.append((name, tuple(argv), stdin))
             guest = self.guests.get(name)
-        result = guest(list(argv)) if guest else ExecResult(exit_code=0)
+        result = guest(list(argv)) if guest else ExecResult(exit_code=self.exec_exit_code)
         cut = len(result.stdout) > max_output or len(result.stderr) > max_output
         return ExecResult(
             exit_code=result.exit_code,
@@ -374,3 +429,16 @@ class FakeHypervisor:
             except NetworkNotFound:
                 return False
             return True
+
+
+def machine_of(spec: DomainSpec) -> dict:
+    """The guest-visible parts of a domain (what a restore must keep), as JSON data."""
+    return {
+        "vcpus": spec.vcpus,
+        "memory": spec.memory_bytes,
+        "machine": spec.machine,
+        "disks": [[d.target_bus, d.device, d.format] for d in spec.disks],
+        "nics": [[n.mac, n.model, n.pci_slot] for n in spec.nics],
+        "mgmt": spec.mgmt.mac if spec.mgmt is not None else None,
+        "efi": spec.efi is not None,
+    }

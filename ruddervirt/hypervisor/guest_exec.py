@@ -40,6 +40,7 @@ def run(
     *,
     timeout_s: float,
     max_output: int,
+    stdin: bytes = b"",
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ExecResult:
@@ -50,7 +51,7 @@ def run(
     if timeout_s <= 0 or max_output < 0:
         raise ValueError(f"bad timeout_s {timeout_s} or max_output {max_output}")
     deadline = clock() + timeout_s
-    pid = _call(send, "guest-exec", _exec_args(argv))["pid"]
+    pid = _call(send, "guest-exec", _exec_args(argv, stdin))["pid"]
     pause = FIRST_POLL_S
     while True:
         status = _call(send, "guest-exec-status", {"pid": pid})
@@ -63,8 +64,12 @@ def run(
         pause = min(pause * 2, MAX_POLL_S)
 
 
-def _exec_args(argv: Sequence[str]) -> dict[str, Any]:
-    return {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
+def _exec_args(argv: Sequence[str], stdin: bytes = b"") -> dict[str, Any]:
+    """guest-exec's arguments; ``stdin`` reaches the program as its standard input."""
+    arguments: dict[str, Any] = {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
+    if stdin:
+        arguments["input-data"] = base64.b64encode(stdin).decode("ascii")
+    return arguments
 
 
 def _call(send: Send, command: str, arguments: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,8 +26,13 @@ from pathlib import Path
 import libvirt
 import libvirt_qemu
 
-from ruddervirt.hypervisor import gateway, guest_exec, qemu_log
-from ruddervirt.hypervisor.domain_xml import OWNER_NS, build_domain_xml, parse_owner_metadata
+from ruddervirt.hypervisor import gateway, guest_exec, qemu_log, saveimage
+from ruddervirt.hypervisor.domain_xml import (
+    OWNER_NS,
+    build_domain_xml,
+    parse_owner_metadata,
+    restore_xml,
+)
 from ruddervirt.hypervisor.driver import (
     AGENT_PING_TIMEOUT_S,
     CancelCheck,
@@ -221,7 +227,7 @@ class LibvirtHypervisor:
             if not dom.isActive():
                 dom.create()
 
-    # -- optional, not in the Hypervisor protocol (added for the clone pipeline) --------------
+    # -- start_paused is optional, not in the Hypervisor protocol (the clone pipeline's) -----
     def start_paused(self, name: str) -> None:
         """Start QEMU with the guest's vCPUs stopped (see :meth:`resume`); no-op when the
         domain is already active. Starting many domains this way, then resuming them all,
@@ -312,8 +318,52 @@ class LibvirtHypervisor:
             raise _translate(exc, f"guest agent of {name!r}: fsfreeze") from exc
         return int(json.loads(reply)["return"])
 
+    def save(self, name: str, path: Path) -> None:
+        """See :meth:`Hypervisor.save` (virDomainSave: uncompressed, as qemu.conf's default)."""
+        dom = self._domain(name)
+        with _errors(f"save {name!r}"):
+            if not dom.isActive():
+                raise InvalidState(f"cannot save {name!r}: it is not running")
+            dom.save(str(path))
+
+    def restore(self, path: Path, spec: DomainSpec, *, paused: bool = False) -> None:
+        """See :meth:`Hypervisor.restore`: libvirt reads the saved state through a pipe that
+        renames it for ``spec.name`` (saveimage.feed), with the domain's own XML (its UUID
+        kept) checked by libvirt against the saved machine."""
+        dom = self._domain(spec.name)
+        with _errors(f"restore {spec.name!r}"):
+            if dom.isActive():
+                raise InvalidState(f"cannot restore {spec.name!r}: it is running")
+            uuid = dom.UUIDString()
+        try:
+            xml = restore_xml(spec, uuid=uuid, saved_xml=saveimage.read(path).xml)
+        except (saveimage.SaveImageError, OSError) as exc:
+            raise HypervisorError(f"restore {spec.name!r}: {exc}") from exc
+        flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else libvirt.VIR_DOMAIN_SAVE_RUNNING
+        try:
+            with saveimage.feed(path, spec.name, uuid) as pipe, _errors(f"restore {spec.name!r}"):
+                self._conn().restoreFlags(str(pipe), xml, flags)
+        except (saveimage.SaveImageError, OSError) as exc:
+            raise HypervisorError(f"restore {spec.name!r}: {exc}") from exc
+
+    def set_guest_time(self, name: str, timeout_s: float) -> bool:
+        """See :meth:`Hypervisor.set_guest_time` (virDomainSetTime, through the agent)."""
+        if not self.agent_ping(name, timeout_s):
+            return False
+        dom = self._domain(name)
+        now = time.time_ns()
+        with _errors(f"set the clock of {name!r}"):
+            dom.setTime({"seconds": now // 1_000_000_000, "nseconds": now % 1_000_000_000})
+        return True
+
     def guest_exec(
-        self, name: str, argv: Sequence[str], *, timeout_s: float, max_output: int
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        timeout_s: float,
+        max_output: int,
+        stdin: bytes = b"",
     ) -> ExecResult | None:
         """See :meth:`Hypervisor.guest_exec` (the polling is ``guest_exec.run``'s)."""
         dom = self._domain(name)
@@ -327,7 +377,9 @@ class LibvirtHypervisor:
                 raise _translate(exc, f"guest agent of {name!r}") from exc
 
         try:
-            return guest_exec.run(send, argv, timeout_s=timeout_s, max_output=max_output)
+            return guest_exec.run(
+                send, argv, timeout_s=timeout_s, max_output=max_output, stdin=stdin
+            )
         except guest_exec.AgentNotAnswering:
             return None
 

@@ -29,6 +29,8 @@
       set(li, "state", vm.state || "-");
       const ready = set(li, "ready", vm.ready_text || "");
       if (ready) ready.classList.toggle("ready", Boolean(vm.ready));
+      set(li, "started", vm.started_via ? `${vm.started_via} start` : "");
+      set(li, "start-note", vm.start_note || "");
       if (vm.ssh_port) set(li, "ssh", `ssh 127.0.0.1:${vm.ssh_port}`);
     });
   }

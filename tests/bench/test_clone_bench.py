@@ -66,3 +66,10 @@ def test_the_table_gains_readiness_columns_only_when_measured():
     table = markdown([timed])
     assert "launch → ready" in table.splitlines()[0]
     assert "| 50.0 / 60.5 / 71.2 | agent | 0 |" in table
+
+
+def test_warm_rounds_are_marked_in_the_mode_column():
+    cold = Round("linked", 1, 3.4, 1.2, 2.1, 0.1, 340.0, 200.0, 200.0, 6.0, 0)
+    warm = Round(**{**cold.__dict__, "start": "warm"})
+    lines = markdown([cold, warm]).splitlines()
+    assert lines[2].startswith("| 1 | linked | ") and lines[3].startswith("| 1 | linked, warm | ")

@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(ruddervirt.hypervisor.__file__).parent
 
 def test_protocol_lists_the_whole_interface() -> None:
     domain_ops = "define start shutdown destroy undefine state fault wait_for_state list_domains"
-    domain_ops += " agent_ping fsfreeze guest_exec"
+    domain_ops += " agent_ping fsfreeze save restore resume set_guest_time guest_exec"
     console_ops = "console_address send_keys screenshot"
     network_ops = "define_network start_network destroy_network undefine_network list_networks"
     expected = f"{domain_ops} {console_ops} {network_ops} network_exists".split()

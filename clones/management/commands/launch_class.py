@@ -1,6 +1,6 @@
 """`manage.py launch_class --module NAME[@VERSION] --students a,b,c [--class NAME] [--wait]
-[--wait-ready [--ready-timeout S]] [--json]`: one clone per student, through the same
-services as the class dashboard."""
+[--wait-ready [--ready-timeout S]] [--start warm|cold] [--json]`: one clone per student,
+through the same services as the class dashboard."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from builds.jobs import workers_listening
 from builds.management.commands._common import cli_user
-from clones import readiness, services, students
+from clones import readiness, services, students, warm
 from clones.jobs import QUEUE, kind_name
 from clones.models import BUSY, Class, Clone, CloneStatus, CloneVM
 from clones.runner import run_inline
@@ -53,6 +53,12 @@ class Command(BaseCommand):
             default=READY_TIMEOUT_S,
             help=f"seconds --wait-ready waits (default {READY_TIMEOUT_S})",
         )
+        parser.add_argument(
+            "--start",
+            choices=["warm", "cold"],
+            help="warm: resume the version's warm image (made first when there is none, its "
+            "time reported apart); cold: boot every VM. Default: warm when a warm image exists",
+        )
         parser.add_argument("--json", action="store_true", help="end with one JSON object")
         parser.add_argument("--user", help="act as this user (default: the first administrator)")
 
@@ -62,17 +68,21 @@ class Command(BaseCommand):
             raise CommandError("--ready-timeout must be more than 0 seconds")
         wait = wait or wait_ready
         actor = cli_user(user)
+        start = opts["start"]
         try:
             version = services.resolve_version(module, user=actor)
             klass = self.get_class(class_name, version, actor)
             members = self.add_students(klass, students, actor, quiet=json)
+            image = self.warm_image(version, actor, quiet=json) if start == "warm" else None
             run_here = wait and workers_listening(QUEUE) == 0
+            began = time.monotonic()
             made = services.launch(
-                klass, version, by=actor, students=members, full_copy=full_copy, queue=not run_here
-            )
+                klass, version, by=actor, students=members, full_copy=full_copy,
+                queue=not run_here, start=start,
+            )  # fmt: skip
         except services.CapacityRefused as exc:
             raise CommandError(f"refused: {exc}") from exc
-        except services.CloneNotAllowed as exc:
+        except (services.CloneNotAllowed, warm.WarmNotAllowed) as exc:
             raise CommandError(str(exc)) from exc
         if not json:
             self.stdout.write(f"class {klass.pk} ({klass.name}): {len(made)} clone(s) of {version}")
@@ -84,9 +94,13 @@ class Command(BaseCommand):
             else:
                 self.follow([c.pk for c in made])
         not_ready = self.wait_ready([c.pk for c in made], ready_timeout) if wait_ready else []
+        launch_s = time.monotonic() - began
         clones = list(Clone.objects.filter(pk__in=[c.pk for c in made]).select_related("student"))
         if json:
-            self.stdout.write(jsonlib.dumps(self.summary(klass, clones)))
+            data = {**self.summary(klass, clones), "launch_s": round(launch_s, 1)}
+            if image is not None:
+                data["warm_image"] = image
+            self.stdout.write(jsonlib.dumps(data))
         else:
             for c in clones:
                 extra = f": {c.error}" if c.error else ""
@@ -113,6 +127,23 @@ class Command(BaseCommand):
             names = ", ".join(f"clone {vm.clone_id} VM {vm.name} ({vm.domain_name})" for vm in left)
             self.stderr.write(f"not ready after {timeout:g}s: {names}")
         return left
+
+    def warm_image(self, version, actor, *, quiet: bool) -> dict:
+        """The version's warm image, made first when it has none: what it is, and the
+        seconds this launch spent making it (0 when it was there)."""
+        image = warm.ready_image(version)
+        waited = 0.0
+        if image is None:
+            if not quiet:
+                self.stdout.write(f"{version} has no warm image: making it first")
+            began = time.monotonic()
+            image = warm.make_and_wait(version, by=actor)
+            waited = time.monotonic() - began
+            if not image.is_ready:
+                raise CommandError(f"the warm image of {version} failed: {image.error}")
+            if not quiet:
+                self.stdout.write(f"warm image made in {waited:.1f}s")
+        return {**warm.describe(image), "made_now_s": round(waited, 1)}
 
     def get_class(self, name: str | None, version, actor) -> Class:
         if name is None:
