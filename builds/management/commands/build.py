@@ -104,7 +104,13 @@ class Command(BaseCommand):
                     "no worker serves the builds queue: running the build in this process",
                 )
             )
+            for line in BuildLogLine.objects.filter(build=build).order_by("seq"):
+                # What was logged at submit (a resume's note) before the run's own lines.
+                self.echo(format_line(line.created_at, line.vm, line.stream, line.text))
             build = self.run_here(build)
+            kept_lines = BuildLogLine.objects.filter(build=build, text__startswith="the failed VM ")
+            for line in kept_lines.order_by("seq"):  # logged once the run was over
+                self.echo(format_line(line.created_at, line.vm, line.stream, line.text))
         else:
             build = self.follow(build)
         if json:
