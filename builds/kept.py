@@ -36,12 +36,15 @@ class KeepRefused(ValueError):
 def keep_seconds(value: str | int | None) -> int:
     """Seconds to keep a failed VM for a request: ``None``/"" (asked without a time) is
     RUDDERVIRT_FAILED_VM_KEEP_S; "0" is not kept; "30m", "1h", "90s" or plain seconds
-    ("1800"). KeepRefused past RUDDERVIRT_FAILED_VM_KEEP_MAX_S or for anything else."""
+    ("1800", or the int 1800). KeepRefused past RUDDERVIRT_FAILED_VM_KEEP_MAX_S or for
+    anything else."""
     cap = settings.RUDDERVIRT_FAILED_VM_KEEP_MAX_S
     if value is None or (isinstance(value, str) and not value.strip()):
         return min(settings.RUDDERVIRT_FAILED_VM_KEEP_S, cap)
     text = str(value).strip()
     try:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(value)
         seconds = int(text) if text.isdigit() else int(parse_duration(text))
     except ValueError:
         raise KeepRefused(

@@ -43,6 +43,7 @@ from ruddervirt.engine.context import BuildContext
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.stepcache import StepCache
 from ruddervirt.engine.templates import define_templates, remove_templates
+from ruddervirt.hypervisor.driver import HypervisorError
 from ruddervirt.manifest import NO_LIMITS, Manifest, parse
 from ruddervirt.runtime import engine_config, get_hypervisor
 from ruddervirt.spec import SpecError, disk_files, dump_spec
@@ -141,9 +142,18 @@ def build_job(op: Operation, build: Build, *, hv=None, echo=None) -> Result:
             continue
         _fail(build, outcome)
         if keep:
-            kept.settle(build, hv, base)
+            _settle_kept(build, hv, base)
         build.refresh_from_db()
         return _result(build)
+
+
+def _settle_kept(build: Build, hv, base: Manifest) -> None:
+    """Record the VM the failed build kept (builds.kept). When the hypervisor cannot say, the
+    build keeps nothing on record and the next reconcile removes the VM as a leftover."""
+    try:
+        kept.settle(build, hv, base)
+    except HypervisorError as exc:
+        append_log(build, f"could not record the kept VM ({exc}): it is removed as a leftover")
 
 
 def _result(build: Build) -> Result:

@@ -29,6 +29,7 @@ from modules.lifecycle import record_created
 from modules.limits import manifest_limits
 from modules.models import ManifestRevision, Module
 from modules.services import ModuleNameTaken, can_manage, create_module, save_manifest
+from ruddervirt.hypervisor.driver import HypervisorError
 from ruddervirt.manifest import ManifestInvalid, parse
 from ruddervirt.runtime import engine_config, get_hypervisor
 
@@ -63,7 +64,7 @@ def start_build(
     if revision is None:
         raise BuildNotAllowed(f"module {module.name} has no manifest yet")
     try:
-        keep_failed_vm_s = kept.keep_seconds(str(keep_failed_vm_s))
+        keep_failed_vm_s = kept.keep_seconds(keep_failed_vm_s)
     except kept.KeepRefused as exc:
         raise BuildNotAllowed(str(exc)) from None
     try:
@@ -165,7 +166,7 @@ def resume_build(
     elif revision is None:  # a build made by hand: its text becomes a revision
         revision = save_manifest(module=build.module, text=build.manifest_text, user=user).revision
     if build.kept_vm_until is not None:
-        kept.remove_kept_vm(build, hv or get_hypervisor(), why=f"build {build.pk} is resumed")
+        _remove_kept(build, hv, why=f"build {build.pk} is resumed")
     resumed = start_build(
         module=build.module,
         user=user,
@@ -201,7 +202,16 @@ def clean_up_kept_vm(build: Build, *, user, hv=None) -> list[str]:
     BuildNotAllowed when nothing is kept."""
     if build.kept_vm_until is None:
         raise BuildNotAllowed(f"build {build.pk} keeps no VM running")
-    return kept.remove_kept_vm(build, hv or get_hypervisor(), why=f"cleaned up by {user}")
+    return _remove_kept(build, hv, why=f"cleaned up by {user}")
+
+
+def _remove_kept(build: Build, hv, *, why: str) -> list[str]:
+    """Remove the build's kept VM now; BuildNotAllowed (with libvirt's reason) when the
+    hypervisor refuses (the sweep tries again when its time is over)."""
+    try:
+        return kept.remove_kept_vm(build, hv or get_hypervisor(), why=why)
+    except HypervisorError as exc:
+        raise BuildNotAllowed(f"could not remove the kept VM of build {build.pk}: {exc}") from exc
 
 
 def request_cancel(build: Build, *, user) -> Build:

@@ -258,3 +258,18 @@ def test_a_resume_removes_the_kept_vm_first(instructor, hv, engine):
         build.log_lines.values_list("text", flat=True)
     )
     assert resumed.resumed_from == build
+
+
+def test_clean_up_now_says_why_when_libvirt_refuses(instructor, hv, engine, monkeypatch):
+    from ruddervirt.hypervisor.driver import HypervisorError
+
+    build = failed_build(instructor, hv)
+
+    def refuse(name):
+        raise HypervisorError("libvirt is busy")
+
+    monkeypatch.setattr(hv, "destroy", refuse)
+    with pytest.raises(BuildNotAllowed, match=r"could not remove the kept VM of build .*busy"):
+        clean_up_kept_vm(build, user=instructor, hv=hv)
+    build.refresh_from_db()
+    assert build.kept_vm_until is not None  # still kept: the sweep tries again at its end

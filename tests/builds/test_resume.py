@@ -145,10 +145,10 @@ def test_a_running_build_s_page_offers_no_resume(failed, instructor):
 def test_resume_posts_with_csrf_and_goes_to_the_new_build(failed, instructor, monkeypatch):
     monkeypatch.setattr("jobs.runner.submit", lambda *a, **kw: None)  # no queue in this test
     client = client_for(instructor)
-    page = client.get(f"/builds/{failed.pk}/")
+    client.get(f"/builds/{failed.pk}/")
     assert client.post(f"/builds/{failed.pk}/resume/").status_code == 403  # no CSRF token
-    token = page.cookies["csrftoken"].value if "csrftoken" in page.cookies else None
-    token = token or client.cookies["csrftoken"].value
+    assert not Build.objects.filter(resumed_from=failed).exists()
+    token = client.cookies["csrftoken"].value
     response = client.post(f"/builds/{failed.pk}/resume/", {"csrfmiddlewaretoken": token})
     resumed = Build.objects.get(resumed_from=failed)
     assert response.status_code == 302 and response.url == f"/builds/{resumed.pk}/"
@@ -248,7 +248,8 @@ def test_build_resume_of_a_succeeded_build_is_refused_clearly(failed):
 
 
 @pytest.mark.parametrize(
-    ("value", "seconds"), [(None, 1800), ("", 1800), ("10m", 600), ("90", 90), ("0", 0)]
+    ("value", "seconds"),
+    [(None, 1800), ("", 1800), ("10m", 600), ("90", 90), ("0", 0), (600, 600), (0, 0)],
 )
 def test_keep_failed_vm_durations(value, seconds, settings):
     from builds.kept import keep_seconds
@@ -257,8 +258,8 @@ def test_keep_failed_vm_durations(value, seconds, settings):
     assert keep_seconds(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["soon", "-5", "5h"])
-def test_keep_failed_vm_refuses_what_is_not_a_duration_or_over_the_cap(value, settings):
+@pytest.mark.parametrize("value", ["soon", "-5", "5h", -5, 5 * 3600])
+def test_keep_failed_vm_refuses_what_is_not_a_duration_or_over_the_cap(value, settings) -> None:
     from builds.kept import KeepRefused, keep_seconds
 
     settings.RUDDERVIRT_FAILED_VM_KEEP_MAX_S = 14400
