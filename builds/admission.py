@@ -34,12 +34,16 @@ def refusal(manifest: Manifest, *, user) -> str | None:
     transactions serialise every writer anyway)."""
     get_user_model().objects.select_for_update().filter(pk=user.pk).first()
     limit = settings.RUDDERVIRT_MAX_CONCURRENT_BUILDS
-    going = Build.objects.filter(requested_by=user, status__in=ACTIVE).count()
-    if going >= limit:
+    mine = Build.objects.filter(requested_by=user)
+    going = mine.filter(status__in=ACTIVE).count()
+    keeping = mine.filter(kept.kept_now()).count()  # a kept failed VM holds the host too
+    if going + keeping >= limit:
+        kept_note = f" and {keeping} keeping a failed VM" if keeping else ""
         return (
-            f"you have {going} build(s) queued or running, and one person may have at most "
-            f"{limit} at once (RUDDERVIRT_MAX_CONCURRENT_BUILDS): wait for one to finish or "
-            "cancel one"
+            f"you have {going} build(s) queued or running{kept_note}, and one person may have "
+            f"at most {limit} at once (RUDDERVIRT_MAX_CONCURRENT_BUILDS): wait for one to "
+            "finish, cancel one"
+            + (", or clean up a kept VM (Clean up now on its build's page)" if keeping else "")
         )
     problems = capacity.build_problems(manifest)
     if problems:

@@ -273,3 +273,12 @@ def test_clean_up_now_says_why_when_libvirt_refuses(instructor, hv, engine, monk
         clean_up_kept_vm(build, user=instructor, hv=hv)
     build.refresh_from_db()
     assert build.kept_vm_until is not None  # still kept: the sweep tries again at its end
+
+
+def test_a_kept_vm_counts_as_one_of_its_instructor_s_builds_going(instructor, hv, engine, settings):
+    settings.RUDDERVIRT_MAX_CONCURRENT_BUILDS = 1
+    build = failed_build(instructor, hv)
+    with pytest.raises(BuildNotAllowed, match=r"0 build.* and 1 keeping a failed VM.*Clean up"):
+        start_build(module=build.module, user=instructor, queue=False)
+    resumed = resume_build(build, user=instructor, queue=False, hv=hv)  # removes it first
+    assert resumed.resumed_from == build
