@@ -39,9 +39,15 @@ SHOTS = Path(os.environ.get("RUDDERVIRT_SHOTS", "/tmp/rv/shots"))
 
 
 BROKEN = """\
-      - name: broken
+      - name: mark
         type: shell
-        shell: {inline: "echo left-for-inspection > /root/state; exit 7"}
+        shell:
+          inline: |
+            head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /root/mark
+            cat /root/mark
+      - name: check
+        type: shell
+        shell: {inline: "cp /root/mark /root/seen; exit 7"}
 """
 
 
@@ -111,7 +117,7 @@ def test_a_failed_build_resumed_with_the_fixed_manifest_reuses_its_first_two_ste
     save_screenshot(browser, "resumed-build.png", SHOTS)
 
 
-def test_a_kept_failed_vm_answers_on_its_console_until_clean_up_now(
+def test_a_kept_failed_vm_answers_on_its_console_until_clean_up_now_then_the_page_resumes_it(
     image_server,
     hv,
     live_portal,  # noqa: F811
@@ -145,3 +151,25 @@ def test_a_kept_failed_vm_answers_on_its_console_until_clean_up_now(
     assert hv.state(domain) == DomainState.ABSENT
     build.refresh_from_db()
     assert build.kept_vm_until is None
+
+    # Edit and resume from the page: the fixed step runs, the first is reused.
+    mark = next(
+        line.text
+        for line in build.log_lines.filter(vm="web", stream="stdout")
+        if len(line.text) == 16
+    )
+    browser.find_element(By.ID, "edit-and-resume").click()
+    box = browser.find_element(By.ID, "id_manifest")
+    fixed = box.get_property("value").replace("; exit 7", "")
+    browser.execute_script("arguments[0].value = arguments[1]", box, fixed)
+    browser.find_element(By.ID, "resume-submit").click()
+    resumed = Build.objects.get(resumed_from=build)
+    assert browser.current_url.endswith(f"/builds/{resumed.pk}/")
+    resumed = execute_build(resumed.pk)  # as a worker would (the test has none)
+    assert resumed.status == BuildStatus.SUCCEEDED, resumed.error
+    steps = {s.name: s for s in BuildStep.objects.filter(vm__build=resumed)}
+    assert (steps["mark"].status, steps["mark"].reused_from) == (StepStatus.REUSED, build.pk)
+    assert steps["check"].status == StepStatus.SUCCEEDED
+    assert read_file(template_disk(resumed), "/root/seen").decode() == mark
+    browser.get(live_portal.url(f"/builds/{resumed.pk}/"))
+    save_screenshot(browser, "resumed-from-page.png", SHOTS)
