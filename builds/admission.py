@@ -8,15 +8,17 @@ ruddervirt.capacity for memory and disk.
 What queued and running builds hold of the host is promised here (`promised_by_builds`,
 registered with ruddervirt.capacity by BuildsConfig.ready): a build VM's memory is counted
 in full while the build lasts (QEMU touches it as the guest runs), and its disks at their
-full declared size (they are then flattened), less what its folder allocates already.
+full declared size (they are then flattened), less what its folder allocates already. A
+failed VM kept running for inspection holds its memory until it is removed.
 """
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Count
+from django.db.models import Count, Q
 
+from builds import kept
 from builds.models import ACTIVE, Build
 from builds.runner import build_workdir
 from ruddervirt import capacity
@@ -32,12 +34,16 @@ def refusal(manifest: Manifest, *, user) -> str | None:
     transactions serialise every writer anyway)."""
     get_user_model().objects.select_for_update().filter(pk=user.pk).first()
     limit = settings.RUDDERVIRT_MAX_CONCURRENT_BUILDS
-    going = Build.objects.filter(requested_by=user, status__in=ACTIVE).count()
-    if going >= limit:
+    mine = Build.objects.filter(requested_by=user)
+    going = mine.filter(status__in=ACTIVE).count()
+    keeping = mine.filter(kept.kept_now()).count()  # a kept failed VM holds the host too
+    if going + keeping >= limit:
+        kept_note = f" and {keeping} keeping a failed VM" if keeping else ""
         return (
-            f"you have {going} build(s) queued or running, and one person may have at most "
-            f"{limit} at once (RUDDERVIRT_MAX_CONCURRENT_BUILDS): wait for one to finish or "
-            "cancel one"
+            f"you have {going} build(s) queued or running{kept_note}, and one person may have "
+            f"at most {limit} at once (RUDDERVIRT_MAX_CONCURRENT_BUILDS): wait for one to "
+            "finish, cancel one"
+            + (", or clean up a kept VM (Clean up now on its build's page)" if keeping else "")
         )
     problems = capacity.build_problems(manifest)
     if problems:
@@ -60,4 +66,11 @@ def promised_by_builds() -> capacity.Promised:
         used = disk_usage(folder) if folder.exists() else 0
         memory += build_memory
         disk += max(0, build_disk - used)
+    # A failed VM kept for inspection runs on: its memory is held until it goes (builds.kept;
+    # its disks are allocated already, and the host's free space counts them).
+    kept_vms = Build.objects.filter(kept.kept_now()).annotate(
+        kept_count=Count("vms", filter=Q(vms__kept=True))
+    )
+    for build in kept_vms:
+        memory += capacity.build_cost(build.kept_memory_bytes, 0, build.kept_count)[0]
     return capacity.Promised(memory=memory, disk=disk)

@@ -19,7 +19,7 @@ class BuildsConfig(AppConfig):
 
         register_check("buildRef", with_ref_problems)
         capacity.register("builds", promised_by_builds)
-        # A build runs as a job of the one runner; its leftovers and kept disks are swept by
+        # A build runs as a job of the one runner; its leftovers, kept VMs and disks are swept by
         # the one reconcile.
         registry.register(
             registry.Kind(
@@ -34,4 +34,4 @@ class BuildsConfig(AppConfig):
         registry.register_owner(
             registry.Owner(tag=recovery.OWNER_TAG, key_field="build", live=recovery.live_build_keys)
         )
-        registry.register_sweep("builds", recovery.remove_expired_disks)
+        registry.register_sweep("builds", recovery.sweep)

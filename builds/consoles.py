@@ -39,7 +39,9 @@ LIVE_CONSOLE_PHASES = frozenset({VMPhase.BOOT_COMMAND, VMPhase.WAITING_FOR_SSH})
 def resolve(user: Any, build_id: int, vm_name: str) -> str:
     """The domain of VM `vm_name` of build `build_id`, for its module's owner and for
     administrators (PermissionDenied for everyone else). Http404 when there is no such
-    build or VM, or when the build has finished (its VMs are gone)."""
+    build or VM, or when the build has finished (its VMs are gone), unless the VM failed
+    the build and is kept running for inspection (builds.kept) and its time is not over:
+    an open console is closed at the next access check after that."""
     build = Build.objects.select_related("module").filter(pk=build_id).first()
     if build is None:
         raise Http404("no such build")
@@ -48,14 +50,17 @@ def resolve(user: Any, build_id: int, vm_name: str) -> str:
     vm = BuildVM.objects.filter(build=build, name=vm_name).first()
     if vm is None:
         raise Http404(f"build {build_id} has no VM {vm_name!r}")
-    if build.is_terminal:
+    if build.is_terminal and not (vm.kept and build.has_kept_vm):
         raise Http404(f"build {build_id} has finished: its VMs are gone")
     # The engine names domains before it reports them; the page may ask that early.
     return vm.domain_name or f"{settings.RUDDERVIRT_NAME_PREFIX}b{build.pk}-{vm.name}"
 
 
 def console_url(build: Build, vm: BuildVM) -> str | None:
-    """The console page of a build VM while it runs, else None."""
+    """The console page of a build VM while it runs (or is kept after the build failed),
+    else None."""
+    if build.is_terminal and vm.kept and build.has_kept_vm:
+        return reverse("consoles:page", args=["build", build.pk, vm.name])
     if build.is_terminal or vm.phase not in CONSOLE_PHASES:
         return None
     return reverse("consoles:page", args=["build", build.pk, vm.name])

@@ -79,6 +79,19 @@ class Build(models.Model):
     disk_bytes = models.BigIntegerField(default=0)
     # The step cache (docs/builds.md#step-cache): False builds every step again.
     use_cache = models.BooleanField(default=True)
+    # A resume (docs/builds.md#resuming-a-failed-build): the failed or cancelled build this
+    # one continues, whose checkpoints it starts from.
+    resumed_from = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="resumes"
+    )
+    # Keep the VM that failed running this long for inspection (0: removed at once), and,
+    # once it is kept, until when (the builds' sweep removes it then; BuildVM.kept says
+    # which VM).
+    keep_failed_vm_s = models.PositiveIntegerField(default=0)
+    kept_vm_until = models.DateTimeField(null=True, blank=True)
+    # What the kept VMs hold of the host's memory (their build-time memory), counted by
+    # builds.admission while they are kept.
+    kept_memory_bytes = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
@@ -92,6 +105,30 @@ class Build(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def cache_scope(self) -> str:
+        """Whose checkpoints the build reuses and adds to (the step cache's scope): the
+        instructor who asked for it, or for a resume that of the build it resumes (an
+        administrator resuming an instructor's build starts from the instructor's steps)."""
+        if self.resumed_from_id is not None and self.resumed_from is not None:
+            return self.resumed_from.cache_scope
+        return f"user-{self.requested_by_id}"
+
+    @property
+    def has_kept_vm(self) -> bool:
+        """Whether a VM of this failed build is kept running for inspection now."""
+        from django.utils import timezone
+
+        return self.kept_vm_until is not None and self.kept_vm_until > timezone.now()
+
+    @property
+    def kept_vm_seconds_left(self) -> int:
+        from django.utils import timezone
+
+        if self.kept_vm_until is None:
+            return 0
+        return max(0, int((self.kept_vm_until - timezone.now()).total_seconds()))
 
     @property
     def cache_starts(self) -> dict[str, dict[str, object]]:
@@ -137,6 +174,8 @@ class BuildVM(models.Model):
     domain_name = models.CharField(max_length=200, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The VM failed the build and is kept running for inspection (until Build.kept_vm_until).
+    kept = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["build", "index"]

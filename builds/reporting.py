@@ -17,7 +17,7 @@ import threading
 from datetime import datetime
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, connection
+from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -33,6 +33,16 @@ from builds.models import (
 from builds.transitions import InvalidTransition, transition
 from ruddervirt.engine.errors import BuildCancelled
 from ruddervirt.engine.phases import BuildPhase
+
+
+def append_log(build: Build, text: str, *, vm: str = "") -> None:
+    """Append one line to a build's log from outside the worker."""
+    with transaction.atomic():
+        seq = (BuildLogLine.objects.filter(build=build).aggregate(m=Max("seq"))["m"] or 0) + 1
+        BuildLogLine.objects.create(
+            build=build, seq=seq, created_at=timezone.now(), vm=vm, stream="info", text=text
+        )
+
 
 # The status a build takes when the engine reports its phase.
 STATUS_FOR_PHASE = {

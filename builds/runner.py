@@ -22,10 +22,9 @@ from django.db.models import Max
 from django.utils import timezone
 
 import jobs.runner as jobs
-from builds import refs
+from builds import kept, refs
 from builds.models import (
     Build,
-    BuildLogLine,
     BuildStatus,
     BuildStep,
     BuildVM,
@@ -33,7 +32,7 @@ from builds.models import (
     TemplateVM,
     VMPhase,
 )
-from builds.reporting import DBReporter
+from builds.reporting import DBReporter, append_log
 from builds.transitions import InvalidTransition, transition
 from jobs.models import Operation
 from jobs.registry import Result
@@ -44,6 +43,7 @@ from ruddervirt.engine.context import BuildContext
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.stepcache import StepCache
 from ruddervirt.engine.templates import define_templates, remove_templates, version_key
+from ruddervirt.hypervisor.driver import HypervisorError
 from ruddervirt.manifest import NO_LIMITS, Manifest, parse
 from ruddervirt.runtime import engine_config, get_hypervisor
 from ruddervirt.spec import SpecError, disk_files, dump_spec
@@ -68,15 +68,6 @@ def create_rows(build: Build, manifest: Manifest) -> None:
                 timeout_s=step.step_timeout,
             )
             for i, step in enumerate(vm.provisioners)
-        )
-
-
-def append_log(build: Build, text: str, *, vm: str = "") -> None:
-    """Append one line to a build's log from outside the worker."""
-    with transaction.atomic():
-        seq = (BuildLogLine.objects.filter(build=build).aggregate(m=Max("seq"))["m"] or 0) + 1
-        BuildLogLine.objects.create(
-            build=build, seq=seq, created_at=timezone.now(), vm=vm, stream="info", text=text
         )
 
 
@@ -133,7 +124,9 @@ def build_job(op: Operation, build: Build, *, hv=None, echo=None) -> Result:
     attempts = build.retries + 1  # as submitted (Build.retries)
     while True:
         reporter = DBReporter(build, echo=echo)
-        outcome = _run_attempt(build, base, hv, config, reporter)
+        # Only the last attempt keeps a failed VM (a retry reuses the VMs' names).
+        keep = build.keep_failed_vm_s > 0 and build.attempt >= attempts
+        outcome = _run_attempt(build, base, hv, config, reporter, keep_failed_vm=keep)
         reporter.close()
         build.refresh_from_db()
         if outcome is None or build.is_terminal:
@@ -148,8 +141,19 @@ def build_job(op: Operation, build: Build, *, hv=None, echo=None) -> Result:
             create_rows(build, base)
             continue
         _fail(build, outcome)
+        if keep:
+            _settle_kept(build, hv, base)
         build.refresh_from_db()
         return _result(build)
+
+
+def _settle_kept(build: Build, hv, base: Manifest) -> None:
+    """Record the VM the failed build kept (builds.kept). When the hypervisor cannot say, the
+    build keeps nothing on record and the next reconcile removes the VM as a leftover."""
+    try:
+        kept.settle(build, hv, base)
+    except HypervisorError as exc:
+        append_log(build, f"could not record the kept VM ({exc}): it is removed as a leftover")
 
 
 def _result(build: Build) -> Result:
@@ -171,7 +175,13 @@ def interrupted(build: Build, reason: str) -> str | None:
 
 
 def _run_attempt(
-    build: Build, base: Manifest, hv, config: EngineConfig, reporter: DBReporter
+    build: Build,
+    base: Manifest,
+    hv,
+    config: EngineConfig,
+    reporter: DBReporter,
+    *,
+    keep_failed_vm: bool = False,
 ) -> str | None:
     """One try. Returns None when the build reached a terminal state, else the error."""
     workdir = build_workdir(build.pk)
@@ -180,6 +190,11 @@ def _run_attempt(
             f"build {build.pk} of module {build.module.name}, attempt {build.attempt}, "
             f"manifest sha256:{build.manifest_sha256}"
         )
+        if build.resumed_from_id is not None:
+            reporter.log(
+                f"resuming build #{build.resumed_from_id}: each VM starts from the last "
+                "checkpoint of its good steps that still matches the manifest"
+            )
         parents = resolve_parents(base, user=build.requested_by)
         plan = BuildPlan(
             key=f"b{build.pk}",
@@ -188,7 +203,8 @@ def _run_attempt(
             workdir=workdir,
             use_cache=build.use_cache,
             build_id=build.pk,
-            cache_scope=f"user-{build.requested_by_id}",
+            cache_scope=build.cache_scope,
+            keep_failed_vm=keep_failed_vm,
         )
         result = run_build(plan, BuildContext(config=config, hv=hv, reporter=reporter))
         reporter.flush()

@@ -12,7 +12,8 @@ import logging
 from django.db import transaction
 
 import jobs.runner as jobs
-from builds import admission, refs, runner
+from accounts.roles import is_admin
+from builds import admission, kept, refs, runner
 from builds.models import (
     Build,
     BuildStatus,
@@ -28,7 +29,9 @@ from modules.lifecycle import record_created
 from modules.limits import manifest_limits
 from modules.models import ManifestRevision, Module
 from modules.services import ModuleNameTaken, can_manage, create_module, save_manifest
+from ruddervirt.hypervisor.driver import HypervisorError
 from ruddervirt.manifest import ManifestInvalid, parse
+from ruddervirt.runtime import engine_config, get_hypervisor
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +48,25 @@ def start_build(
     revision: ManifestRevision | None = None,
     queue: bool = True,
     use_cache: bool = True,
+    keep_failed_vm_s: int = 0,
+    resumed_from: Build | None = None,
 ) -> Build:
     """Create a build of `revision` (default: the module's newest manifest) and queue it
     for the workers once the transaction commits. With queue=False the caller runs it
     (`manage.py build --wait` on a host without workers). BuildNotAllowed, with the path
     and line, when a buildRef names a module version `user` may not use (builds.refs),
     when the text is over this host's caps, and when the build may not start now
-    (builds.admission: the user's concurrent builds, the host's memory and disk)."""
+    (builds.admission: the user's concurrent builds, the host's memory and disk).
+    `keep_failed_vm_s`: keep the VM that fails running that long (builds.kept; at most
+    RUDDERVIRT_FAILED_VM_KEEP_MAX_S); `resumed_from`: the build this one resumes
+    (resume_build)."""
     revision = revision or module.latest_revision
     if revision is None:
         raise BuildNotAllowed(f"module {module.name} has no manifest yet")
+    try:
+        keep_failed_vm_s = kept.keep_seconds(keep_failed_vm_s)
+    except kept.KeepRefused as exc:
+        raise BuildNotAllowed(str(exc)) from None
     try:
         manifest = parse(revision.text, limits=manifest_limits())
     except ManifestInvalid as exc:
@@ -73,6 +85,8 @@ def start_build(
             manifest_sha256=revision.sha256,
             requested_by=user,
             use_cache=use_cache,
+            keep_failed_vm_s=keep_failed_vm_s,
+            resumed_from=resumed_from,
             **build_plan_fields(manifest),
         )
         create_rows(build, manifest)
@@ -82,7 +96,13 @@ def start_build(
 
 
 def submit_manifest(
-    *, text: str, module_name: str, user, queue: bool = True, use_cache: bool = True
+    *,
+    text: str,
+    module_name: str,
+    user,
+    queue: bool = True,
+    use_cache: bool = True,
+    keep_failed_vm_s: int = 0,
 ) -> Build:
     """Save `text` as the module's newest manifest (creating the module) and build it
     (``use_cache=False``: every step runs, the step cache is neither read nor written).
@@ -100,7 +120,98 @@ def submit_manifest(
         revision=outcome.revision,
         queue=queue,
         use_cache=use_cache,
+        keep_failed_vm_s=keep_failed_vm_s,
     )
+
+
+# --- resuming, and a failed VM kept for inspection ----------------------------------------
+RESUMABLE = frozenset({BuildStatus.FAILED, BuildStatus.CANCELLED})
+
+
+def may_resume(user, build: Build) -> bool:
+    """Whether `user` may resume `build`: the instructor who started it, or an admin."""
+    return bool(user.is_authenticated and (user.pk == build.requested_by_id or is_admin(user)))
+
+
+def resume_build(
+    build: Build,
+    *,
+    user,
+    text: str | None = None,
+    queue: bool = True,
+    keep_failed_vm_s: int = 0,
+    hv=None,
+) -> Build:
+    """A new build that continues the failed or cancelled `build`: each VM starts from the
+    last checkpoint of its good steps that still matches the manifest (the step cache in
+    the failed build's scope: Build.cache_scope). `text`: an edited manifest, saved as the
+    module's newest revision first (ManifestRejected when it is invalid); else the manifest
+    as the failed build had it. A VM the failed build kept running is removed first (its
+    memory is free for the resume). BuildNotAllowed for anyone but the build's instructor
+    or an administrator, and for a build that did not fail or was not cancelled."""
+    if not may_resume(user, build):
+        raise BuildNotAllowed(
+            f"only {build.requested_by}, who started build {build.pk}, or an administrator "
+            "may resume it"
+        )
+    if build.status not in RESUMABLE:
+        still = " (it has not finished: wait for it, or cancel it)" if not build.is_terminal else ""
+        raise BuildNotAllowed(
+            f"build {build.pk} is {build.status}: only a failed or cancelled build can be "
+            f"resumed{still}"
+        )
+    revision = build.revision
+    if text is not None and text != build.manifest_text:
+        revision = save_manifest(module=build.module, text=text, user=user).revision
+    elif revision is None:  # a build made by hand: its text becomes a revision
+        revision = save_manifest(module=build.module, text=build.manifest_text, user=user).revision
+    if build.kept_vm_until is not None:
+        _remove_kept(build, hv, why=f"build {build.pk} is resumed")
+    resumed = start_build(
+        module=build.module,
+        user=user,
+        revision=revision,
+        queue=queue,
+        keep_failed_vm_s=keep_failed_vm_s,
+        resumed_from=build,
+    )
+    append_log(build, f"resumed by build #{resumed.pk} (requested by {user})")
+    append_log(resumed, _resume_note(build, resumed))
+    return resumed
+
+
+def _resume_note(failed: Build, resumed: Build) -> str:
+    edited = (
+        "an edited manifest"
+        if resumed.manifest_sha256 != failed.manifest_sha256
+        else ("the manifest as submitted")
+    )
+    note = f"resume of build #{failed.pk} ({failed.status}) with {edited}"
+    if not engine_config().step_cache:
+        return note + ": the step cache is off on this host, so every step runs again"
+    if not failed.use_cache:
+        return note + (
+            f": build #{failed.pk} ran with the cache off and kept no checkpoints, so every "
+            "step runs again"
+        )
+    return note
+
+
+def clean_up_kept_vm(build: Build, *, user, hv=None) -> list[str]:
+    """Clean up now: remove the VM `build` keeps for inspection (and the build's networks).
+    BuildNotAllowed when nothing is kept."""
+    if build.kept_vm_until is None:
+        raise BuildNotAllowed(f"build {build.pk} keeps no VM running")
+    return _remove_kept(build, hv, why=f"cleaned up by {user}")
+
+
+def _remove_kept(build: Build, hv, *, why: str) -> list[str]:
+    """Remove the build's kept VM now; BuildNotAllowed (with libvirt's reason) when the
+    hypervisor refuses (the sweep tries again when its time is over)."""
+    try:
+        return kept.remove_kept_vm(build, hv or get_hypervisor(), why=why)
+    except HypervisorError as exc:
+        raise BuildNotAllowed(f"could not remove the kept VM of build {build.pk}: {exc}") from exc
 
 
 def request_cancel(build: Build, *, user) -> Build:
@@ -158,8 +269,17 @@ def build_summary(build: Build, *, detail: bool = False) -> dict:
     }
     if build.error:
         data["error"] = build.error
+    if build.resumed_from_id is not None:
+        data["resumed_from"] = build.resumed_from_id
+    if build.kept_vm_until is not None:
+        data["kept_vm"] = {
+            "vms": list(build.vms.filter(kept=True).values_list("name", flat=True)),
+            "until": build.kept_vm_until.isoformat(),
+            "seconds_left": build.kept_vm_seconds_left,
+        }
     if detail:
         data["attempt"] = build.attempt
+        data["resumes"] = list(build.resumes.order_by("pk").values_list("pk", flat=True))
         data["vms"] = [
             {
                 "name": vm.name,

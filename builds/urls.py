@@ -9,5 +9,7 @@ urlpatterns = [
     path("<int:pk>/status.json", views.status, name="status"),
     path("<int:pk>/log.txt", views.log_download, name="log"),
     path("<int:pk>/cancel/", views.cancel, name="cancel"),
+    path("<int:pk>/resume/", views.resume, name="resume"),
+    path("<int:pk>/clean-up/", views.clean_up, name="clean-up"),
     path("<int:pk>/<str:decision>/", views.decide, name="decide"),
 ]

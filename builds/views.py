@@ -1,9 +1,11 @@
-"""Build pages: start, watch (live), cancel, continue a handbuild, download the log."""
+"""Build pages: start, watch (live), cancel, continue a handbuild, download the log, resume
+a failed build, clean up a failed VM kept for inspection."""
 
 from __future__ import annotations
 
 import difflib
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -11,13 +13,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.roles import instructor_required
-from builds import consoles, services, version_panels
+from builds import consoles, kept, services, version_panels
 from builds.models import Build, BuildLogLine, ModuleVersion
 from builds.reporting import format_line
 from jobs.models import RUNS_SHOWN, Operation
 from modules.forms import BriefingForm
 from modules.models import Module
-from modules.services import can_manage
+from modules.services import ManifestRejected, can_manage
 
 LOG_PAGE = 2000
 
@@ -29,6 +31,14 @@ def _build_for(request: HttpRequest, pk: int) -> Build:
     return build
 
 
+def keep_choice(post) -> int:
+    """The build form's "keep the failed VM" choice, in seconds (0: not kept); KeepRefused
+    for a time that is not a duration or over the host's cap."""
+    if post.get("keep_failed_vm") != "on":
+        return 0
+    return kept.keep_seconds(post.get("keep_for", ""))
+
+
 @require_POST
 @instructor_required
 def start(request: HttpRequest, name: str) -> HttpResponse:
@@ -36,10 +46,64 @@ def start(request: HttpRequest, name: str) -> HttpResponse:
     if not can_manage(request.user, module):
         raise PermissionDenied("This module belongs to another instructor.")
     try:
-        build = services.start_build(module=module, user=request.user)
-    except services.BuildNotAllowed as exc:
+        build = services.start_build(
+            module=module,
+            user=request.user,
+            use_cache=request.POST.get("no_cache") != "on",
+            keep_failed_vm_s=keep_choice(request.POST),
+        )
+    except (services.BuildNotAllowed, kept.KeepRefused) as exc:
         messages.error(request, str(exc))
         return redirect(module)
+    return redirect(build)
+
+
+@instructor_required
+def resume(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET: the build form for a resume, with the failed build's manifest to edit. POST:
+    resume (with the posted manifest when there is one, else the build's own)."""
+    build = _build_for(request, pk)
+    if not services.may_resume(request.user, build):
+        raise PermissionDenied("Only the instructor who started this build may resume it.")
+    text = request.POST.get("manifest") if request.method == "POST" else None
+    errors: list = []
+    if request.method == "POST":
+        try:
+            resumed = services.resume_build(
+                build, user=request.user, text=text, keep_failed_vm_s=keep_choice(request.POST)
+            )
+            return redirect(resumed)
+        except ManifestRejected as exc:
+            errors = exc.result.errors
+        except (services.BuildNotAllowed, kept.KeepRefused) as exc:
+            messages.error(request, str(exc))
+            if text is None:
+                return redirect(build)
+    context = {
+        "build": build,
+        "text": build.manifest_text if text is None else text,
+        "errors": errors,
+        "keep_default": settings.RUDDERVIRT_FAILED_VM_KEEP_S,
+    }
+    return render(request, "builds/resume.html", context, status=400 if errors else 200)
+
+
+@require_POST
+@instructor_required
+def clean_up(request: HttpRequest, pk: int) -> HttpResponse:
+    """Clean up now: remove the failed VM the build keeps for inspection."""
+    return _act(request, pk, services.clean_up_kept_vm, "The kept VM was removed.")
+
+
+def _act(request: HttpRequest, pk: int, action, done: str) -> HttpResponse:
+    """Run `action(build, user=...)` on the build, say `done` or why it was refused, and go
+    back to the build's page."""
+    build = _build_for(request, pk)
+    try:
+        action(build, user=request.user)
+        messages.info(request, done)
+    except services.BuildNotAllowed as exc:
+        messages.error(request, str(exc))
     return redirect(build)
 
 
@@ -50,6 +114,10 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
     context = {
         "build": build,
         "vms": vms,
+        "resumable": build.status in services.RESUMABLE
+        and services.may_resume(request.user, build),
+        "kept_vms": [vm for vm in vms if vm.kept] if build.has_kept_vm else [],
+        "resumes": build.resumes.order_by("pk"),
         "history": build.history.select_related("by"),
         "runs": Operation.objects.for_target(build).select_related("requested_by")[:RUNS_SHOWN],
     }
@@ -112,13 +180,8 @@ def log_download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
 @require_POST
 @instructor_required
 def cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    build = _build_for(request, pk)
-    try:
-        services.request_cancel(build, user=request.user)
-        messages.info(request, "Cancel requested: the build stops within a few seconds.")
-    except services.BuildNotAllowed as exc:
-        messages.error(request, str(exc))
-    return redirect(build)
+    done = "Cancel requested: the build stops within a few seconds."
+    return _act(request, pk, services.request_cancel, done)
 
 
 @require_POST

@@ -230,6 +230,10 @@ RUDDERVIRT_CLONE_DISK_ALLOWANCE = int(
 RUDDERVIRT_HEARTBEAT_S = float(os.environ.get("RUDDERVIRT_HEARTBEAT_S", "15"))
 # How long a failed build's disks are kept for inspection.
 RUDDERVIRT_FAILED_BUILD_KEEP_S = int(os.environ.get("RUDDERVIRT_FAILED_BUILD_KEEP_S", "1800"))
+# A build asked to keep its failed VM running for inspection (docs/builds.md#keeping-a-
+# failed-vm): how long by default, and the most anyone may ask for (seconds).
+RUDDERVIRT_FAILED_VM_KEEP_S = int(os.environ.get("RUDDERVIRT_FAILED_VM_KEEP_S", "1800"))
+RUDDERVIRT_FAILED_VM_KEEP_MAX_S = int(os.environ.get("RUDDERVIRT_FAILED_VM_KEEP_MAX_S", "14400"))
 # The step cache (docs/builds.md#step-cache): on or off for every build, the most its
 # checkpoints may take on disk (bytes or Ki/Mi/Gi/Ti; 0: no cap) and how long a checkpoint
 # nobody used is kept (seconds; 0: no limit). Least recently used go first, after each build.

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from ruddervirt.engine import cleanup, efi, isos
 from ruddervirt.engine.capture import build_vm_spec, version_spec
 from ruddervirt.engine.config import EngineConfig
-from ruddervirt.engine.context import BuildContext, BuildScope, Clock, VMPlan
+from ruddervirt.engine.context import BuildContext, BuildScope, Clock, VMPlan, vm_domain_name
 from ruddervirt.engine.errors import BuildCancelled, BuildError
 from ruddervirt.engine.files import FileStore
 from ruddervirt.engine.generalize import build_key_comment
@@ -36,7 +36,7 @@ from ruddervirt.engine.topology import plan as plan_topology
 from ruddervirt.engine.vm import VMOutcome, VMRunner
 from ruddervirt.engine.vm_cache import snapshots_supported
 from ruddervirt.guest.ssh import generate_keypair, load_private_key
-from ruddervirt.hypervisor.driver import Hypervisor, HypervisorError
+from ruddervirt.hypervisor.driver import DomainState, Hypervisor, HypervisorError
 from ruddervirt.manifest.model import Manifest, Vm
 from ruddervirt.spec import VersionSpec, VMSpec
 
@@ -60,6 +60,9 @@ class BuildPlan:
     # passes ``user-<id>`` of the instructor who asked for the build; "" (the engine's
     # default) never matches a portal scope.
     cache_scope: str = ""
+    # On a failure, leave the VM that failed running (with its console and the build's
+    # networks) instead of removing it; the caller removes it later (keep_failed_vm).
+    keep_failed_vm: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
     http: BuildHTTPServer | None = None
     teardown: list[threading.Thread] = []
     cache = _build_cache(plan, ctx)
+    failed_vms: list[str] = []  # the VMs whose own failure failed the build
+    succeeded = False
 
     def networks_no_longer_needed() -> None:
         # Every VM is provisioned: from here on they only shut down, which they do over
@@ -152,7 +157,7 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
             on_provisioned=_Countdown(len(manifest.vms), networks_no_longer_needed),
             cache=cache,
         )
-        outcomes = _run_vms(ctx, scope, plan, topology)
+        outcomes = _run_vms(ctx, scope, plan, topology, failed_vms)
         if http is not None:
             http.stop()
             reporter.log(f"HTTP server stopped after {len(http.requests)} request(s)")
@@ -161,6 +166,7 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
         result = _capture(ctx, plan, manifest, topology, outcomes)
         if cache is not None:
             cache.release()  # a failed build keeps its lease with its disks (vm_cache)
+        succeeded = True
         return result
     finally:
         if http is not None:
@@ -169,11 +175,37 @@ def run_build(plan: BuildPlan, ctx: BuildContext) -> BuildResult:
         monitor.join(timeout=5)
         for thread in teardown:
             thread.join(timeout=NETWORK_TEARDOWN_TIMEOUT_S)
-        removed = cleanup.remove_owned(hv, config.name_prefix, metadata)
+        kept = set() if succeeded else _keep_failed(ctx, plan, failed_vms)
+        removed = cleanup.remove_owned(hv, config.name_prefix, metadata, keep_domains=kept)
         if removed:
             reporter.log("removed " + ", ".join(removed))
         if cache is not None:
             _close_cache(cache, config, reporter)
+
+
+def _keep_failed(ctx: BuildContext, plan: BuildPlan, failed_vms: list[str]) -> set[str]:
+    """The domains of the VMs that failed the build that stay running for inspection
+    (``plan.keep_failed_vm``), with the build's networks: a VM that is no longer running
+    (it crashed, it shut down) is removed as usual."""
+    if not plan.keep_failed_vm:
+        return set()
+    kept = set()
+    for vm in failed_vms:
+        domain = vm_domain_name(ctx.config.name_prefix, plan.key, vm)
+        try:
+            running = ctx.hv.state(domain) == DomainState.RUNNING
+        except HypervisorError:
+            running = False
+        if not running:
+            ctx.reporter.log(f"VM {vm} is not running any more: not keeping it", vm=vm)
+            continue
+        kept.add(domain)
+        ctx.reporter.log(
+            f"keeping the failed VM {vm} running for inspection (domain {domain}, with its "
+            "console and the build's networks)",
+            vm=vm,
+        )
+    return kept
 
 
 def _build_cache(plan: BuildPlan, ctx: BuildContext) -> BuildCache | None:
@@ -307,9 +339,15 @@ def _keys(
 
 
 def _run_vms(
-    ctx: BuildContext, scope: BuildScope, plan: BuildPlan, topology: Topology
+    ctx: BuildContext,
+    scope: BuildScope,
+    plan: BuildPlan,
+    topology: Topology,
+    failed_vms: list[str],
 ) -> list[VMOutcome]:
-    """Run every VM in its own thread; the first failure stops the others and is raised."""
+    """Run every VM in its own thread; the first failure stops the others and is raised.
+    The VMs that failed by themselves (not stopped by another's failure or a cancel) are
+    added to ``failed_vms``."""
     keys = _keys(scope.manifest, scope.files, plan.key)
     reporter, stopper = ctx.reporter, ctx.stopper
     runners = [
@@ -335,6 +373,8 @@ def _run_vms(
         except BaseException as exc:
             if not isinstance(exc, BuildCancelled) or not failures:
                 failures.append((runner.vm.name, exc))
+            if not isinstance(exc, BuildCancelled):
+                failed_vms.append(runner.vm.name)
             reporter.vm_phase(runner.vm.name, VMPhase.FAILED, str(exc))
             # The first failure fails the build: stop the other VMs now.
             stopper.stop(stopper.reason or f"VM {runner.vm.name} failed")

@@ -29,6 +29,11 @@ from ruddervirt.manifest.model import Manifest, Vm
 Clock = Callable[[], float]  # seconds, monotonic
 
 
+def vm_domain_name(prefix: str, build_key: str, vm: str) -> str:
+    """The domain of build VM ``vm`` of the build ``build_key`` (e.g. "b42")."""
+    return f"{prefix}{build_key}-{vm}"
+
+
 @dataclass(frozen=True)
 class BuildContext:
     """The services of one build, shared by its orchestrator and every VM thread.

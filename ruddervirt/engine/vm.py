@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ruddervirt.engine import bootcmd, efi, generalize, netconfig
 from ruddervirt.engine.capture import build_vm_spec
-from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan
+from ruddervirt.engine.context import BuildContext, BuildScope, VMPlan, vm_domain_name
 from ruddervirt.engine.domainwatch import DomainWatch
 from ruddervirt.engine.errors import BuildCancelled, BuildError, StepFailed
 from ruddervirt.engine.installer_media import InstallerMedia
@@ -93,7 +93,7 @@ class VMRunner(VMCache, VMDisks, InstallerMedia):
         self.hv = ctx.hv
         self.reporter = ctx.reporter
         self.stopper = ctx.stopper
-        self.domain = f"{ctx.config.name_prefix}{scope.key}-{plan.vm.name}"
+        self.domain = vm_domain_name(ctx.config.name_prefix, scope.key, plan.vm.name)
         self.port = 0
         self.comm: Communicator | None = None  # made once the VM is booted
         self.outcome = VMOutcome(name=self.vm.name, domain=self.domain)

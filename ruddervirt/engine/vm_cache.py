@@ -22,8 +22,9 @@ checkpoint keeps is the disk: a step must not count on processes or tmpfs files 
 step left, since a reused VM has rebooted. The keys of the builds a checkpoint came from are
 removed from the guest's authorized_keys once it is up.
 
-A resume of a failed build (issue 15 item 3) is a build whose cache holds the failed build's
-good steps: the failed build's checkpoints are in the store like any other.
+A resume of a failed build (docs/builds.md#resuming-a-failed-build) is a build whose cache
+holds the failed build's good steps: they are in the store like any other checkpoint, and the
+failed build's lease names their keys, so no eviction removes them while its disks are kept.
 
 `VMCache` is a mixin of engine.vm.VMRunner (as VMDisks is): it relies on the attributes
 declared at the top of the class. With no cache (``self.cache`` None) every method is a no-op
@@ -235,6 +236,9 @@ class VMCache:
             return
         record = self.record(key, index, chains, took)
         kept = shared.store.put(record)
+        # Leased with the build: a failed build's checkpoints stay (a resume starts from
+        # them) until its kept disks go and StepCache.release drops the lease.
+        shared.hold(self.key, keys=(key,))
         what = "kept" if kept else "already kept by another build"
         self.log(
             f"step cache: checkpoint {key[:12]} {what} "

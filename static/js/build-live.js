@@ -117,6 +117,15 @@
   }
   setInterval(tickCountdown, 1000);
 
+  // A failed VM kept for inspection: its time left, counted down from what the page said.
+  const keptLeft = document.getElementById("kept-time-left");
+  if (keptLeft) {
+    const keptUntil = Date.now() + Number(keptLeft.dataset.secondsLeft) * 1000;
+    setInterval(() => {
+      keptLeft.textContent = fmtLeft(keptUntil - Date.now()) + " left";
+    }, 1000);
+  }
+
   async function tick() {
     try {
       const response = await fetch(`${url}?after=${after}`, {credentials: "same-origin"});

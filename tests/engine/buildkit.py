@@ -171,6 +171,7 @@ class FakeBuild:
         use_cache: bool = False,
         build_id: int | None = None,
         cache_scope: str = "",
+        keep_failed_vm: bool = False,
     ) -> BuildResult:
         manifest = parse(text)
         plan = BuildPlan(
@@ -181,6 +182,7 @@ class FakeBuild:
             use_cache=use_cache,
             build_id=build_id,
             cache_scope=cache_scope,
+            keep_failed_vm=keep_failed_vm,
         )
         ctx = BuildContext(
             config=self.config(),
