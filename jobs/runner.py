@@ -36,6 +36,16 @@ DEFAULT_HEARTBEAT_S = 15.0
 
 
 # --- queueing --------------------------------------------------------------------------
+def content_type_of(target: models.Model) -> ContentType:
+    """The ContentType row of `target`'s model, read from the database, not from Django's
+    per-process cache: a long-lived process (daphne, a worker) keeps that cache for its whole
+    life, and once the table is emptied and refilled under it (`manage.py flush`, the suite's
+    transactional tests beside a live portal) its ids are stale and every new Operation
+    would break the foreign key. One small query per submitted job."""
+    meta = target._meta.concrete_model._meta
+    return ContentType.objects.get(app_label=meta.app_label, model=meta.model_name)
+
+
 def submit(
     kind: str,
     target: models.Model,
@@ -49,7 +59,7 @@ def submit(
     spec = registry.kind(kind)
     op = Operation.objects.create(
         kind=kind,
-        target_type=ContentType.objects.get_for_model(target),
+        target_type=content_type_of(target),
         target_id=target.pk,
         args=args or {},
         requested_by=by if getattr(by, "pk", None) else None,

@@ -15,6 +15,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from builds.models import Build, BuildStatus, BuildStep, StepStatus
 from builds.runner import execute_build
@@ -117,6 +118,9 @@ def test_a_failed_build_resumed_with_the_fixed_manifest_reuses_its_first_two_ste
     save_screenshot(browser, "resumed-build.png", SHOTS)
 
 
+PAGE_WAIT_S = 30
+
+
 def test_a_kept_failed_vm_answers_on_its_console_until_clean_up_now_then_the_page_resumes_it(
     image_server,
     hv,
@@ -147,7 +151,10 @@ def test_a_kept_failed_vm_answers_on_its_console_until_clean_up_now_then_the_pag
     assert "Kept for inspection: web" in panel.text and "left" in panel.text
     save_screenshot(browser, "kept-failed-vm.png", SHOTS)
     panel.find_element(By.ID, "clean-up").click()
-    assert "The kept VM was removed." in browser.find_element(By.TAG_NAME, "body").text
+    # The click returns before the POST's answer arrives: wait for the page it leads to.
+    WebDriverWait(browser, PAGE_WAIT_S).until(
+        lambda b: "The kept VM was removed." in b.find_element(By.TAG_NAME, "body").text
+    )
     assert hv.state(domain) == DomainState.ABSENT
     build.refresh_from_db()
     assert build.kept_vm_until is None
@@ -163,6 +170,13 @@ def test_a_kept_failed_vm_answers_on_its_console_until_clean_up_now_then_the_pag
     fixed = box.get_property("value").replace("; exit 7", "")
     browser.execute_script("arguments[0].value = arguments[1]", box, fixed)
     browser.find_element(By.ID, "resume-submit").click()
+    WebDriverWait(browser, PAGE_WAIT_S).until(
+        lambda b: (
+            b.current_url.endswith("/")
+            and f"/builds/{build.pk}/" not in b.current_url
+            and "/builds/" in b.current_url
+        )
+    )
     resumed = Build.objects.get(resumed_from=build)
     assert browser.current_url.endswith(f"/builds/{resumed.pk}/")
     resumed = execute_build(resumed.pk)  # as a worker would (the test has none)
