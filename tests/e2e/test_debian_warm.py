@@ -33,12 +33,18 @@ pytestmark = [
 ]
 
 
-def clock_offset(session: ssh.SSHSession) -> float:
-    """The guest's clock minus the host's, seconds (the round trip halved away)."""
-    before = time.time()
-    guest_now = float(guest(session, "date +%s.%N"))
-    after = time.time()
-    return guest_now - (before + after) / 2
+def clock_offset(session: ssh.SSHSession) -> tuple[float, float]:
+    """The guest's clock minus the host's, and how uncertain that is (half the round trip),
+    in seconds: the sample with the shortest round trip of three (a loaded host can take
+    seconds to run one command over SSH)."""
+    samples = []
+    for _ in range(3):
+        before = time.time()
+        guest_now = float(guest(session, "date +%s.%N"))
+        after = time.time()
+        samples.append((after - before, guest_now - (before + after) / 2))
+    round_trip, offset = min(samples)
+    return offset, round_trip / 2
 
 
 def test_three_warm_debian_clones_have_the_clock_and_identities_of_their_own(
@@ -78,11 +84,12 @@ def test_three_warm_debian_clones_have_the_clock_and_identities_of_their_own(
         vm = clone.vms.get(name="web")
         target = ssh.SSHTarget(port=vm.mgmt_port, username="debian", private_key=private_key)
         with ssh.wait_for_ssh(target, timeout=300) as session:
-            offset = clock_offset(session)
+            offset, uncertain = clock_offset(session)
             guest(session, WAIT_ADDRESS, timeout=150)
             seen.append(
                 {
                     "offset": offset,
+                    "uncertain": uncertain,
                     "machine_id": guest(session, "cat /etc/machine-id"),
                     "host_key": guest(session, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"),
                     "hostname": guest(session, "hostname"),
@@ -94,7 +101,7 @@ def test_three_warm_debian_clones_have_the_clock_and_identities_of_their_own(
             )
     print(f"3 warm Debian clones: {seen}")
     for one in seen:
-        assert abs(one["offset"]) < 1.0, one
+        assert abs(one["offset"]) < 1.0 + one["uncertain"], one  # within a second
         assert len(one["machine_id"]) == 32
         assert (one["hostname"], one["sshd"], one["agent"]) == ("web", "active", "active")
     for field in ("machine_id", "host_key"):
