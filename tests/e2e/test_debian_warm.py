@@ -50,7 +50,8 @@ def clock_offset(session: ssh.SSHSession) -> tuple[float, float]:
 def test_three_warm_debian_clones_have_the_clock_and_identities_of_their_own(
     image_server, debian_image, storage
 ):
-    (image_server.folder / IMAGE).symlink_to(debian_image)
+    if not (image_server.folder / IMAGE).exists():  # the server is shared
+        (image_server.folder / IMAGE).symlink_to(debian_image)
     private_key, _public = ssh.generate_keypair("instructor")
     owner = make_user("teacher", superuser=True)
     build = execute_build(
