@@ -8,19 +8,29 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def read_file(disk: Path, guest_path: str) -> bytes:
+@contextmanager
+def flattened(disk: Path) -> Iterator[Path]:
+    """The qcow2 chain of `disk` as one raw file in a temporary folder (removed afterwards),
+    for debugfs and e2fsck."""
     with tempfile.TemporaryDirectory(prefix="rv-fs-") as tmp:
         raw = Path(tmp) / "disk.raw"
-        out = Path(tmp) / "out"
         subprocess.run(
             ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(raw)],
             check=True,
             timeout=120,
             capture_output=True,
         )
+        yield raw
+
+
+def read_file(disk: Path, guest_path: str) -> bytes:
+    with flattened(disk) as raw:
+        out = raw.parent / "out"
         subprocess.run(
             ["debugfs", "-R", f"dump -p {guest_path} {out}", str(raw)],
             check=True,
@@ -33,14 +43,7 @@ def read_file(disk: Path, guest_path: str) -> bytes:
 
 
 def list_dir(disk: Path, guest_path: str) -> list[str]:
-    with tempfile.TemporaryDirectory(prefix="rv-fs-") as tmp:
-        raw = Path(tmp) / "disk.raw"
-        subprocess.run(
-            ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(raw)],
-            check=True,
-            timeout=120,
-            capture_output=True,
-        )
+    with flattened(disk) as raw:
         result = subprocess.run(
             ["debugfs", "-R", f"ls -p {guest_path}", str(raw)],
             check=True,
@@ -59,14 +62,7 @@ def list_dir(disk: Path, guest_path: str) -> list[str]:
 def fsck(disk: Path) -> subprocess.CompletedProcess[str]:
     """``e2fsck -fn`` of the tiny image's disk (read-only: it changes nothing): exit status
     0 when the file system has no error."""
-    with tempfile.TemporaryDirectory(prefix="rv-fs-") as tmp:
-        raw = Path(tmp) / "disk.raw"
-        subprocess.run(
-            ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(raw)],
-            check=True,
-            timeout=120,
-            capture_output=True,
-        )
+    with flattened(disk) as raw:
         return subprocess.run(
             ["e2fsck", "-fn", str(raw)], check=False, timeout=120, capture_output=True, text=True
         )
