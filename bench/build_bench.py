@@ -363,12 +363,17 @@ def _check(ok: bool, tool: str, output: Path) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="rvbench-"))
+def run_bench(
+    bench_class: type[Bench], args: argparse.Namespace, *, name: str, folder: str, prefix: str
+) -> int:
+    """Set up a throwaway portal in a temporary folder (named `folder`...), run
+    `bench_class`'s runs under the libvirt name prefix `prefix<pid>-` and print its report;
+    always clean up (also after Ctrl-C: a second one must not stop cleanup). The exit
+    status. `name`: the script, for the report's command line."""
+    tmp = Path(tempfile.mkdtemp(prefix=folder))
     tmp.chmod(0o755)  # libvirt-qemu must reach the disks and seeds below it
-    bench = Bench(args, tmp, f"rvb{os.getpid()}-")
-    command = "bench/build_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    bench = bench_class(args, tmp, f"{prefix}{os.getpid()}-")
+    command = f"bench/{name} " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
     status = 0
     try:
         bench.setup()
@@ -384,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         if removed:
             print("removed: " + ", ".join(removed), file=sys.stderr)
     return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.argv = argv
+    return run_bench(Bench, args, name="build_bench.py", folder="rvbench-", prefix="rvb")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.build_bench import Bench, machine_facts  # noqa: E402
+from bench.build_bench import Bench, machine_facts, run_bench  # noqa: E402
 from bench.build_phases import GENERALIZING  # noqa: E402
 from bench.build_recipe import GUESTS, manifest_text  # noqa: E402
 from bench.build_timing import Event  # noqa: E402
@@ -215,30 +214,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-
     args = parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="rvrebuild-"))
-    tmp.chmod(0o755)  # libvirt-qemu must reach the disks and seeds below it
-    bench = RebuildBench(args, tmp, f"rvr{os.getpid()}-")
-    command = "bench/rebuild_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    status = 0
+    args.argv = argv
     started = time.monotonic()
     try:
-        bench.setup()
-        bench.wait_quiet()
-        bench.run_all()
-        print(bench.report(command.strip()))
-    except KeyboardInterrupt:
-        print("interrupted: cleaning up", file=sys.stderr)
-        status = 130
+        return run_bench(
+            RebuildBench, args, name="rebuild_bench.py", folder="rvrebuild-", prefix="rvr"
+        )
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        removed = bench.cleanup()
-        if removed:
-            print("removed: " + ", ".join(removed), file=sys.stderr)
         print(f"{time.monotonic() - started:.0f}s in all", file=sys.stderr)
-    return status
 
 
 if __name__ == "__main__":
