@@ -57,15 +57,17 @@ def manifest_text(image: str, url: str, sha256: str, memory_mib: int) -> str:
 
 
 def build_template(
-    hv, config: EngineConfig, folder: Path, image_name: str, image: Path, memory_mib: int
-) -> VersionSpec:
-    """Build the module on `image` under `folder` (the storage root); its record, with the
-    captured disks' paths relative to `folder`. Raises what run_build raises."""
-    copy = folder / "source" / image.name  # file:// sources must lie in an allowed folder
+    hv, config: EngineConfig, folder: Path, image_name: str, image: Path, memory_mib: int,
+    key: str = "tpl",
+) -> VersionSpec:  # fmt: skip
+    """Build the module on `image` under `folder` (the storage root) as build `key`; its
+    record, with the captured disks' paths relative to `folder`. Raises what run_build
+    raises."""
+    copy = folder / "source" / key / image.name  # file:// sources must lie in an allowed folder
     copy.parent.mkdir(parents=True)
     shutil.copyfile(image, copy)
     text = manifest_text(image_name, copy.as_uri(), sha256_file(copy), memory_mib)
-    plan = BuildPlan(key="tpl", manifest=parse(text), workdir=folder / "builds" / "tpl")
+    plan = BuildPlan(key=key, manifest=parse(text), workdir=folder / "builds" / key)
     reporter = NullReporter()
     try:
         result = run_build(plan, BuildContext(config=config, hv=hv, reporter=reporter))

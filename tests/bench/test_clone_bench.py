@@ -7,7 +7,7 @@ import time
 import pytest
 
 from bench import clone_ready
-from bench.clone_bench import Round, markdown
+from bench.clone_bench import Round, markdown, memories
 from bench.clone_ready import manifest_text, wait_ready
 from ruddervirt.engine.clone import ClonedVM, CloneResult
 from ruddervirt.manifest import validate
@@ -73,3 +73,35 @@ def test_warm_rounds_are_marked_in_the_mode_column():
     warm = Round(**{**cold.__dict__, "start": "warm"})
     lines = markdown([cold, warm]).splitlines()
     assert lines[2].startswith("| 1 | linked | ") and lines[3].startswith("| 1 | linked, warm | ")
+
+
+def test_several_images_get_an_image_column_and_the_warm_speedup_per_size():
+    cold = Round("linked", 30, 3.4, 1.2, 2.1, 0.1, 340.0, 200.0, 200.0, 6.0, 0,
+                 ready_last_s=800.0, ready_via="agent", image="debian")  # fmt: skip
+    warm = Round(**{**cold.__dict__, "start": "warm", "ready_last_s": 40.0})
+    tiny = Round(**{**cold.__dict__, "image": "tiny", "ready_last_s": 100.0})
+
+    lines = markdown([cold, warm, tiny]).splitlines()
+
+    assert lines[0].startswith("| image | clones | mode |")
+    assert lines[3].startswith("| debian | 30 | linked, warm | ")
+    assert lines[-1] == "- debian, 30 clones: all ready 40.0 s warm vs 800.0 s cold (20.0x sooner)"
+    assert not any("tiny, 30" in line for line in lines)  # no warm round of tiny: no ratio
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", {"tiny": 256, "debian": 1024}),
+        ("512", {"tiny": 512, "debian": 512}),
+        ("debian=640", {"tiny": 256, "debian": 640}),
+    ],
+)
+def test_memory_is_one_size_for_all_or_per_image(text, expected):
+    assert memories(text, ["tiny", "debian"]) == expected
+
+
+@pytest.mark.parametrize("text", ["windows=512", "debian=lots", "debian=32"])
+def test_a_bad_memory_argument_says_what_is_wrong(text):
+    with pytest.raises(ValueError, match="not"):
+        memories(text, ["tiny", "debian"])
