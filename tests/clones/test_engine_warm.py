@@ -4,15 +4,17 @@ and renewing a restored guest's clock and identity through its agent."""
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import subprocess
+import tarfile
 from dataclasses import replace
 
 import pytest
 
 from ruddervirt.engine import clone as engine
-from ruddervirt.engine import identity, readiness
+from ruddervirt.engine import hostkeys, identity, readiness
 from ruddervirt.engine import warm as warm_engine
 from ruddervirt.hypervisor import disks as qimg
 from ruddervirt.hypervisor.driver import DomainState, ExecResult
@@ -135,16 +137,47 @@ def test_a_restored_guest_with_an_agent_gets_the_clock_and_a_new_identity(
     req = request(tmp_path, generalized, key="c4", warm=image)
     hv.agents.update({f"{PREFIX}c4-web", f"{PREFIX}c4-dc"})
     hv.guests[f"{PREFIX}c4-web"] = lambda argv: ExecResult(
-        0, stdout=b"reseeded\nmachine-id\nhost-keys\n"
+        0,
+        stdout=b"reseeded\nmachine-id\nkey=rsa\nkey=ed25519\n"
+        if argv[2] == identity.RENEW_SCRIPT
+        else b"host-keys\n",
     )
     [result] = engine.create_many([req], hv=hv, config=config)
     assert [vm.note for vm in result.vms] == ["", ""]
     assert sorted(hv.clock_set) == [f"{PREFIX}c4-dc", f"{PREFIX}c4-web"]
     # Only web was generalized: dc opted out (generalize: false) and keeps its identity.
-    [(domain, argv, stdin)] = hv.execs
-    assert domain == f"{PREFIX}c4-web"
+    [(domain, argv, stdin), (again, install, keys)] = hv.execs
+    assert domain == again == f"{PREFIX}c4-web"
     assert argv == ("/bin/sh", "-c", identity.RENEW_SCRIPT)
     assert len(stdin) == identity.SEED_BYTES
+    # The keys of the kinds the guest named, made on the host and handed over on stdin.
+    assert install == (
+        "/bin/sh",
+        "-c",
+        hostkeys.INSTALL_SCRIPT,
+        "rudder-keys",
+        "/etc/ssh",
+        "reload",
+    )
+    with tarfile.open(fileobj=io.BytesIO(keys)) as tar:
+        assert sorted(tar.getnames()) == [
+            "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub",
+            "ssh_host_rsa_key", "ssh_host_rsa_key.pub",
+        ]  # fmt: skip
+
+
+def test_host_keys_that_do_not_install_are_said(hv, templates):
+    vm = replace(templates[0], generalization=GeneralizationRecord())
+    name = f"{PREFIX}c7-web"
+    hv.domains[name] = _running(name)
+    hv.agents.add(name)
+    hv.guests[name] = lambda argv: (
+        ExecResult(0, stdout=b"reseeded\nkey=ed25519\n")
+        if argv[2] == identity.RENEW_SCRIPT
+        else ExecResult(1, stderr=b"tar: short read")
+    )
+    note = identity.renew(hv, name, vm)
+    assert note == "installing new SSH host keys failed (exit 1): tar: short read"
 
 
 def test_renewing_an_identity_that_fails_is_said_and_not_raised(hv, templates):
